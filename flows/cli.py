@@ -1,2 +1,223 @@
-def main() -> int:
+"""The ``stashflow`` command.
+
+Exit codes: 0 success, 1 a problem with the input or the run (one line per problem,
+``FILE:LINE: CODE: message``), 2 a usage error. Prefect and the Kubernetes client are
+imported only by the commands that need them, so ``validate`` and ``render`` start fast.
+For values given on the command line, LINE is the argument's position.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import yaml
+
+from stashflow.addons.catalog import BUILTIN_CATALOG, Catalog
+from stashflow.addons.durations import parse_duration
+from stashflow.addons.errors import InputError, Location, StashflowError
+from stashflow.addons.model import BackupStorage
+from stashflow.addons.render import RenderRequest, RepositoryContext, Target, check_objects, render_plan
+from stashflow.addons.resolve import Value
+from stashflow.addons.source import read_documents
+
+CATALOG_ENV = "STASHFLOW_CATALOG"
+
+
+def catalog_paths(given: Sequence[str] | None) -> list[str]:
+    """``--catalog`` paths, else ``$STASHFLOW_CATALOG`` (os.pathsep separated), else the built-in catalog."""
+    if given:
+        return list(given)
+    env = os.environ.get(CATALOG_ENV)
+    if env:
+        return [p for p in env.split(os.pathsep) if p]
+    return [str(BUILTIN_CATALOG)]
+
+
+def load_catalog(paths: Sequence[str]) -> Catalog:
+    return Catalog().add_paths(paths).check().raise_for_problems()
+
+
+def _pairs(args: Sequence[str], flag: str, argv: Sequence[str] = ()) -> dict[str, Value]:
+    """``NAME=VALUE`` arguments; the value is kept verbatim (quotes, backslashes, newlines)."""
+    out: dict[str, Value] = {}
+    positions = _argument_positions(argv, flag)
+    for i, raw in enumerate(args):
+        position = positions[i] if i < len(positions) else 0
+        name, sep, value = raw.partition("=")
+        if not sep or not name:
+            raise InputError(f'"{raw}" is not NAME=VALUE', code="invalid-argument",
+                             location=Location("<command line>", position), field=flag)
+        out[name] = Value(value, Location("<command line>", position), f"{flag} {name}")
+    return out
+
+
+def _values_file(path: str) -> dict[str, Value]:
+    """A YAML mapping of parameter values, each remembered with its line."""
+    docs = read_documents(Path(path))
+    if not docs:
+        return {}
+    doc = docs[0]
+    if not isinstance(doc.data, dict):
+        raise InputError("a values file is a mapping of NAME: VALUE", code="invalid-object", location=doc.location())
+    from stashflow.addons.resolve import as_value
+
+    return {str(k): as_value(v, doc.location((k,)), str(k)) for k, v in doc.data.items()}
+
+
+def _argument_positions(argv: Sequence[str], flag: str) -> list[int]:
+    """1-based positions of the values given to ``flag`` (``--flag V`` or ``--flag=V``)."""
+    out = []
+    for i, arg in enumerate(argv):
+        if arg == flag and i + 1 < len(argv):
+            out.append(i + 2)
+        elif arg.startswith(flag + "="):
+            out.append(i + 1)
+    return out
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    catalog = Catalog().add_paths(args.paths).check()
+    for problem in catalog.problems:
+        print(problem.format())
+    if catalog.problems:
+        print(f"{len(catalog.problems)} problem(s) in {len(catalog.files)} file(s)", file=sys.stderr)
+        return 1
+    if not args.quiet:
+        others = sum(len(v) for v in catalog.objects.values())
+        print(f"ok: {len(catalog.addons)} Addons ({catalog.task_count} tasks), {len(catalog.functions)} Functions"
+              f"{f', {others} other objects' if others else ''} in {len(catalog.files)} file(s)")
     return 0
+
+
+def build_request(args: argparse.Namespace, catalog: Catalog) -> RenderRequest:
+    """A ``RenderRequest`` from the options shared by ``render`` and ``run``."""
+    params: dict[str, Value] = {}
+    for path in args.values or []:
+        params.update(_values_file(path))
+    params.update(_pairs(args.param or [], "--param", args.argv))
+    builtins = _pairs(args.var or [], "--var", args.argv)
+    timeout = None
+    if args.timeout:
+        try:
+            timeout = int(parse_duration(args.timeout))
+        except ValueError as exc:
+            raise InputError(str(exc), code="invalid-argument", field="--timeout") from None
+    repository = None
+    if args.repository or args.storage:
+        storage = None
+        if args.storage:
+            storage = catalog.get(BackupStorage, args.storage)
+            if storage is None:
+                raise InputError(f'no BackupStorage "{args.storage}" in the catalog paths', code="unknown-object",
+                                 field="--storage", hint="add the file that defines it with --catalog")
+        repository = RepositoryContext(name=args.repository or args.target.name, storage=storage,
+                                       directory=args.directory or "", encryption_secret=args.encryption_secret)
+    return RenderRequest(
+        addon=args.addon, task=args.task, namespace=args.namespace, target=args.target, params=params,
+        builtins=builtins, plan_session=args.session, attempt=args.attempt, timeout_seconds=timeout,
+        repository=repository,
+    )
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    catalog = load_catalog(catalog_paths(args.catalog))
+    plan = render_plan(catalog, build_request(args, catalog))
+    objects = plan.objects()
+    check_objects(objects)
+    if args.output == "json":
+        json.dump(objects if len(objects) != 1 else objects[0], sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        yaml.safe_dump_all(objects, sys.stdout, sort_keys=False, allow_unicode=True, width=float("inf"))
+    return 0
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    """List every Addon task (the flows stashflow has) with its Function and parameters."""
+    catalog = load_catalog(catalog_paths(args.catalog))
+    for name in sorted(catalog.addons):
+        for list_name, _, task in catalog.addons[name].tasks():
+            params = ", ".join(p.name + ("*" if p.required else "") for p in task.parameters or [])
+            kind = "backup " if list_name == "backupTasks" else "restore"
+            print(f"{name}/{task.name}\t{kind}\t{task.function}\t{params}")
+    return 0
+
+
+def _target(text: str) -> Target:
+    try:
+        return Target.parse(text)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(exc.message + (f" ({exc.hint})" if exc.hint else "")) from None
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """Options that say what to run: shared by ``render`` and ``run``."""
+    p.add_argument("addon", help="Addon name, e.g. pvc-addon")
+    p.add_argument("task", help="a backup or restore task of the Addon, e.g. logical-backup")
+    p.add_argument("--catalog", action="extend", nargs="+", metavar="PATH",
+                   help=f"Addon/Function files or folders (default: ${CATALOG_ENV}, else the built-in catalog)")
+    p.add_argument("--namespace", "-n", default="default", help="namespace of the run (default: default)")
+    p.add_argument("--target", required=True, type=_target, metavar="KIND/NAME",
+                   help="what to back up or restore, e.g. PersistentVolumeClaim/data")
+    p.add_argument("--param", action="append", metavar="NAME=VALUE", help="a task parameter (repeatable)")
+    p.add_argument("--values", action="append", metavar="FILE", help="a YAML file of NAME: VALUE parameters")
+    p.add_argument("--var", action="append", metavar="NAME=VALUE",
+                   help="a built-in variable such as DB_VERSION, backupSession, snapshot (repeatable)")
+    p.add_argument("--timeout", metavar="DURATION", help="deadline of the Job, e.g. 30m (activeDeadlineSeconds)")
+    p.add_argument("--attempt", type=int, default=1, help="attempt number (names the Job)")
+    p.add_argument("--session", metavar="NAME", help="the plan's session name (repository path); default: the task name")
+    p.add_argument("--repository", metavar="NAME", help="repository name recorded in the Snapshot (default: target name)")
+    p.add_argument("--storage", metavar="NAME", help="a BackupStorage from the catalog paths to back up into")
+    p.add_argument("--directory", metavar="DIR", help="the repository's directory inside the storage")
+    p.add_argument("--encryption-secret", metavar="SECRET", help="Secret with key RESTIC_PASSWORD")
+
+
+def build_parser(extensions: Sequence[Callable[[Any], None]] = ()) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stashflow",
+        description="KubeStash Addons and Functions, run as Prefect flows on any Kubernetes cluster.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("validate", help="check Addon, Function and plan files")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="files or folders (YAML, multi-document)")
+    p.add_argument("--quiet", "-q", action="store_true", help="print nothing when all is well")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("render", help="print the objects a run would create (PVCs, Job, Snapshot)")
+    add_run_options(p)
+    p.add_argument("--output", "-o", choices=("yaml", "json"), default="yaml")
+    p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("tasks", help="list the Addon tasks of the catalog (one flow each)")
+    p.add_argument("--catalog", action="extend", nargs="+", metavar="PATH")
+    p.set_defaults(func=cmd_tasks)
+
+    for extend in extensions:
+        extend(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.argv = argv
+    try:
+        return int(args.func(args) or 0)
+    except StashflowError as exc:
+        print(exc.format(), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,222 @@
+"""KubeStash's ``${var:=default}`` substitution, applied to string values.
+
+KubeStash runs gomodules.xyz/envsubst over the JSON text of a whole object, so a value
+holding ``"`` or ``\\`` breaks the JSON (REFERENCE.md §3.1). stashflow parses each string
+once and splits it into literal text and variable references; values are inserted as
+data, never parsed again. The rules, measured against the vendored Go package (§3.2):
+
+=================================  ===========  ================  =================
+template                           key absent   key present ""    key present "v"
+=================================  ===========  ================  =================
+``${x}``                           error        ""                v
+``${x:=d}`` ``${x:-d}`` ``${x=d}``   d            "" (no default)   v
+``${x:+d}`` ``${x:?d}``              error        d                 v
+``${x,,}`` ``${x^^}`` ``${#x}``      error        applied to ""     applied
+``${x-d}`` ``${x+d}``                parse error ("missing closing brace")
+``$x``, ``$(x)``                   left as they are
+``$$``                             ``$`` (so ``$${x}`` gives the text ``${x}``)
+=================================  ===========  ================  =================
+
+A default runs to the first ``}`` that closes it and may itself hold ``${...}``
+(``${x:=${y:=z}}``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Callable, Iterator, Mapping, Union
+
+_DEFAULT_OPS = (":=", ":-", "=")
+_ALT_OPS = (":+", ":?")
+_CASE_OPS = (",,", "^^", ",", "^")
+
+
+class TemplateSyntaxError(ValueError):
+    """A ``${...}`` that cannot be parsed; ``position`` is the offset of its ``$``."""
+
+    def __init__(self, message: str, position: int) -> None:
+        super().__init__(message)
+        self.position = position
+
+
+class MissingValue(KeyError):
+    """A variable without a value and without a default operator."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+@dataclass(frozen=True)
+class Var:
+    """A ``${name<op>default}`` reference; ``default`` is itself parsed."""
+
+    name: str
+    op: str = ""
+    default: "Template" = ()
+    length: bool = False
+
+
+Part = Union[str, Var]
+Template = tuple[Part, ...]
+
+
+def _is_name_char(ch: str) -> bool:
+    return ch == "_" or ch.isalnum()
+
+
+def _parse(text: str, pos: int, nested: bool) -> tuple[Template, int]:
+    """Parse from ``pos``; in a default (``nested``) stop at the closing ``}``."""
+    parts: list[Part] = []
+    literal: list[str] = []
+    n = len(text)
+    while pos < n:
+        ch = text[pos]
+        if nested and ch == "}":
+            break
+        if ch == "$" and pos + 1 < n and text[pos + 1] == "$":
+            literal.append("$")
+            pos += 2
+            continue
+        if ch == "$" and pos + 1 < n and text[pos + 1] == "{":
+            if literal:
+                parts.append("".join(literal))
+                literal = []
+            var, pos = _parse_var(text, pos)
+            parts.append(var)
+            continue
+        literal.append(ch)
+        pos += 1
+    if literal:
+        parts.append("".join(literal))
+    return tuple(parts), pos
+
+
+def _parse_var(text: str, start: int) -> tuple[Var, int]:
+    pos = start + 2
+    n = len(text)
+    length = False
+    if pos < n and text[pos] == "#":
+        length = True
+        pos += 1
+    name_start = pos
+    while pos < n and _is_name_char(text[pos]):
+        pos += 1
+    name = text[name_start:pos]
+    if not name:
+        raise TemplateSyntaxError("a ${...} needs a variable name", start)
+    if pos >= n:
+        raise TemplateSyntaxError(f"missing closing brace in ${{{name}", start)
+    if text[pos] == "}":
+        return Var(name, length=length), pos + 1
+    if length:
+        raise TemplateSyntaxError(f"missing closing brace after ${{#{name}", start)
+    for op in _DEFAULT_OPS + _ALT_OPS:
+        if text.startswith(op, pos):
+            default, end = _parse(text, pos + len(op), nested=True)
+            if end >= n:
+                raise TemplateSyntaxError(f"missing closing brace in ${{{name}{op}...", start)
+            return Var(name, op, default), end + 1
+    for op in _CASE_OPS:
+        if text.startswith(op, pos):
+            end = pos + len(op)
+            if end < n and text[end] == "}":
+                return Var(name, op), end + 1
+            raise TemplateSyntaxError(f"missing closing brace after ${{{name}{op}", start)
+    if text[pos] in "-+":
+        raise TemplateSyntaxError(
+            f"missing closing brace in ${{{name}{text[pos]}...}} (use := or :- for a default)", start
+        )
+    raise TemplateSyntaxError(
+        f"unsupported expression ${{{name}{text[pos]}...}}: stashflow supports "
+        "${x}, ${x:=d}, ${x:-d}, ${x=d}, ${x:+d}, ${x:?d}, ${x,,}, ${x^^}, ${x,}, ${x^} and ${#x}",
+        start,
+    )
+
+
+@lru_cache(maxsize=4096)
+def parse(text: str) -> Template:
+    """Parse a string into literal parts and ``Var`` references (cached: catalogs repeat)."""
+    parts, _ = _parse(text, 0, nested=False)
+    return parts
+
+
+def names(template: Template) -> Iterator[str]:
+    """Every variable name referenced, defaults included."""
+    for part in template:
+        if isinstance(part, Var):
+            yield part.name
+            yield from names(part.default)
+
+
+def required_names(template: Template) -> Iterator[str]:
+    """Names that have no default, so that resolution fails without a value."""
+    for part in template:
+        if isinstance(part, Var) and part.op not in _DEFAULT_OPS:
+            yield part.name
+
+
+def _apply_case(op: str, value: str) -> str:
+    if op == ",,":
+        return value.lower()
+    if op == "^^":
+        return value.upper()
+    if op == ",":
+        return value[:1].lower() + value[1:]
+    return value[:1].upper() + value[1:]
+
+
+def evaluate(template: Template, inputs: Mapping[str, str]) -> str:
+    """Substitute ``inputs``; raise ``MissingValue`` for a name that needs a value."""
+    out: list[str] = []
+    for part in template:
+        if isinstance(part, str):
+            out.append(part)
+            continue
+        present = part.name in inputs
+        if part.op in _DEFAULT_OPS:
+            out.append(inputs[part.name] if present else evaluate(part.default, inputs))
+            continue
+        if not present:
+            raise MissingValue(part.name)
+        value = inputs[part.name]
+        if part.length:
+            out.append(str(len(value)))
+        elif part.op in _ALT_OPS:
+            out.append(evaluate(part.default, inputs) if value == "" else value)
+        elif part.op:
+            out.append(_apply_case(part.op, value))
+        else:
+            out.append(value)
+    return "".join(out)
+
+
+def substitute(text: str, inputs: Mapping[str, str]) -> str:
+    """Parse and evaluate one string."""
+    if "$" not in text:
+        return text
+    return evaluate(parse(text), inputs)
+
+
+def walk_strings(obj: Any, path: tuple = ()) -> Iterator[tuple[tuple, str]]:
+    """Every string value in nested dicts/lists, with its path (keys are not templates)."""
+    if isinstance(obj, str):
+        yield path, obj
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            yield from walk_strings(value, path + (key,))
+    elif isinstance(obj, list):
+        for i, value in enumerate(obj):
+            yield from walk_strings(value, path + (i,))
+
+
+def map_strings(obj: Any, fn: Callable[[tuple, str], str], path: tuple = ()) -> Any:
+    """A copy of ``obj`` with ``fn(path, s)`` applied to every string value."""
+    if isinstance(obj, str):
+        return fn(path, obj)
+    if isinstance(obj, dict):
+        return {key: map_strings(value, fn, path + (key,)) for key, value in obj.items()}
+    if isinstance(obj, list):
+        return [map_strings(value, fn, path + (i,)) for i, value in enumerate(obj)]
+    return obj
