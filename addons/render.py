@@ -196,9 +196,6 @@ def render_plan(catalog: Catalog, request: RenderRequest) -> ExecutionPlan:
     if request.invoker_kind:
         builtins["invokerKind"] = request.invoker_kind
         builtins["invokerName"] = request.invoker_name or ""
-    for mount in task.volume_mounts or []:
-        if mount.name == INTERIM_VOLUME:
-            builtins["interimDataDir"] = mount.mount_path
     builtins.update(request.builtins)
 
     resolved = resolve_task(catalog, request.addon, request.task, params=request.params,

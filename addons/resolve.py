@@ -71,7 +71,7 @@ def as_value(raw: Any, location: Location | None = None, field: str | None = Non
         code="invalid-parameter",
         location=location,
         field=field,
-        hint="write lists as one string, the way the Function expects them (e.g. comma separated)",
+        hint="write a list as one string in the form the Function expects, e.g. comma separated",
     )
 
 
