@@ -1362,7 +1362,7 @@ class NodeAgent:
     async def _start_log_server(self) -> web.AppRunner:
         app = web.Application()
         app.router.add_get("/containerLogs/{ns}/{pod}/{container}", self._serve_log)
-        app.router.add_get("/healthz", lambda _: web.Response(text="ok"))
+        app.router.add_get("/healthz", _healthz)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", self.port, ssl_context=self._ssl_context())
@@ -1423,6 +1423,10 @@ class NodeAgent:
 
 
 # ----------------------------------------------------------------------------------- small pieces
+
+
+async def _healthz(_: web.Request) -> web.Response:
+    return web.Response(text="ok")
 
 
 def _reason(code: int, msg: str) -> str:

@@ -1,0 +1,1 @@
+pytest_plugins = ["localkube.pytest_plugin"]
