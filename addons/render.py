@@ -97,7 +97,7 @@ class RepositoryContext:
     directory: str = ""
     encryption_secret: str | None = None  # a Secret in the run's namespace with key RESTIC_PASSWORD
     component_path: str | None = None  # "repository/v1/<session>/<component>"; restores take the Snapshot's
-    restic_snapshot_id: str | None = None  # restores: the restic snapshot to read
+    restic_snapshot_id: str | None = None  # restores: the restic snapshot to read (${RESTIC_SNAPSHOT_ID})
 
 
 @dataclass
@@ -193,6 +193,8 @@ def render_plan(catalog: Catalog, request: RenderRequest) -> ExecutionPlan:
         builtins["snapshot"] = snap_name
     if request.target.kind == "PersistentVolumeClaim":
         builtins["PVC_NAME"] = request.target.name
+    if request.repository and request.repository.restic_snapshot_id:
+        builtins["RESTIC_SNAPSHOT_ID"] = request.repository.restic_snapshot_id
     if request.invoker_kind:
         builtins["invokerKind"] = request.invoker_kind
         builtins["invokerName"] = request.invoker_name or ""
@@ -399,8 +401,6 @@ def _apply_repository(request: RenderRequest, pod_spec: dict[str, Any], containe
                 {"name": CREDENTIALS_VOLUME, "mountPath": "/etc/stashflow/credentials", "readOnly": True})
     if repo.encryption_secret:
         env.append(_secret_env("RESTIC_PASSWORD", repo.encryption_secret, "RESTIC_PASSWORD"))
-    if repo.restic_snapshot_id:
-        env.append({"name": "RESTIC_SNAPSHOT_ID", "value": repo.restic_snapshot_id})
     env.append({"name": "STASHFLOW_COMPONENT_PATH", "value": path})
     _upsert_env(container.setdefault("env", []), env)
 

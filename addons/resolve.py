@@ -34,6 +34,7 @@ BUILTIN_VARIABLES: dict[str, str] = {
     "POD_ORDINAL": "replica ordinal for per-pod (non-singleton) tasks",
     "INTERIM_VOLUME": "the name kubestash-interim-volume",
     "RESTIC_CACHE_VOLUME": "the name kubestash-tmp-volume",
+    "RESTIC_SNAPSHOT_ID": "restores: the restic snapshot to read, from the Snapshot's resticStats",
     "interimDataDir": "mount path of the interim volume when there is one",
     "licenseApiService": "license API service (KubeStash operator setting; empty here)",
     "imageRegistry": "registry of the operator image (KubeStash; empty here)",

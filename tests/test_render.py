@@ -1,0 +1,248 @@
+"""What a rendered run holds: PVCs, Job, Snapshot, names and labels the API accepts, env by reference."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+import pytest
+import yaml
+
+from stashflow.addons.catalog import Catalog, load
+from stashflow.addons.errors import InputError
+from stashflow.addons.model import AddonInfo, AddonVolumeInfo, BackupStorage
+from stashflow.addons.names import is_dns1123_label, label_value, ulid, valid_name
+from stashflow.addons.render import (
+    RenderRequest,
+    RepositoryContext,
+    Target,
+    check_objects,
+    render_plan,
+    snapshot_name,
+)
+from support import DATA, run_cli
+
+NOW = datetime(2026, 11, 24, 2, 0, 0, tzinfo=timezone.utc)
+
+
+@pytest.fixture(scope="module")
+def catalog() -> Catalog:
+    return load([DATA / "catalog"])
+
+
+def request(**overrides) -> RenderRequest:
+    base = dict(addon="demo-addon", task="logical-backup", namespace="demo",
+                target=Target("PersistentVolumeClaim", "data"), params={"paths": "/kubestash-data"},
+                session="data-nightly-1700000000", now=NOW, snapshot_id="01JSE10SDAGJQ743JHMPYEY1JA")
+    base.update(overrides)
+    return RenderRequest(**base)
+
+
+def container_of(plan) -> dict:
+    return plan.job["spec"]["template"]["spec"]["containers"][0]
+
+
+def test_plan_objects_in_order(catalog: Catalog) -> None:
+    plan = render_plan(catalog, request())
+    assert [o["kind"] for o in plan.objects()] == ["PersistentVolumeClaim", "Job", "Snapshot"]
+    check_objects(plan.objects())
+
+
+def test_job_shape(catalog: Catalog) -> None:
+    plan = render_plan(catalog, request(timeout_seconds=1800))
+    job = plan.job
+    assert job["metadata"]["name"] == "data-nightly-1700000000-logical-backup"
+    assert job["spec"]["backoffLimit"] == 0
+    assert job["spec"]["activeDeadlineSeconds"] == 1800
+    pod = job["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"
+    c = container_of(plan)
+    assert c["name"] == "logical-backup-0"
+    assert c["command"] == ["/bin/demo"]
+    assert c["args"] == ["backup", "--namespace=demo", "--backupsession=data-nightly-1700000000",
+                         "--paths=/kubestash-data", "--exclude=", "--scratch-dir=/kubestash-tmp", "--wait-timeout=300"]
+    assert {"name": "FROM_FUNCTION", "value": "1"} in c["env"]
+    assert {"name": "COMPONENT_NAME", "value": "dump"} in c["env"]
+    assert [m["mountPath"] for m in c["volumeMounts"]] == ["/kubestash-tmp", "/kubestash-interim", "/kubestash-data"]
+
+
+def test_volume_claim_template_becomes_a_labelled_pvc(catalog: Catalog) -> None:
+    plan = render_plan(catalog, request())
+    (pvc,) = plan.pvcs
+    assert pvc["metadata"]["name"] == "data-nightly-1700000000-logical-backup-kubestash-interim-volume"[:32] + \
+        "data-nightly-1700000000-logical-backup-kubestash-interim-volume"[-31:]
+    assert len(pvc["metadata"]["name"]) <= 63
+    assert pvc["metadata"]["labels"]["purpose"] == "interim"
+    assert pvc["metadata"]["labels"]["stashflow.io/session"] == "data-nightly-1700000000"
+    assert pvc["spec"]["resources"] == {"requests": {"storage": "1Gi"}}
+    volumes = {v["name"]: v for v in plan.job["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["kubestash-interim-volume"] == {"name": "kubestash-interim-volume",
+                                                   "persistentVolumeClaim": {"claimName": pvc["metadata"]["name"]}}
+    assert volumes["kubestash-data-volume"]["persistentVolumeClaim"] == {"claimName": "data"}
+
+
+def test_addon_volumes_override_templates_by_name(catalog: Catalog) -> None:
+    overrides = [AddonVolumeInfo.model_validate({"name": "${INTERIM_VOLUME}", "source": {"emptyDir": {"medium": "Memory"}}}),
+                 AddonVolumeInfo.model_validate({"name": "kubestash-tmp-volume", "source": {
+                     "volumeClaimTemplate": {"spec": {"accessModes": ["ReadWriteOnce"],
+                                                      "resources": {"requests": {"storage": "5Gi"}}}}}})]
+    plan = render_plan(catalog, request(addon_volumes=overrides))
+    volumes = {v["name"]: v for v in plan.job["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["kubestash-interim-volume"] == {"name": "kubestash-interim-volume", "emptyDir": {"medium": "Memory"}}
+    assert [p["spec"]["resources"]["requests"]["storage"] for p in plan.pvcs] == ["5Gi"]
+    assert volumes["kubestash-tmp-volume"]["persistentVolumeClaim"]["claimName"] == plan.pvcs[0]["metadata"]["name"]
+
+
+def test_job_template_and_runtime_settings(catalog: Catalog) -> None:
+    info = AddonInfo.model_validate({
+        "name": "demo-addon",
+        "jobTemplate": {"metadata": {"labels": {"team": "db"}}, "controller": {"annotations": {"owner": "ops"}},
+                        "spec": {"serviceAccountName": "backup-sa", "securityContext": {"runAsUser": 1000},
+                                 "nodeSelector": {"disk": "ssd"}, "resources": {"limits": {"memory": "1Gi"}},
+                                 "env": [{"name": "FROM_FUNCTION", "value": "2"}]}},
+        "containerRuntimeSettings": {"nice": {"adjustment": 5}, "envFrom": [{"secretRef": {"name": "extra"}}]},
+    })
+    plan = render_plan(catalog, request(addon_info=info))
+    pod = plan.job["spec"]["template"]
+    assert pod["metadata"]["labels"]["team"] == "db"
+    assert pod["metadata"]["labels"]["stashflow.io/task"] == "logical-backup"
+    assert plan.job["metadata"]["annotations"]["owner"] == "ops"
+    assert pod["spec"]["serviceAccountName"] == "backup-sa"
+    assert pod["spec"]["securityContext"] == {"runAsUser": 1000}
+    assert pod["spec"]["nodeSelector"] == {"disk": "ssd"}
+    c = container_of(plan)
+    assert c["resources"] == {"limits": {"memory": "1Gi"}}
+    assert {"name": "FROM_FUNCTION", "value": "2"} in c["env"] and {"name": "FROM_FUNCTION", "value": "1"} not in c["env"]
+    assert {"name": "NICE_ADJUSTMENT", "value": "5"} in c["env"]
+    assert c["envFrom"] == [{"secretRef": {"name": "extra"}}]
+    assert "resources" not in pod["spec"] and "env" not in pod["spec"]
+
+
+def test_snapshot_pending_with_kubestash_naming(catalog: Catalog) -> None:
+    plan = render_plan(catalog, request(repository=RepositoryContext(name="data-repo"), plan_session="nightly"))
+    snap = plan.snapshot
+    assert snap["metadata"]["name"] == "data-repo-data-nightly-1700000000"
+    assert snap["spec"]["snapshotID"] == "01JSE10SDAGJQ743JHMPYEY1JA"
+    assert snap["spec"]["backupSession"] == "data-nightly-1700000000"
+    assert snap["spec"]["session"] == "nightly"
+    assert snap["spec"]["appRef"] == {"apiGroup": "", "kind": "PersistentVolumeClaim", "name": "data", "namespace": "demo"}
+    assert snap["status"]["phase"] == "Pending"
+    assert snap["status"]["components"] == {"dump": {"phase": "Pending", "driver": "Restic",
+                                                     "path": "repository/v1/nightly/dump"}}
+    assert snap["metadata"]["labels"]["kubestash.com/repo-name"] == "data-repo"
+    # the Snapshot's name is handed to the Function as ${snapshot}
+    assert plan.resolved.inputs["snapshot"] == snap["metadata"]["name"]
+
+
+def test_snapshot_name_matches_a_real_kubestash_object() -> None:
+    """examples/snapshot-succeeded.yaml was named by the operator from these two values."""
+    assert snapshot_name("kubedump-gcs-repository", "cluster-resources-backup-frequent-backup-1745301300") == \
+        "kubedump-gcs-repository-cluster-ckup-frequent-backup-1745301300"
+
+
+def test_restore_has_no_new_snapshot(catalog: Catalog) -> None:
+    plan = render_plan(catalog, request(task="logical-backup-restore", params={}, session="data-restore-1",
+                                        builtins={"snapshot": "data-repo-data-nightly-1700000000"}))
+    assert plan.snapshot is None
+    assert container_of(plan)["args"] == ["restore", "--restoresession=data-restore-1",
+                                          "--snapshot=data-repo-data-nightly-1700000000"]
+    assert plan.job["metadata"]["labels"]["app.kubernetes.io/component"] == "kubestash-restore"
+
+
+def test_local_storage_env_and_mount(catalog: Catalog) -> None:
+    storage = BackupStorage.model_validate({
+        "apiVersion": "storage.kubestash.com/v1alpha1", "kind": "BackupStorage", "metadata": {"name": "local", "namespace": "demo"},
+        "spec": {"storage": {"provider": "local", "local": {"mountPath": "/repo", "hostPath": {"path": "/srv/backups"}}}}})
+    repo = RepositoryContext(name="data-repo", storage=storage, directory="/demo/data", encryption_secret="restic-pw")
+    plan = render_plan(catalog, request(repository=repo, plan_session="nightly"))
+    c = container_of(plan)
+    env = {e["name"]: e for e in c["env"]}
+    assert env["RESTIC_REPOSITORY"]["value"] == "/repo/demo/data/repository/v1/nightly/dump"
+    assert env["RESTIC_PASSWORD"] == {"name": "RESTIC_PASSWORD",
+                                      "valueFrom": {"secretKeyRef": {"name": "restic-pw", "key": "RESTIC_PASSWORD"}}}
+    assert {"name": "stashflow-storage", "mountPath": "/repo"} in c["volumeMounts"]
+    assert {"name": "stashflow-storage", "hostPath": {"path": "/srv/backups"}} in plan.job["spec"]["template"]["spec"]["volumes"]
+
+
+def test_s3_credentials_only_by_secret_reference(catalog: Catalog) -> None:
+    storage = BackupStorage.model_validate({
+        "apiVersion": "storage.kubestash.com/v1alpha1", "kind": "BackupStorage", "metadata": {"name": "s3"},
+        "spec": {"storage": {"provider": "s3", "s3": {"endpoint": "https://minio.example:9000", "bucket": "b",
+                                                      "prefix": "p", "region": "eu-1", "secretName": "s3-creds"}}}})
+    plan = render_plan(catalog, request(repository=RepositoryContext(name="r", storage=storage, directory="d",
+                                                                     encryption_secret="pw")))
+    env = {e["name"]: e for e in container_of(plan)["env"]}
+    assert env["RESTIC_REPOSITORY"]["value"] == "s3:https://minio.example:9000/b/p/d/repository/v1/logical-backup/dump"
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "RESTIC_PASSWORD"):
+        assert "value" not in env[name] and env[name]["valueFrom"]["secretKeyRef"]["name"] in ("s3-creds", "pw")
+
+
+def test_long_names_are_shortened_the_kubestash_way(catalog: Catalog) -> None:
+    long_session = "a-very-long-backup-configuration-name-with-a-long-session-1700000000"
+    plan = render_plan(catalog, request(session=long_session, attempt=3))
+    for obj in plan.objects():
+        assert len(obj["metadata"]["name"]) <= 63 and is_dns1123_label(obj["metadata"]["name"])
+        for value in obj["metadata"]["labels"].values():
+            assert label_value(value) == value
+    assert plan.job["metadata"]["name"].endswith("backup-3")
+    check_objects(plan.objects())
+
+
+def test_attempts_get_their_own_job_names(catalog: Catalog) -> None:
+    names = {render_plan(catalog, request(attempt=n)).job_name for n in (1, 2, 3)}
+    assert len(names) == 3
+
+
+def test_render_is_deterministic_given_time_and_id(catalog: Catalog) -> None:
+    assert render_plan(catalog, request()).objects() == render_plan(catalog, request()).objects()
+
+
+def test_parameter_values_reach_the_job_verbatim_through_the_cli() -> None:
+    nasty = 'it\'s "quoted" \\back\\slash $HOME ${namespace} $$ `id`; rm -rf /\nsecond line'
+    rc, out, err = run_cli("render", "demo-addon", "logical-backup", "--catalog", str(DATA / "catalog"),
+                           "--namespace", "demo", "--target", "pvc/data", "--param", f"paths={nasty}", "-o", "json")
+    assert rc == 0, err
+    job = next(o for o in json.loads(out) if o["kind"] == "Job")
+    assert f"--paths={nasty}" in job["spec"]["template"]["spec"]["containers"][0]["args"]
+    rc, out, _ = run_cli("render", "demo-addon", "logical-backup", "--catalog", str(DATA / "catalog"),
+                         "--namespace", "demo", "--target", "pvc/data", "--param", f"paths={nasty}")
+    job = next(o for o in yaml.safe_load_all(out) if o["kind"] == "Job")
+    assert f"--paths={nasty}" in job["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+def test_names_helpers() -> None:
+    assert valid_name("a" * 40, "b" * 40) == "a" * 32 + "b" * 31
+    assert valid_name("x", "", "y") == "x-y"
+    assert label_value("ok-value") == "ok-value"
+    long = label_value("x" * 100)
+    assert len(long) <= 63 and label_value(long) == long
+    assert label_value("Postgres.kubedb.com/pg") != "Postgres.kubedb.com/pg"
+    first = ulid(1700000000.0, bytes(10))
+    assert len(first) == 26 and first < ulid(1700000001.0, bytes(10))
+    assert first.startswith("01HF")  # 2023-11-14: the same prefix as real ULIDs of that day
+
+
+def test_target_parsing() -> None:
+    assert Target.parse("pvc/data") == Target("PersistentVolumeClaim", "data", "")
+    assert Target.parse("Postgres.kubedb.com/pg") == Target("Postgres", "pg", "kubedb.com")
+    assert Target.parse("StatefulSet/web") == Target("StatefulSet", "web", "apps")
+    with pytest.raises(InputError) as info:
+        Target.parse("data")
+    assert info.value.code == "invalid-argument"
+
+
+def test_the_builtin_catalog_validates_and_renders_without_a_shell() -> None:
+    rc, out, _ = run_cli("validate", "addons/catalog")
+    assert rc == 0 and out.startswith("ok: 1 Addons (2 tasks)")
+    rc, out, err = run_cli("render", "stashflow-pvc", "logical-backup", "--namespace", "demo", "--target", "pvc/data",
+                           "--var", "backupSession=data-nightly-1", "--param", "paths=/kubestash-data/a dir")
+    assert rc == 0, err
+    job = next(o for o in yaml.safe_load_all(out) if o["kind"] == "Job")
+    c = job["spec"]["template"]["spec"]["containers"][0]
+    assert c["command"] == ["restic"]  # restic itself, no shell in between
+    assert c["args"][-1] == "/kubestash-data/a dir" and "--host=data" in c["args"]
+    rc, out, err = run_cli("render", "stashflow-pvc", "logical-backup-restore", "--namespace", "demo",
+                           "--target", "pvc/restored", "--var", "RESTIC_SNAPSHOT_ID=abc123")
+    assert rc == 0, err
+    job = next(o for o in yaml.safe_load_all(out) if o["kind"] == "Job")
+    assert job["spec"]["template"]["spec"]["containers"][0]["args"][-1] == "abc123"
