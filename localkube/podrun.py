@@ -134,7 +134,9 @@ def main(spec_path: str) -> None:
         root = build_root(spec)
         socket.sethostname(spec["hostname"])
         os.chroot(root)
-        os.chdir(spec.get("working_dir") or "/")
+        workdir = spec.get("working_dir") or "/"
+        os.makedirs(workdir, exist_ok=True)  # runtimes create a missing workingDir (in the throw-away root)
+        os.chdir(workdir)
         if spec.get("gid") is not None or spec.get("uid") is not None:
             os.setgroups([int(g) for g in spec.get("groups") or []])
             gid = spec.get("gid")

@@ -3,32 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from localkube.cluster import Cluster
-from localkube.helpers import job_condition, job_pods, pod_log, wait_job_finished, wait_pod
+from localkube.helpers import create_job, job_body, job_condition, job_pods, pod_log, wait_job_finished, wait_pod
 from localkube.nodeagent import (
     OUTCOME_ANNOTATION, NodeAgent, Outcome, config_error, evicted, fail, image_pull_error, never_ends,
     oom_killed, succeed, unschedulable,
 )
-
-
-def job_body(name: str, *, backoff_limit: int = 0, annotations: dict[str, str] | None = None,
-             **spec: Any) -> dict[str, Any]:
-    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name},
-            "spec": {"backoffLimit": backoff_limit, **spec, "template": {
-                "metadata": {"annotations": annotations or {}},
-                "spec": {"restartPolicy": "Never",
-                         "containers": [{"name": "main", "image": "registry.example/tool:1.0",
-                                         "command": ["tool", "--run"]}]}}}}
-
-
-async def create_job(api: client.ApiClient, ns: str, body: dict[str, Any]) -> None:
-    await client.BatchV1Api(api).create_namespaced_job(ns, body)
 
 
 def test_job_completes_when_the_agent_says_so(kube_cluster: Cluster, namespace: str, node_agent: NodeAgent) -> None:
