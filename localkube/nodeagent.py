@@ -473,6 +473,7 @@ class NodeAgent:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(self.state_dir / "pods", ignore_errors=True)  # per-Pod dirs of an earlier run
         cfg = client.Configuration()
         await config.load_kube_config(config_file=self.kubeconfig, client_configuration=cfg)
         m = re.match(r"https://([^:/]+):?(\d+)?", cfg.host)
@@ -502,6 +503,7 @@ class NodeAgent:
             pending = [t for t in tasks] + [tr.task for tr in self._pods.values() if tr.task]
             await asyncio.gather(*pending, return_exceptions=True)
             await self._kill_all()
+            shutil.rmtree(self.state_dir / "pods", ignore_errors=True)
             await runner.cleanup()
             await self._api.close()
 
