@@ -705,7 +705,13 @@ class NodeAgent:
     async def _finish_deletion(self, tr: _Tracked, pod: Pod) -> None:
         """A graceful delete: stop the containers, report them terminated, then delete for good."""
         grace = min(float(pod["metadata"].get("deletionGracePeriodSeconds") or 0), self.pod_grace_cap)
+        had_procs = any(p.returncode is None for p in tr.procs.values())
         killed = await self._stop_containers(tr, grace)
+        if not had_procs and grace > 0:
+            # A kubelet notices the deletion, stops the containers and reports them about a second later
+            # (its PLEG relists every 1 s). Answering within milliseconds would race the controller that
+            # deleted the Pod (e.g. the job controller at a deadline) in a way real clusters do not.
+            await asyncio.sleep(min(grace, 1.0))
         if tr.task and not tr.task.done():
             tr.task.cancel()
             with contextlib.suppress(BaseException):
