@@ -7,15 +7,15 @@ CLI prints::
 
     catalog/addon.yaml:12: unknown-function: Addon "pg" spec.backupTasks[0].function: ...
 
-Tree (the classes later layers raise are defined beside their code, but derive from these):
+Tree (every layer raises these; none defines its own base):
 
     StashflowError
     ├── InputError            bad input files or arguments; nothing was sent to a cluster
     │   ├── LoadError         a file cannot be read, parsed or checked against the schema
     │   ├── CatalogError      Addons/Functions that do not fit together
     │   └── ResolutionError   a task's parameters cannot be resolved
-    ├── ClusterError          the Kubernetes API refused or failed   (stashflow.tasks)
-    └── RunError              a backup or restore run failed          (stashflow.tasks)
+    ├── ClusterError          the Kubernetes API refused or failed (``status``)
+    └── RunError              a backup or restore run failed (``diagnosis``)
     Problems                  several of the above at once (``.problems``)
 """
 
@@ -57,6 +57,25 @@ CODES: dict[str, str] = {
     "invalid-parameter": "a parameter value that is not a string, number or boolean",
     "no-matching-version": "no availableVersions entry fits the database version",
     "invalid-argument": "a command-line argument that cannot be used",
+    # the Kubernetes API (stashflow.tasks.kube)
+    "api-forbidden": "the API refused for lack of RBAC permission (403)",
+    "api-not-found": "the namespace, object or resource type does not exist (404)",
+    "api-invalid": "the API rejected an object as invalid (422)",
+    "api-conflict": "an object exists that this run did not make (409)",
+    "api-unavailable": "the API did not answer after retries (429, 5xx, connection errors)",
+    "api-error": "any other API error",
+    # runs (stashflow.tasks)
+    "job-exit-code": "the backup/restore container exited with a non-zero code",
+    "job-oom-killed": "the container was killed for exceeding its memory limit",
+    "job-image-pull": "the container image could not be pulled",
+    "job-unschedulable": "no node could take the Pod",
+    "job-deadline-exceeded": "the Job ran past its activeDeadlineSeconds",
+    "job-evicted": "the Pod was evicted from its node",
+    "job-config-error": "the container could not be created (missing Secret, ConfigMap, bad config)",
+    "job-failed": "the Job failed for a reason stashflow cannot classify",
+    "run-timeout": "the run did not finish before its deadline",
+    "no-result": "the Job succeeded but reported no result on any channel",
+    "snapshot-not-found": "no Snapshot to restore from",
 }
 
 
@@ -128,6 +147,26 @@ class CatalogError(InputError):
 
 class ResolutionError(InputError):
     """A task's parameters cannot be resolved into an execution plan."""
+
+
+class ClusterError(StashflowError):
+    """The Kubernetes API refused or failed. ``status`` is the HTTP status (0: no answer)."""
+
+    default_code = "api-error"
+
+    def __init__(self, message: str, *, status: int = 0, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        self.status = status
+        super().__init__(message, **kwargs)
+
+
+class RunError(StashflowError):
+    """A backup or restore run failed; ``diagnosis`` (when set) says why, with a log tail."""
+
+    default_code = "job-failed"
+
+    def __init__(self, message: str, *, diagnosis: object = None, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        self.diagnosis = diagnosis
+        super().__init__(message, **kwargs)
 
 
 class Problems(InputError):

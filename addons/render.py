@@ -21,6 +21,7 @@ from .resolve import ResolvedTask, Value, resolve_task
 
 MANAGED_BY = "stashflow"
 LABEL_PREFIX = "stashflow.io/"
+FLOW_RUN_LABEL = LABEL_PREFIX + "flow-run"  # the Prefect flow run that made an object
 TMP_VOLUME = "kubestash-tmp-volume"
 INTERIM_VOLUME = "kubestash-interim-volume"
 STORAGE_VOLUME = "stashflow-storage"

@@ -148,6 +148,137 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """``stashflow run`` options → the flow's parameters."""
+    from stashflow.flows.addon_flows import flow_for, form_parameter
+
+    flow_for(args.addon, args.task)  # unknown-addon / unknown-task before anything else
+    kwargs: dict[str, Any] = {"target": str(args.target), "namespace": args.namespace}
+    values: dict[str, Any] = {}
+    for path in args.values or []:
+        values.update({k: v.value for k, v in _values_file(path).items()})
+    values.update({k: v.value for k, v in _pairs(args.param or [], "--param", args.argv).items()})
+    extra = {k: v for k, v in values.items() if not form_parameter(k)}
+    kwargs.update({k: v for k, v in values.items() if form_parameter(k)})
+    if extra:
+        kwargs["extra_params"] = extra
+    variables = {k: v.value for k, v in _pairs(args.var or [], "--var", args.argv).items()}
+    if "DB_VERSION" in variables:
+        kwargs["db_version"] = variables.pop("DB_VERSION")
+    for name in ("backupSession", "restoreSession"):
+        if name in variables:
+            kwargs["session"] = variables.pop(name)
+    if "snapshot" in variables:
+        kwargs["snapshot"] = variables.pop("snapshot")
+    if variables:
+        kwargs["variables"] = variables
+    for option in ("storage", "repository", "directory", "encryption_secret", "snapshot", "timeout",
+                   "kubeconfig", "context", "history_limit", "attempt"):
+        value = getattr(args, option, None)
+        if value not in (None, ""):
+            kwargs[option] = value
+    if args.session:  # the plan's session name (repository path), not the backup session
+        kwargs["plan_session"] = args.session
+    return kwargs
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run one Addon task as its Prefect flow against the current kube context."""
+    if args.catalog:
+        os.environ[CATALOG_ENV] = os.pathsep.join(args.catalog)
+    kwargs = _run_kwargs(args)
+    import asyncio
+
+    from prefect import tags
+
+    from stashflow.flows.addon_flows import flow_for
+
+    flow = flow_for(args.addon, args.task)
+    target = Target.parse(kwargs["target"])
+    with tags("stashflow", f"addon:{args.addon}", f"task:{args.task}",
+              f"target:{args.namespace}.{target.kind}.{target.name}".lower()):
+        state = asyncio.run(flow(**kwargs, return_state=True))
+    if state.is_completed():
+        result = state.result()
+        _print_result(args, result)
+        return 0
+    try:
+        state.result()
+    except StashflowError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - Prefect wraps what the flow raised
+        raise InputError(f"the flow run ended {state.name}: {exc}", code="job-failed") from None
+    return 1
+
+
+def _print_result(args: argparse.Namespace, result: dict[str, Any]) -> None:
+    snapshot = result.get("snapshot")
+    if snapshot:
+        import asyncio
+
+        from stashflow.tasks import resources
+        from stashflow.tasks.kube import connect
+
+        async def read() -> dict[str, Any]:
+            async with connect(args.kubeconfig, args.context) as kube:
+                return await resources.read(kube, "Snapshot", args.namespace, snapshot)
+
+        obj = asyncio.run(read())
+        obj.get("metadata", {}).pop("managedFields", None)
+        yaml.safe_dump(obj, sys.stdout, sort_keys=False, width=float("inf"))
+    else:
+        yaml.safe_dump(result, sys.stdout, sort_keys=False, width=float("inf"))
+
+
+def cmd_snapshots(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from stashflow.tasks import resources
+    from stashflow.tasks.kube import connect
+
+    async def listing() -> list[dict[str, Any]]:
+        async with connect(args.kubeconfig, args.context) as kube:
+            return await resources.list_snapshots(kube, None if args.all_namespaces else args.namespace,
+                                                  f"kubestash.com/repo-name={args.repository}" if args.repository else None)
+
+    rows = [("NAMESPACE", "NAME", "REPOSITORY", "SESSION", "PHASE", "SIZE", "SNAPSHOT-TIME")]
+    for s in asyncio.run(listing()):
+        status = s.get("status") or {}
+        rows.append((s["metadata"]["namespace"], s["metadata"]["name"], s["spec"].get("repository", ""),
+                     s["spec"].get("session", ""), status.get("phase", ""), status.get("size", ""),
+                     status.get("snapshotTime", "")))
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
+    return 0
+
+
+def cmd_install(args: argparse.Namespace) -> int:
+    from stashflow.addons.crd import snapshot_crd
+    from stashflow.addons.rbac import rbac_objects
+
+    if args.print:
+        yaml.safe_dump_all([snapshot_crd(), *rbac_objects(args.namespace)], sys.stdout, sort_keys=False)
+        return 0
+    import asyncio
+
+    from stashflow.tasks.install import install
+    from stashflow.tasks.kube import connect
+
+    async def apply() -> list[str]:
+        async with connect(args.kubeconfig, args.context) as kube:
+            return await install(kube, args.namespace)
+
+    for line in asyncio.run(apply()):
+        print(line)
+    return 0
+
+
+def _cluster_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, $KUBECONFIG, ~/.kube/config)")
+    p.add_argument("--context", help="kubeconfig context")
+
+
 def _target(text: str) -> Target:
     try:
         return Target.parse(text)
@@ -193,6 +324,26 @@ def build_parser(extensions: Sequence[Callable[[Any], None]] = ()) -> argparse.A
     add_run_options(p)
     p.add_argument("--output", "-o", choices=("yaml", "json"), default="yaml")
     p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("run", help="run an Addon task as its Prefect flow on the current cluster; print the Snapshot")
+    add_run_options(p)
+    p.add_argument("--snapshot", metavar="NAME", help="restores: the Snapshot to restore, or latest (with --repository)")
+    p.add_argument("--history-limit", type=int, help="finished Jobs of this target and task to keep (default 1)")
+    _cluster_options(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("snapshots", help="list Snapshots")
+    p.add_argument("--namespace", "-n", default="default")
+    p.add_argument("--all-namespaces", "-A", action="store_true")
+    p.add_argument("--repository", help="only this repository's Snapshots")
+    _cluster_options(p)
+    p.set_defaults(func=cmd_snapshots)
+
+    p = sub.add_parser("install", help="apply the Snapshot CRD (when missing) and RBAC for stashflow in a namespace")
+    p.add_argument("--namespace", "-n", default="default")
+    p.add_argument("--print", action="store_true", help="print the objects instead of applying them")
+    _cluster_options(p)
+    p.set_defaults(func=cmd_install)
 
     p = sub.add_parser("tasks", help="list the Addon tasks of the catalog (one flow each)")
     p.add_argument("--catalog", action="extend", nargs="+", metavar="PATH")

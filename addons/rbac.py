@@ -1,0 +1,31 @@
+"""The RBAC a stashflow run needs in a namespace: only the verbs it uses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+NAME = "stashflow"
+
+RULES: list[dict[str, Any]] = [
+    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["create", "get", "list", "watch", "patch", "delete"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
+    {"apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": ["create", "get", "list", "patch", "delete"]},
+    {"apiGroups": ["storage.kubestash.com"], "resources": ["snapshots"],
+     "verbs": ["create", "get", "list", "watch", "patch", "delete"]},
+    {"apiGroups": ["storage.kubestash.com"], "resources": ["snapshots/status"], "verbs": ["get", "patch"]},
+    {"apiGroups": ["storage.kubestash.com"], "resources": ["backupstorages"], "verbs": ["get", "list"]},
+]
+
+
+def rbac_objects(namespace: str) -> list[dict[str, Any]]:
+    """ServiceAccount, Role and RoleBinding named ``stashflow`` in ``namespace``."""
+    labels = {"app.kubernetes.io/managed-by": "stashflow"}
+    meta = {"name": NAME, "namespace": namespace, "labels": labels}
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": dict(meta)},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": dict(meta), "rules": RULES},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": dict(meta),
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": NAME},
+         "subjects": [{"kind": "ServiceAccount", "name": NAME, "namespace": namespace}]},
+    ]

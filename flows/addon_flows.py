@@ -1,0 +1,201 @@
+"""One Prefect flow per Addon task, as module-level objects of this module.
+
+For ``stashflow-pvc`` / ``logical-backup`` the flow is named ``stashflow-pvc:logical-backup``
+(Prefect forbids ``/`` in flow names) and importable as
+``stashflow.flows.addon_flows:stashflow_pvc__logical_backup``, so workers, ``serve``,
+``prefect deploy`` and the cancel/crash hooks can load it by entrypoint.
+
+Each flow's parameters are the run options below plus the task's own parameters, with
+their defaults, and ``usage`` as descriptions: the Prefect UI shows one form per task.
+A required task parameter has no default; an optional one without a default is ``None``
+("not given", which KubeStash treats differently from an empty string).
+
+The catalog is ``$STASHFLOW_CATALOG`` (folders and files, ``:``-separated) or the built-in
+one; it is loaded once, when this module is imported.
+"""
+
+from __future__ import annotations
+
+import inspect
+import keyword
+import os
+import re
+from typing import Any
+
+from prefect import Flow, flow
+from prefect.runtime import flow_run as current_flow_run
+
+from stashflow.addons.catalog import BUILTIN_CATALOG, Catalog
+from stashflow.addons.durations import parse_duration
+from stashflow.addons.errors import InputError, Location
+from stashflow.addons.model import Addon, Task
+from stashflow.addons.names import valid_name
+from stashflow.addons.render import FLOW_RUN_LABEL, Target
+from stashflow.addons.resolve import Value
+from stashflow.tasks.steps import RunSpec
+
+from .engine import Connection, cleanup_hook, execute
+
+CATALOG_ENV = "STASHFLOW_CATALOG"
+
+#: Run options every flow has, in form order: (name, type, default, description).
+RUN_OPTIONS: list[tuple[str, Any, Any, str]] = [
+    ("target", str, inspect.Parameter.empty,
+     "What to back up or restore, as KIND/NAME: PersistentVolumeClaim/data, Postgres.kubedb.com/prod-db."),
+    ("namespace", str, "default", "Namespace of the target and of everything the run creates."),
+    ("storage", str | dict | None, None,
+     "BackupStorage to back up into: its name (from the catalog paths) or the object itself."),
+    ("repository", str | None, None, "Repository name recorded in the Snapshot (default: the target's name)."),
+    ("directory", str, "", "The repository's directory inside the storage."),
+    ("encryption_secret", str | None, None, "Secret in the namespace whose key RESTIC_PASSWORD encrypts the data."),
+    ("snapshot", str | None, None, "Restores: the Snapshot to restore, or 'latest' (of `repository`)."),
+    ("timeout", str | None, "6h", "Deadline of the run (Job activeDeadlineSeconds), e.g. 30m, 6h; empty: none."),
+    ("session", str | None, None, "Backup/restore session name (names the Job and Snapshot); "
+                                  "default: the target and the run's scheduled time."),
+    ("plan_session", str | None, None, "The plan's session name (repository path); default: the task name."),
+    ("db_version", str | None, None, "Database version, mapped onto the Function's availableVersions."),
+    ("variables", dict[str, str] | None, None, "Other built-in variables (e.g. POD_ORDINAL)."),
+    ("extra_params", dict[str, str] | None, None, "Task parameters whose names are not Python identifiers."),
+    ("history_limit", int, 1, "How many finished Jobs of this target and task stay for debugging."),
+    ("stuck_after", float, 180.0, "Seconds a Pod may be stuck (image pull, config, unschedulable) before failing."),
+    ("attempt", int, 1, "Attempt number (names the Job; retries are new attempts)."),
+    ("invoker", dict[str, str] | None, None, "The plan that invoked this run: {kind, name}."),
+    ("kubeconfig", str | None, None, "Kubeconfig file (default: in-cluster, then $KUBECONFIG, ~/.kube/config)."),
+    ("context", str | None, None, "Kubeconfig context."),
+    ("credentials_block", str | None, None, "Name of a prefect-kubernetes KubernetesCredentials block."),
+]
+RUN_OPTION_NAMES = {name for name, *_ in RUN_OPTIONS}
+
+
+def catalog_paths() -> list[str]:
+    env = os.environ.get(CATALOG_ENV)
+    return [p for p in env.split(os.pathsep) if p] if env else [str(BUILTIN_CATALOG)]
+
+
+def python_name(addon: str, task: str) -> str:
+    """``stashflow-pvc`` + ``logical-backup`` → ``stashflow_pvc__logical_backup``."""
+    return re.sub(r"\W", "_", f"{addon}__{task}")
+
+
+def form_parameter(name: str) -> bool:
+    """Whether a task parameter can be its own form field (else it goes in ``extra_params``)."""
+    return name.isidentifier() and not keyword.iskeyword(name) and name not in RUN_OPTION_NAMES
+
+
+def _run_name() -> str:
+    p = current_flow_run.parameters
+    target = str(p.get("target", "")).rsplit("/", 1)[-1]
+    return f"{p.get('namespace', 'default')}.{target} {current_flow_run.flow_name}"
+
+
+def _spec_from_parameters(addon: Addon, task: Task, list_name: str, values: dict[str, Any]) -> RunSpec:
+    """Flow parameters → a checked ``RunSpec``."""
+    try:
+        target = Target.parse(str(values["target"]))
+    except InputError as exc:
+        raise InputError(exc.message, code=exc.code, field="target", hint=exc.hint) from None
+    params: dict[str, Value] = {}
+    for p in task.parameters or []:
+        if form_parameter(p.name) and values.get(p.name) is not None:
+            params[p.name] = Value(str(values[p.name]), Location("<flow parameters>", 0), p.name)
+    for name, value in (values.get("extra_params") or {}).items():
+        params[name] = Value(str(value), Location("<flow parameters>", 0), f"extra_params.{name}")
+    builtins = {k: Value(str(v), Location("<flow parameters>", 0), f"variables.{k}")
+                for k, v in (values.get("variables") or {}).items()}
+    if values.get("db_version"):
+        builtins["DB_VERSION"] = Value(str(values["db_version"]), Location("<flow parameters>", 0), "db_version")
+    timeout = None
+    if values.get("timeout"):
+        try:
+            timeout = int(parse_duration(str(values["timeout"])))
+        except ValueError as exc:
+            raise InputError(str(exc), code="invalid-argument", field="timeout") from None
+    run_id = current_flow_run.id
+    session = values.get("session")
+    if not session:
+        started = current_flow_run.scheduled_start_time
+        session = valid_name(target.name, str(int(started.timestamp())) if started else "")
+    invoker = values.get("invoker") or {}
+    return RunSpec(
+        addon=addon.name, task=task.name, namespace=values.get("namespace") or "default", target=target,
+        params=params, builtins=builtins, session=session, plan_session=values.get("plan_session"),
+        invoker_kind=invoker.get("kind"), invoker_name=invoker.get("name"), attempt=int(values.get("attempt") or 1),
+        timeout_seconds=timeout, storage=values.get("storage"), repository=values.get("repository"),
+        directory=values.get("directory") or "", encryption_secret=values.get("encryption_secret"),
+        snapshot=values.get("snapshot"), stuck_after=float(values.get("stuck_after") or 180.0),
+        history_limit=int(values.get("history_limit") if values.get("history_limit") is not None else 1),
+        labels={FLOW_RUN_LABEL: run_id} if run_id else {},
+    )
+
+
+def make_flow(catalog: Catalog, addon: Addon, list_name: str, task: Task) -> Flow:
+    """The flow of one Addon task, its signature built from the task's parameters."""
+    pyname = python_name(addon.name, task.name)
+    parameters = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+                  for name, annotation, default, _ in RUN_OPTIONS]
+    docs = [f"    {name}: {description}" for name, _, _, description in RUN_OPTIONS]
+    for p in task.parameters or []:
+        if not form_parameter(p.name):
+            continue
+        if p.required:
+            default: Any = inspect.Parameter.empty
+            annotation: Any = str
+        else:
+            default, annotation = (p.default, str) if p.default is not None else (None, str | None)
+        parameters.append(inspect.Parameter(p.name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                                            annotation=annotation))
+        docs.append(f"    {p.name}: {(p.usage or 'Addon task parameter.').strip()}"
+                    + (" (required)" if p.required else ""))
+    # Prefect wants required parameters first in the form; keyword-only order is free.
+    parameters.sort(key=lambda prm: prm.default is not inspect.Parameter.empty)
+    kind = "Back up" if list_name == "backupTasks" else "Restore"
+    doc = (f"{kind} with KubeStash Addon task {addon.name}/{task.name} (Function {task.function}).\n\nArgs:\n"
+           + "\n".join(docs))
+
+    async def run(**values: Any) -> dict[str, Any]:
+        spec = _spec_from_parameters(addon, task, list_name, values)
+        connection = Connection(values.get("kubeconfig"), values.get("context"), values.get("credentials_block"))
+        return await execute(spec, catalog, connection)
+
+    run.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    run.__annotations__ = {prm.name: prm.annotation for prm in parameters} | {"return": dict[str, Any]}
+    run.__name__ = run.__qualname__ = pyname
+    run.__module__ = __name__
+    run.__doc__ = doc
+    return flow(
+        run,
+        name=f"{addon.name}:{task.name}",
+        description=doc.split("\n\n")[0],
+        flow_run_name=_run_name,
+        retries=0,
+        validate_parameters=True,
+        on_cancellation=[cleanup_hook],
+        on_crashed=[cleanup_hook],
+    )
+
+
+def build_flows(paths: list[str]) -> tuple[Catalog, dict[str, Flow]]:
+    catalog = Catalog().add_paths(paths).check().raise_for_problems()
+    flows = {}
+    for addon in catalog.addons.values():
+        for list_name, _, task in addon.tasks():
+            flows[python_name(addon.name, task.name)] = make_flow(catalog, addon, list_name, task)
+    return catalog, flows
+
+
+CATALOG, FLOWS = build_flows(catalog_paths())
+globals().update(FLOWS)
+
+
+def flow_for(addon: str, task: str) -> Flow:
+    """The flow of ``addon``/``task`` (an ``unknown-addon``/``unknown-task`` error if there is none)."""
+    CATALOG.task(addon, task)
+    return FLOWS[python_name(addon, task)]
+
+
+def entrypoint(addon: str, task: str) -> str:
+    """The module entrypoint of a flow, for deployments."""
+    return f"{__name__}:{python_name(addon, task)}"
+
+
+__all__ = ["CATALOG", "FLOWS", "flow_for", "entrypoint", *FLOWS]

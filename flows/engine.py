@@ -1,0 +1,178 @@
+"""The one async implementation behind every Addon-task flow.
+
+A run: load the catalog → resolve-parameters → provision-volumes → launch-job →
+wait-for-job → record-snapshot. Whatever way it ends, it leaves nothing behind that it
+should not: a cancelled, crashed, stuck or timed-out run deletes its Job (Foreground) and
+PVCs and marks its Snapshot Failed; a failed run keeps its Job only within the history limit
+(``sessionHistoryLimit``), where it counts; a successful run keeps its Job for that limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from prefect import get_run_logger
+from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
+
+from stashflow.addons.catalog import Catalog
+from stashflow.addons.errors import RunError, StashflowError
+from stashflow.addons.render import FLOW_RUN_LABEL, ExecutionPlan
+from stashflow.tasks import resources
+from stashflow.tasks.kube import Kube, connect
+from stashflow.tasks.results import now_rfc3339
+from stashflow.tasks.steps import (
+    RunSpec,
+    launch_job,
+    provision_volumes,
+    record_snapshot,
+    resolve_parameters,
+    wait_for_job,
+)
+from stashflow.tasks.wait import JobOutcome
+
+WAIT_GRACE_SECONDS = 30  # past activeDeadlineSeconds, the run's own deadline stops the wait
+STOPPED_PHASES = {"TimedOut", "Stuck", "Gone"}  # the Job did not end by itself: always removed
+STOPPED_CATEGORIES = {"deadline-exceeded"}
+
+
+@dataclass(frozen=True)
+class Connection:
+    """How to reach the cluster: a kubeconfig (and context), or a KubernetesCredentials block."""
+
+    kubeconfig: str | None = None
+    context: str | None = None
+    credentials_block: str | None = None
+
+    def connect(self):  # type: ignore[no-untyped-def]
+        return connect(self.kubeconfig, self.context, self.credentials_block)
+
+
+def artifact_key(*parts: str) -> str:
+    """Prefect artifact keys: lowercase letters, digits and dashes."""
+    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", "-".join(parts).lower())).strip("-")[:100]
+
+
+async def execute(spec: RunSpec, catalog: Catalog, connection: Connection) -> dict[str, Any]:
+    """Run one Addon task to its end; return the summary or raise ``StashflowError``."""
+    logger = get_run_logger()
+    started = time.time()
+    async with connection.connect() as kube:
+        plan = await resolve_parameters(spec, catalog)
+        timeout = (spec.timeout_seconds + WAIT_GRACE_SECONDS) if spec.timeout_seconds else 7 * 86400
+        secrets = [plan.resolved.inputs[k] for k in plan.resolved.secret_inputs]
+        try:
+            pvcs = await provision_volumes(plan)
+            await launch_job(plan, pvcs)
+            outcome = await wait_for_job(plan, timeout, spec.stuck_after, secrets)
+        except BaseException as exc:  # cancelled, interrupted, or the API failed mid-way
+            reason = "the run was cancelled" if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)) \
+                else f"the run stopped: {exc}"
+            await _shielded(abort(kube, plan.namespace, resources.selector(plan.labels), reason))
+            raise
+        result = await record_snapshot(plan, outcome, started)
+        if outcome.succeeded and "error_code" not in result:
+            deleted = await resources.prune_history(kube, plan.namespace, plan.labels, spec.history_limit)
+            if deleted:
+                logger.info("history limit %d: removed %s", spec.history_limit, ", ".join(deleted))
+            await publish_success(plan, result)
+            return result
+        return await _failed(kube, spec, plan, outcome, result)
+
+
+async def _failed(kube: Kube, spec: RunSpec, plan: ExecutionPlan, outcome: JobOutcome, result: dict[str, Any]
+                  ) -> dict[str, Any]:
+    logger = get_run_logger()
+    diagnosis = outcome.diagnosis
+    stopped = outcome.phase in STOPPED_PHASES or (diagnosis is not None and diagnosis.category in STOPPED_CATEGORIES)
+    if stopped or spec.history_limit <= 0:
+        deleted = await resources.delete_run_objects(kube, plan.namespace, resources.selector(plan.labels))
+    else:  # keep the failed Job for debugging, counted in the history limit
+        deleted = await resources.prune_history(kube, plan.namespace, plan.labels, spec.history_limit)
+    if deleted:
+        logger.info("removed %s", ", ".join(deleted))
+    title = f"{plan.resolved.flow_name} failed for {plan.target} in {plan.namespace}"
+    if result.get("error_code") == "no-result":
+        error = RunError(f"{title}: the Job succeeded but reported no result", code="no-result",
+                         hint="the Function must write its termination message or print restic's --json summary")
+        await acreate_markdown_artifact(markdown=f"# {title}\n\n{error.message}\n\n**What to do:** {error.hint}",
+                                        description="why the run failed")
+        raise error
+    assert diagnosis is not None
+    code = "run-timeout" if outcome.phase == "TimedOut" else diagnosis.code
+    await acreate_markdown_artifact(markdown=diagnosis.markdown(title), description="why the run failed")
+    raise RunError(f"{title}: {diagnosis.summary()}", code=code, diagnosis=diagnosis, hint=diagnosis.hint)
+
+
+async def publish_success(plan: ExecutionPlan, result: dict[str, Any]) -> None:
+    """A table of the components for this run, and the target's "last backup" artifact (stable key)."""
+    rows = []
+    for name, component in (result.get("components") or {}).items():
+        stats = (component.get("resticStats") or [{}])[0]
+        rows.append({"component": name, "phase": component.get("phase"), "size": component.get("size", ""),
+                     "duration": component.get("duration", ""), "integrity": component.get("integrity"),
+                     "restic snapshot": stats.get("id") or (stats.get("summary") or {}).get("id", ""),
+                     "uploaded": stats.get("uploaded", "")})
+    if plan.snapshot_name is None:
+        await acreate_markdown_artifact(markdown=f"# Restore of {plan.target} in {plan.namespace}\n\n"
+                                                 f"Job `{plan.job_name}` completed.", description="restore result")
+        return
+    await acreate_table_artifact(table=rows, description=f"Snapshot {plan.snapshot_name}: components")
+    target = plan.target
+    await acreate_markdown_artifact(
+        key=artifact_key("last-backup", plan.namespace, target.kind, target.name),
+        markdown="\n".join([
+            f"# Last successful backup of {target} in {plan.namespace}", "",
+            f"- Snapshot: `{plan.snapshot_name}`", f"- time: {now_rfc3339()}",
+            f"- task: `{plan.resolved.flow_name}`", f"- size: {result.get('size') or 'not reported'}",
+            f"- integrity: {result.get('integrity') if result.get('integrity') is not None else 'not reported'}",
+            "", "| component | restic snapshot | size | uploaded |", "|---|---|---|---|",
+            *[f"| {r['component']} | `{r['restic snapshot']}` | {r['size']} | {r['uploaded']} |" for r in rows],
+        ]),
+        description=f"the last successful backup of {target} in {plan.namespace}",
+    )
+
+
+async def _shielded(coro: Any) -> None:
+    """Run cleanup to its end even while the surrounding task is being cancelled."""
+    task = asyncio.ensure_future(coro)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await task
+    except StashflowError as exc:
+        get_run_logger().error("cleanup failed: %s", exc)
+
+
+async def abort(kube: Kube, namespace: str, label_selector: str, reason: str) -> list[str]:
+    """Stop a run from outside its normal path: delete its Job and PVCs, fail its Snapshot."""
+    deleted = await resources.delete_run_objects(kube, namespace, label_selector)
+    for snapshot in await resources.list_snapshots(kube, namespace, label_selector):
+        if (snapshot.get("status") or {}).get("phase") in (None, "Pending", "Running"):
+            name = snapshot["metadata"]["name"]
+            components = {c: {**v, "phase": "Failed", "error": reason}
+                          for c, v in ((snapshot.get("status") or {}).get("components") or {}).items()}
+            await resources.patch_snapshot_status(kube, namespace, name, {
+                "phase": "Failed", "components": components, "lastUpdateTime": now_rfc3339(),
+                "conditions": [{"type": "BackupIncomplete", "status": "True",
+                                "reason": "BackupExecutorTerminatedBeforeCompletion",
+                                "message": f"Failed to complete backup. Reason: {reason}",
+                                "lastTransitionTime": now_rfc3339()}]})
+            deleted.append(f"Snapshot/{name} marked Failed")
+    return deleted
+
+
+async def cleanup_hook(flow: Any, flow_run: Any, state: Any) -> None:
+    """``on_cancellation`` / ``on_crashed``: remove what the flow run made, found by its label.
+
+    Prefect runs this in the runner or worker after the flow-run process is gone, so it
+    reconnects from the run's own parameters."""
+    params = flow_run.parameters or {}
+    connection = Connection(params.get("kubeconfig"), params.get("context"), params.get("credentials_block"))
+    namespace = params.get("namespace") or "default"
+    reason = f"the flow run was {str(getattr(state, 'name', 'stopped')).lower()}"
+    async with connection.connect() as kube:
+        await abort(kube, namespace, f"{FLOW_RUN_LABEL}={flow_run.id}", reason)

@@ -1,0 +1,39 @@
+"""``stashflow install``: what stashflow needs in a cluster, applied idempotently."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stashflow.addons.errors import ClusterError
+from stashflow.addons.rbac import rbac_objects
+
+from .kube import Kube
+from .resources import ensure_snapshot_crd
+
+
+async def _apply(kube: Kube, obj: dict[str, Any]) -> str:
+    kind, ns, name = obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"]
+    create, replace = {
+        "ServiceAccount": (kube.core.create_namespaced_service_account, None),
+        "Role": (kube.rbac.create_namespaced_role, kube.rbac.replace_namespaced_role),
+        "RoleBinding": (kube.rbac.create_namespaced_role_binding, kube.rbac.replace_namespaced_role_binding),
+    }[kind]
+    try:
+        await kube.call(f"create {kind} {ns}/{name}", create, ns, obj)
+        return f"{kind}/{name} created"
+    except ClusterError as exc:
+        if exc.status != 409:
+            raise
+    if replace is None:
+        return f"{kind}/{name} unchanged"
+    await kube.call(f"update {kind} {ns}/{name}", replace, name, ns, obj)
+    return f"{kind}/{name} updated"
+
+
+async def install(kube: Kube, namespace: str) -> list[str]:
+    """The Snapshot CRD when the cluster has none, then the ServiceAccount, Role and RoleBinding."""
+    crd = await ensure_snapshot_crd(kube)
+    done = [f"CustomResourceDefinition/snapshots.storage.kubestash.com {'already present' if crd == 'present' else 'installed'}"]
+    for obj in rbac_objects(namespace):
+        done.append(await _apply(kube, obj))
+    return done

@@ -1,0 +1,161 @@
+"""Kubernetes access shared by the steps: one client per run, errors that say what to do.
+
+Transient failures (429, 5xx, connection resets, timeouts) are retried with backoff inside
+``Kube.call``; permanent ones (403, 404, 409, 422) become a ``ClusterError`` at once, with a
+code and a hint. Every request is counted (``Kube.requests``), which the benchmark reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
+from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
+
+import aiohttp
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from stashflow.addons.errors import ClusterError
+
+log = logging.getLogger("stashflow.kube")
+T = TypeVar("T")
+
+TRANSIENT_STATUS = {0, 429, 500, 502, 503, 504}
+RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 4.0, 8.0)  # ~16 s of patience, then api-unavailable
+
+
+def api_message(exc: ApiException) -> str:
+    """The API's own message (Status.message), not the whole HTTP dump."""
+    try:
+        body = json.loads(exc.body) if exc.body else {}
+        return str(body.get("message") or exc.reason or exc)
+    except (ValueError, TypeError):
+        return str(exc.reason or exc)
+
+
+def classify(exc: BaseException, what: str) -> ClusterError:
+    """An API failure as a ``ClusterError`` whose code and hint say what to do next."""
+    if isinstance(exc, ApiException):
+        status, message = exc.status or 0, api_message(exc)
+        if status == 401:
+            return ClusterError(f"{what}: unauthorized: {message}", status=status, code="api-forbidden",
+                                hint="the kubeconfig's credentials are not accepted; refresh them")
+        if status == 403:
+            return ClusterError(f"{what}: forbidden: {message}", status=status, code="api-forbidden",
+                                hint="grant the verbs of `stashflow install --print` to the identity stashflow runs as")
+        if status == 404:
+            return ClusterError(f"{what}: not found: {message}", status=status, code="api-not-found",
+                                hint="check that the namespace exists and `stashflow install` has run")
+        if status == 409:
+            return ClusterError(f"{what}: conflict: {message}", status=status, code="api-conflict")
+        if status == 422:
+            return ClusterError(f"{what}: invalid: {message}", status=status, code="api-invalid",
+                                hint="the API server named the field above; fix the plan or the Addon")
+        if status in TRANSIENT_STATUS:
+            return ClusterError(f"{what}: the API answered {status} repeatedly: {message}", status=status,
+                                code="api-unavailable", hint="check the cluster's health and try again")
+        return ClusterError(f"{what}: {status} {message}", status=status, code="api-error")
+    return ClusterError(f"{what}: no answer from the API: {exc.__class__.__name__}: {exc}", status=0,
+                        code="api-unavailable", hint="is the cluster reachable from here? (kubectl cluster-info)")
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, ApiException):
+        return (exc.status or 0) in TRANSIENT_STATUS
+    return isinstance(exc, (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError, OSError))
+
+
+class Kube:
+    """The typed APIs over one ``ApiClient``, with retries and a request counter."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self.api = api
+        self.core = client.CoreV1Api(api)
+        self.batch = client.BatchV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+        self.extensions = client.ApiextensionsV1Api(api)
+        self.rbac = client.RbacAuthorizationV1Api(api)
+        self.requests = 0
+
+    async def call(self, what: str, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)``, retried while the failure is transient."""
+        for attempt, delay in enumerate((*RETRY_DELAYS, None)):
+            self.requests += 1
+            try:
+                return await fn(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - classified below
+                if delay is None or not is_transient(exc):
+                    raise classify(exc, what) from exc
+                log.debug("%s: transient failure (%s), retry %d in %.1fs", what, exc, attempt + 1, delay)
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    async def close(self) -> None:
+        await self.api.close()
+
+
+async def load_configuration(kubeconfig: str | None = None, context: str | None = None) -> client.Configuration:
+    """In-cluster config inside a Pod, else the kubeconfig (``$KUBECONFIG``, ``~/.kube/config``)."""
+    configuration = client.Configuration()
+    if kubeconfig is None and context is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        config.load_incluster_config(client_configuration=configuration)
+        return configuration
+    try:
+        await config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=configuration)
+    except (config.ConfigException, FileNotFoundError, OSError) as exc:
+        raise ClusterError(f"cannot load a kubeconfig: {exc}", code="api-unavailable",
+                           hint="set KUBECONFIG or pass --kubeconfig; inside a Pod the service account is used") from None
+    return configuration
+
+
+async def configuration_from_block(block_name: str) -> client.Configuration:
+    """A prefect-kubernetes ``KubernetesCredentials`` block's cluster config."""
+    from prefect_kubernetes.credentials import KubernetesCredentials  # heavy: only when asked
+
+    credentials = await KubernetesCredentials.load(block_name)
+    configuration = client.Configuration()
+    if credentials.cluster_config is None:
+        return await load_configuration()
+    await config.load_kube_config_from_dict(config_dict=credentials.cluster_config.config,
+                                            context=credentials.cluster_config.context_name,
+                                            client_configuration=configuration)
+    return configuration
+
+
+@asynccontextmanager
+async def connect(kubeconfig: str | None = None, context: str | None = None,
+                  credentials_block: str | None = None) -> AsyncIterator[Kube]:
+    """One client for a run, closed at the end."""
+    if credentials_block:
+        configuration = await configuration_from_block(credentials_block)
+    else:
+        configuration = await load_configuration(kubeconfig, context)
+    kube = Kube(client.ApiClient(configuration))
+    token = CURRENT.set(kube)
+    try:
+        yield kube
+    finally:
+        CURRENT.reset(token)
+        await kube.close()
+
+
+CURRENT: ContextVar[Kube | None] = ContextVar("stashflow_kube", default=None)
+
+
+def current() -> Kube:
+    """The run's client (set by ``connect``): tasks share it without passing it as a parameter."""
+    kube = CURRENT.get()
+    if kube is None:
+        raise RuntimeError("no Kubernetes connection: steps run inside `async with connect(...)`")
+    return kube
+
+
+def to_dict(kube: Kube, obj: Any) -> dict[str, Any]:
+    """A client model as the API's JSON (camelCase), for code that reads fields by name."""
+    if isinstance(obj, dict):
+        return obj
+    return kube.api.sanitize_for_serialization(obj)

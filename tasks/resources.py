@@ -1,0 +1,206 @@
+"""Creating, adopting and removing what a run makes: PVCs, the Job, the Snapshot.
+
+Every object carries the run's labels (``stashflow.io/session``, ``.../task``,
+``.../target-*``). A create that meets an existing object with the same session, task and
+target adopts it (a retried or restarted run), anything else is a conflict. Cleanup finds
+objects by label, so it also works from a cancel or crash hook that has only the labels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from stashflow.addons import crd
+from stashflow.addons.errors import ClusterError
+from stashflow.addons.render import LABEL_PREFIX, MANAGED_BY
+
+from .kube import Kube
+
+log = logging.getLogger("stashflow.resources")
+
+IDENTITY_LABELS = ("session", "task", "target-kind", "target-name", "attempt")
+MERGE_PATCH = "application/merge-patch+json"
+
+
+def identity(labels: dict[str, str]) -> dict[str, str]:
+    return {k: labels.get(LABEL_PREFIX + k, "") for k in IDENTITY_LABELS}
+
+
+def selector(labels: dict[str, str], keys: tuple[str, ...] = ("session", "task", "attempt")) -> str:
+    """A label selector for a run's objects (by default: its session, task and attempt)."""
+    parts = [f"app.kubernetes.io/managed-by={MANAGED_BY}"]
+    parts += [f"{LABEL_PREFIX}{k}={labels[LABEL_PREFIX + k]}" for k in keys if LABEL_PREFIX + k in labels]
+    return ",".join(parts)
+
+
+async def _create(kube: Kube, obj: dict[str, Any]) -> Any:
+    kind, ns = obj["kind"], obj["metadata"]["namespace"]
+    what = f'create {kind} {ns}/{obj["metadata"]["name"]}'
+    if kind == "Job":
+        return await kube.call(what, kube.batch.create_namespaced_job, ns, obj)
+    if kind == "PersistentVolumeClaim":
+        return await kube.call(what, kube.core.create_namespaced_persistent_volume_claim, ns, obj)
+    if kind == "Snapshot":
+        return await kube.call(what, kube.custom.create_namespaced_custom_object, crd.GROUP, crd.VERSION, ns,
+                               crd.PLURAL, obj)
+    raise ValueError(f"stashflow does not create {kind}")
+
+
+async def read(kube: Kube, kind: str, namespace: str, name: str) -> dict[str, Any]:
+    what = f"read {kind} {namespace}/{name}"
+    if kind == "Job":
+        found = await kube.call(what, kube.batch.read_namespaced_job, name, namespace)
+    elif kind == "PersistentVolumeClaim":
+        found = await kube.call(what, kube.core.read_namespaced_persistent_volume_claim, name, namespace)
+    elif kind == "Snapshot":
+        found = await kube.call(what, kube.custom.get_namespaced_custom_object, crd.GROUP, crd.VERSION, namespace,
+                                crd.PLURAL, name)
+    else:
+        raise ValueError(kind)
+    return kube.api.sanitize_for_serialization(found)
+
+
+async def create_or_adopt(kube: Kube, obj: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """Create ``obj``; if it exists and belongs to the same run, return it. ``(object, adopted)``."""
+    try:
+        created = await _create(kube, obj)
+        return kube.api.sanitize_for_serialization(created), False
+    except ClusterError as exc:
+        if exc.status != 409:
+            raise
+    meta = obj["metadata"]
+    existing = await read(kube, obj["kind"], meta["namespace"], meta["name"])
+    theirs = identity((existing.get("metadata") or {}).get("labels") or {})
+    if theirs != identity(meta.get("labels") or {}) or (existing["metadata"].get("deletionTimestamp")):
+        raise ClusterError(
+            f'{obj["kind"]} {meta["namespace"]}/{meta["name"]} exists and belongs to another run '
+            f"({', '.join(f'{k}={v}' for k, v in theirs.items() if v) or 'not made by stashflow'})",
+            status=409, code="api-conflict",
+            hint="pick another session name (--var backupSession=...) or delete the old object",
+        )
+    log.info("adopted existing %s %s/%s", obj["kind"], meta["namespace"], meta["name"])
+    return existing, True
+
+
+async def relabel(kube: Kube, obj: dict[str, Any], labels: dict[str, str]) -> None:
+    """Set labels on an existing Job or Snapshot (an adopted object joins the current run)."""
+    meta = obj["metadata"]
+    body = {"metadata": {"labels": labels}}
+    what = f'label {obj["kind"]} {meta["namespace"]}/{meta["name"]}'
+    if obj["kind"] == "Job":
+        await kube.call(what, kube.batch.patch_namespaced_job, meta["name"], meta["namespace"], body)
+    else:
+        await kube.call(what, kube.custom.patch_namespaced_custom_object, crd.GROUP, crd.VERSION, meta["namespace"],
+                        crd.PLURAL, meta["name"], body, _content_type=MERGE_PATCH)
+
+
+async def own_by_job(kube: Kube, namespace: str, pvc_names: list[str], job: dict[str, Any]) -> None:
+    """Make the Job the owner of the run's PVCs, so deleting the Job (GC) deletes them too."""
+    owner = {"apiVersion": "batch/v1", "kind": "Job", "name": job["metadata"]["name"], "uid": job["metadata"]["uid"],
+             "blockOwnerDeletion": True}
+    for name in pvc_names:
+        await kube.call(f"own PVC {namespace}/{name}", kube.core.patch_namespaced_persistent_volume_claim, name,
+                        namespace, {"metadata": {"ownerReferences": [owner]}})
+
+
+async def patch_snapshot_status(kube: Kube, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``status`` into the Snapshot's status subresource."""
+    patched = await kube.call(f"update status of Snapshot {namespace}/{name}",
+                              kube.custom.patch_namespaced_custom_object_status, crd.GROUP, crd.VERSION, namespace,
+                              crd.PLURAL, name, {"status": status}, _content_type=MERGE_PATCH)
+    return kube.api.sanitize_for_serialization(patched)
+
+
+async def list_snapshots(kube: Kube, namespace: str | None, label_selector: str | None = None) -> list[dict[str, Any]]:
+    kwargs = {"label_selector": label_selector} if label_selector else {}
+    if namespace:
+        found = await kube.call("list Snapshots", kube.custom.list_namespaced_custom_object, crd.GROUP, crd.VERSION,
+                                namespace, crd.PLURAL, **kwargs)
+    else:
+        found = await kube.call("list Snapshots", kube.custom.list_cluster_custom_object, crd.GROUP, crd.VERSION,
+                                crd.PLURAL, **kwargs)
+    items = found.get("items", [])
+    return sorted(items, key=lambda s: ((s.get("status") or {}).get("snapshotTime") or "",
+                                        s["metadata"].get("creationTimestamp") or ""))
+
+
+async def latest_snapshot(kube: Kube, namespace: str, repository: str) -> dict[str, Any] | None:
+    """The newest Succeeded Snapshot of a repository."""
+    snapshots = await list_snapshots(kube, namespace, f"kubestash.com/repo-name={repository}")
+    succeeded = [s for s in snapshots if (s.get("status") or {}).get("phase") == "Succeeded"]
+    return succeeded[-1] if succeeded else None
+
+
+async def ensure_snapshot_crd(kube: Kube, timeout: float = 30.0) -> str:
+    """Install stashflow's Snapshot CRD when the cluster has none: ``"present"`` or ``"installed"``."""
+    try:
+        await kube.call("read CRD", kube.extensions.read_custom_resource_definition, crd.CRD_NAME)
+        return "present"
+    except ClusterError as exc:
+        if exc.status != 404:
+            raise
+    try:
+        await kube.call("create Snapshot CRD", kube.extensions.create_custom_resource_definition, crd.snapshot_crd())
+    except ClusterError as exc:
+        if exc.status != 409:
+            raise
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while loop.time() < end:
+        found = await kube.call("read CRD", kube.extensions.read_custom_resource_definition, crd.CRD_NAME)
+        if any(c.type == "Established" and c.status == "True" for c in (found.status.conditions or [])):
+            return "installed"
+        await asyncio.sleep(0.1)
+    raise ClusterError("the Snapshot CRD was created but did not become Established", code="api-unavailable")
+
+
+async def delete_run_objects(kube: Kube, namespace: str, label_selector: str, *, jobs: bool = True,
+                             wait: float = 0.0) -> list[str]:
+    """Delete a run's Job(s) (Foreground: Pods first) and PVCs, found by label. Returns what was deleted."""
+    deleted: list[str] = []
+    if jobs:
+        found = await kube.call("list Jobs", kube.batch.list_namespaced_job, namespace, label_selector=label_selector)
+        for job in found.items:
+            try:
+                await kube.call(f"delete Job {namespace}/{job.metadata.name}", kube.batch.delete_namespaced_job,
+                                job.metadata.name, namespace, propagation_policy="Foreground")
+                deleted.append(f"Job/{job.metadata.name}")
+            except ClusterError as exc:
+                if exc.status != 404:
+                    raise
+    found = await kube.call("list PVCs", kube.core.list_namespaced_persistent_volume_claim, namespace,
+                            label_selector=label_selector)
+    for pvc in found.items:
+        try:
+            await kube.call(f"delete PVC {namespace}/{pvc.metadata.name}",
+                            kube.core.delete_namespaced_persistent_volume_claim, pvc.metadata.name, namespace)
+            deleted.append(f"PersistentVolumeClaim/{pvc.metadata.name}")
+        except ClusterError as exc:
+            if exc.status != 404:
+                raise
+    if wait and jobs:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + wait
+        while loop.time() < end:
+            left = await kube.call("list Jobs", kube.batch.list_namespaced_job, namespace, label_selector=label_selector)
+            if not left.items:
+                break
+            await asyncio.sleep(0.2)
+    return deleted
+
+
+async def prune_history(kube: Kube, namespace: str, labels: dict[str, str], keep: int) -> list[str]:
+    """Keep the newest ``keep`` finished Jobs of this target and task; delete older ones with their PVCs."""
+    sel = selector(labels, keys=("task", "target-kind", "target-name"))
+    found = await kube.call("list Jobs", kube.batch.list_namespaced_job, namespace, label_selector=sel)
+    finished = [j for j in found.items
+                if any(c.type in ("Complete", "Failed") and c.status == "True" for c in (j.status.conditions or []))
+                and j.metadata.deletion_timestamp is None]
+    finished.sort(key=lambda j: j.metadata.creation_timestamp, reverse=True)
+    deleted: list[str] = []
+    for job in finished[max(keep, 0):]:
+        session_labels = job.metadata.labels or {}
+        deleted += await delete_run_objects(kube, namespace, selector(session_labels))
+    return deleted

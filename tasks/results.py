@@ -1,0 +1,128 @@
+"""Reading what a Job reported, and turning it into Snapshot status (DESIGN.md §2).
+
+Channels, first found wins: the termination message (one JSON object ``{"components": ...}``
+in the Snapshot's own vocabulary), then restic's ``--json`` summary line in the container log.
+A third, a KubeStash executor that writes the Snapshot itself, is read by ``record_snapshot``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timezone
+from typing import Any, Iterable
+
+_SIZE = re.compile(r"^\s*([0-9.]+)\s*([KMGTPE]i?B|B|bytes?)?\s*$", re.I)
+_UNITS = {"b": 1, "byte": 1, "bytes": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4, "pib": 1024**5,
+          "eib": 1024**6, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4, "pb": 1000**5, "eb": 1000**6}
+
+
+def format_bytes(n: float) -> str:
+    """restic's and KubeStash's form: ``512 B``, ``637.225 KiB``, ``1.134 MiB``."""
+    if n < 1024:
+        return f"{int(n)} B"
+    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB"):
+        n /= 1024
+        if n < 1024:
+            return f"{n:.3f} {unit}"
+    return f"{n / 1024:.3f} EiB"
+
+
+def parse_bytes(text: str) -> float | None:
+    """``1.134 MiB`` → bytes (None when unreadable), as KubeStash's ``ConvertSizeToByte``."""
+    match = _SIZE.match(text or "")
+    if not match:
+        return None
+    return float(match.group(1)) * _UNITS[(match.group(2) or "b").lower()]
+
+
+def go_duration(seconds: float) -> str:
+    """Go's ``time.Duration.String()`` form: ``9.223082787s``, ``1m5.5s``, ``2h0m0s``."""
+    if seconds < 60:
+        return f"{seconds:.9f}".rstrip("0").rstrip(".") + "s"
+    minutes, secs = divmod(seconds, 60)
+    hours, minutes = divmod(int(minutes), 60)
+    sec = f"{secs:.9f}".rstrip("0").rstrip(".")
+    return f"{hours}h{minutes}m{sec}s" if hours else f"{minutes}m{sec}s"
+
+
+def from_termination_message(message: str | None) -> dict[str, dict[str, Any]] | None:
+    """``{"components": {...}}`` written to /dev/termination-log; None when absent or not JSON."""
+    if not message or not message.lstrip().startswith("{"):
+        return None
+    try:
+        data = json.loads(message)
+    except ValueError:
+        return None
+    components = data.get("components") if isinstance(data, dict) else None
+    if not isinstance(components, dict) or not all(isinstance(v, dict) for v in components.values()):
+        return None
+    return components
+
+
+def restic_summary(lines: Iterable[str]) -> dict[str, Any] | None:
+    """The last ``{"message_type": "summary"}`` line of ``restic ... --json`` output."""
+    found = None
+    for line in lines:
+        text = line.strip()
+        if text.startswith("{") and '"summary"' in text:
+            try:
+                data = json.loads(text)
+            except ValueError:
+                continue
+            if isinstance(data, dict) and data.get("message_type") == "summary":
+                found = data
+    return found
+
+
+def component_from_restic(summary: dict[str, Any], *, host_path: str | None, driver: str = "Restic"
+                          ) -> dict[str, Any]:
+    """A Snapshot component from restic's backup summary (REFERENCE.md §7 ``extractBackupInfo``)."""
+    stats: dict[str, Any] = {"id": summary.get("snapshot_id", "")}
+    if host_path:
+        stats["hostPath"] = host_path
+    if "total_bytes_processed" in summary:
+        stats["size"] = format_bytes(summary["total_bytes_processed"])
+    if "data_added" in summary:
+        stats["uploaded"] = format_bytes(summary["data_added"])
+    component: dict[str, Any] = {"phase": "Succeeded", "driver": driver, "resticStats": [stats]}
+    if "total_duration" in summary:
+        component["duration"] = go_duration(float(summary["total_duration"]))
+    return component
+
+
+def restic_snapshot_id(component: dict[str, Any]) -> str | None:
+    """The restic snapshot of a component: flat ``id`` (older KubeStash) or nested ``summary.id``."""
+    for stats in component.get("resticStats") or []:
+        if stats.get("id"):
+            return str(stats["id"])
+        if (stats.get("summary") or {}).get("id"):
+            return str(stats["summary"]["id"])
+    return None
+
+
+def aggregate(components: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Snapshot-level phase, size and integrity from its components (KubeStash's rules, §5)."""
+    phases = [c.get("phase") for c in components.values()]
+    if not components or any(p in (None, "Pending") for p in phases):
+        phase = "Pending" if all(p in (None, "Pending") for p in phases) else "Running"
+    elif "Failed" in phases:
+        phase = "Failed"
+    elif all(p == "Succeeded" for p in phases):
+        phase = "Succeeded"
+    else:
+        phase = "Running"
+    out: dict[str, Any] = {"phase": phase, "totalComponents": len(components)}
+    sizes = [parse_bytes(c["size"]) for c in components.values() if c.get("size")]
+    if len(components) == 1 and next(iter(components.values())).get("size"):
+        out["size"] = next(iter(components.values()))["size"]  # exactly as reported
+    elif sizes and all(s is not None for s in sizes):
+        out["size"] = format_bytes(sum(sizes))  # type: ignore[arg-type]
+    integrities = [c.get("integrity") for c in components.values()]
+    if integrities and all(i is not None for i in integrities):
+        out["integrity"] = all(integrities)
+    return out
+
+
+def now_rfc3339() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1,0 +1,272 @@
+"""The five steps of every run, each a Prefect task with its own state and logs.
+
+resolve-parameters → provision-volumes → launch-job → wait-for-job → record-snapshot
+(DESIGN.md §2). They share the run's Kubernetes client through ``kube.current()`` rather
+than as parameters, and they are idempotent: a retried step adopts what an earlier attempt
+created. API retries happen inside ``Kube.call``; the Prefect tasks themselves do not retry.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from stashflow.addons.catalog import Catalog
+from stashflow.addons.errors import ClusterError, InputError, RunError
+from stashflow.addons.model import BackupStorage
+from stashflow.addons.render import (
+    FLOW_RUN_LABEL,
+    LABEL_PREFIX,
+    ExecutionPlan,
+    RenderRequest,
+    RepositoryContext,
+    Target,
+    check_objects,
+    render_plan,
+)
+from stashflow.addons.resolve import Value
+
+from . import resources
+from .kube import current
+from .results import aggregate, component_from_restic, from_termination_message, now_rfc3339, restic_snapshot_id, \
+    restic_summary
+from .wait import JobOutcome, JobWaiter
+
+STEP = dict(cache_policy=NO_CACHE, persist_result=False)
+
+#: Annotations on a Snapshot that say where its data is, so a restore needs only its name.
+ANN_STORAGE = LABEL_PREFIX + "storage"
+ANN_DIRECTORY = LABEL_PREFIX + "directory"
+ANN_SECRET = LABEL_PREFIX + "encryption-secret"
+
+
+@dataclass
+class RunSpec:
+    """What one flow run was asked to do (the flow's parameters, checked)."""
+
+    addon: str
+    task: str
+    namespace: str
+    target: Target
+    params: dict[str, Value] = field(default_factory=dict)
+    builtins: dict[str, Value] = field(default_factory=dict)
+    session: str | None = None
+    plan_session: str | None = None
+    invoker_kind: str | None = None
+    invoker_name: str | None = None
+    attempt: int = 1
+    timeout_seconds: int | None = None
+    storage: str | dict[str, Any] | None = None
+    repository: str | None = None
+    directory: str = ""
+    encryption_secret: str | None = None
+    snapshot: str | None = None  # restores: a Snapshot name, or "latest"
+    stuck_after: float = 180.0
+    history_limit: int = 1
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+def _storage(catalog: Catalog, spec: RunSpec, name_or_object: str | dict[str, Any] | None) -> BackupStorage | None:
+    if name_or_object is None:
+        return None
+    if isinstance(name_or_object, dict):
+        return BackupStorage.model_validate(name_or_object)
+    found = catalog.get(BackupStorage, name_or_object, spec.namespace) or catalog.get(BackupStorage, name_or_object)
+    if found is None:
+        raise InputError(f'no BackupStorage "{name_or_object}" in the catalog paths', code="unknown-object",
+                         field="storage", hint="add its file to the catalog paths, or pass the object itself")
+    return found
+
+
+async def _restore_source(spec: RunSpec) -> tuple[dict[str, Any], str]:
+    """The Snapshot a restore reads, and the component to read from it."""
+    kube = current()
+    if spec.snapshot in (None, "", "latest"):
+        if not spec.repository:
+            raise InputError('a restore of "latest" needs the repository name', code="invalid-argument",
+                             field="repository", hint="pass repository=<the backed-up target's repository>")
+        found = await resources.latest_snapshot(kube, spec.namespace, spec.repository)
+        if found is None:
+            raise RunError(f'repository "{spec.repository}" has no Succeeded Snapshot in namespace {spec.namespace}',
+                           code="snapshot-not-found", hint="run a backup first, or name a Snapshot")
+    else:
+        try:
+            found = await resources.read(kube, "Snapshot", spec.namespace, spec.snapshot)
+        except ClusterError as exc:
+            if exc.status != 404:
+                raise
+            raise RunError(f'no Snapshot "{spec.snapshot}" in namespace {spec.namespace}', code="snapshot-not-found",
+                           hint="list them with `stashflow snapshots -n NAMESPACE`") from None
+    status = found.get("status") or {}
+    if status.get("phase") != "Succeeded":
+        raise RunError(f'Snapshot "{found["metadata"]["name"]}" is {status.get("phase") or "not finished"}, not Succeeded',
+                       code="snapshot-not-found", hint="restore from a Succeeded Snapshot")
+    components = status.get("components") or {}
+    if not components:
+        raise RunError(f'Snapshot "{found["metadata"]["name"]}" has no components', code="snapshot-not-found")
+    return found, next(iter(components))
+
+
+@task(name="resolve-parameters", **STEP)
+async def resolve_parameters(spec: RunSpec, catalog: Catalog) -> ExecutionPlan:
+    """Defaults ⊕ params ⊕ variables ⊕ built-ins → the execution plan (every object of the run)."""
+    logger = get_run_logger()
+    storage = _storage(catalog, spec, spec.storage)
+    repository: RepositoryContext | None = None
+    component = None
+    builtins = dict(spec.builtins)
+    _, list_name, _, _ = catalog.task(spec.addon, spec.task)
+    if list_name == "restoreTasks":
+        snapshot, component = await _restore_source(spec)
+        annotations = snapshot["metadata"].get("annotations") or {}
+        storage = storage or _storage(catalog, spec, annotations.get(ANN_STORAGE))
+        comp = snapshot["status"]["components"][component]
+        repository = RepositoryContext(
+            name=snapshot["spec"].get("repository") or spec.repository or spec.target.name, storage=storage,
+            directory=spec.directory or annotations.get(ANN_DIRECTORY, ""),
+            encryption_secret=spec.encryption_secret or annotations.get(ANN_SECRET),
+            component_path=comp.get("path"), restic_snapshot_id=restic_snapshot_id(comp))
+        builtins.setdefault("snapshot", Value(snapshot["metadata"]["name"]))
+        logger.info("restoring from Snapshot %s (component %s, restic snapshot %s)", snapshot["metadata"]["name"],
+                    component, repository.restic_snapshot_id or "latest")
+    elif storage is not None or spec.repository or spec.encryption_secret:
+        repository = RepositoryContext(name=spec.repository or spec.target.name, storage=storage,
+                                       directory=spec.directory, encryption_secret=spec.encryption_secret)
+    request = RenderRequest(
+        addon=spec.addon, task=spec.task, namespace=spec.namespace, target=spec.target, params=spec.params,
+        builtins=builtins, session=spec.session, plan_session=spec.plan_session, invoker_kind=spec.invoker_kind,
+        invoker_name=spec.invoker_name, attempt=spec.attempt, timeout_seconds=spec.timeout_seconds,
+        repository=repository, component=component, labels=spec.labels,
+    )
+    plan = render_plan(catalog, request)
+    check_objects(plan.objects())
+    if plan.snapshot is not None and storage is not None:
+        plan.snapshot["metadata"]["annotations"].update({ANN_STORAGE: storage.name, ANN_DIRECTORY: spec.directory,
+                                                         **({ANN_SECRET: spec.encryption_secret}
+                                                            if spec.encryption_secret else {})})
+    secret = plan.resolved.secret_inputs
+    shown = {k: ("***" if k in secret else v) for k, v in sorted(plan.resolved.inputs.items())}
+    logger.info("%s for %s in %s: Job %s, inputs %s", plan.resolved.flow_name, spec.target, spec.namespace,
+                plan.job_name, shown)
+    return plan
+
+
+@task(name="provision-volumes", **STEP)
+async def provision_volumes(plan: ExecutionPlan) -> list[str]:
+    """Create (or adopt) the PVCs of the task's volumeClaimTemplates."""
+    names = []
+    for pvc in plan.pvcs:
+        obj, adopted = await resources.create_or_adopt(current(), pvc)
+        names.append(obj["metadata"]["name"])
+        get_run_logger().info("%s PVC %s", "adopted" if adopted else "created", obj["metadata"]["name"])
+    return names
+
+
+@task(name="launch-job", **STEP)
+async def launch_job(plan: ExecutionPlan, pvcs: list[str]) -> dict[str, Any]:
+    """Record the Snapshot as Pending, then create (or adopt) the Job; the Job owns the PVCs."""
+    kube, logger = current(), get_run_logger()
+    if plan.snapshot is not None:
+        try:
+            snapshot, adopted = await resources.create_or_adopt(kube, plan.snapshot)
+        except ClusterError as exc:
+            if exc.status != 404 or await resources.ensure_snapshot_crd(kube) == "present":
+                raise
+            logger.info("installed stashflow's Snapshot CRD: the cluster had none")
+            snapshot, adopted = await resources.create_or_adopt(kube, plan.snapshot)
+        if not adopted or not (snapshot.get("status") or {}).get("phase"):
+            await resources.patch_snapshot_status(kube, plan.namespace, plan.snapshot_name, plan.snapshot["status"])
+        logger.info("Snapshot %s is Pending", plan.snapshot_name)
+    job, adopted = await resources.create_or_adopt(kube, plan.job)
+    logger.info("%s Job %s", "adopted existing" if adopted else "created", plan.job_name)
+    if adopted and FLOW_RUN_LABEL in plan.labels:  # so this run's cancel/crash hook finds it
+        await resources.relabel(kube, plan.job, {FLOW_RUN_LABEL: plan.labels[FLOW_RUN_LABEL]})
+        if plan.snapshot is not None:
+            await resources.relabel(kube, plan.snapshot, {FLOW_RUN_LABEL: plan.labels[FLOW_RUN_LABEL]})
+    if pvcs:
+        await resources.own_by_job(kube, plan.namespace, pvcs, job)
+    return job
+
+
+@task(name="wait-for-job", **STEP)
+async def wait_for_job(plan: ExecutionPlan, timeout: float, stuck_after: float, secrets: list[str] | None = None
+                       ) -> JobOutcome:
+    """Watch the Job to its end; stream every container's log into this run's logs."""
+    logger = get_run_logger()
+    hidden = [s for s in secrets or [] if s]
+
+    def on_log(source: str, line: str) -> None:
+        for secret in hidden:
+            line = line.replace(secret, "***")
+        logger.info("%s | %s", source, line)
+
+    waiter = JobWaiter(current(), plan.namespace, plan.job_name, timeout=timeout, stuck_after=stuck_after,
+                       on_log=on_log)
+    outcome = await waiter.wait()
+    logger.info("Job %s ended: %s%s", plan.job_name, outcome.phase,
+                f" ({outcome.diagnosis.summary()})" if outcome.diagnosis else "")
+    return outcome
+
+
+def components_of(plan: ExecutionPlan, outcome: JobOutcome, executor_status: dict[str, Any] | None
+                  ) -> tuple[dict[str, dict[str, Any]], str]:
+    """The run's components, from the first channel that has them, and which channel that was."""
+    for message in outcome.termination_messages().values():
+        found = from_termination_message(message)
+        if found:
+            return found, "termination-message"
+    summary = restic_summary(outcome.logs())
+    if summary is not None:
+        host_path = plan.resolved.inputs.get("paths")
+        return {plan.component: component_from_restic(summary, host_path=host_path,
+                                                      driver=plan.resolved.task.driver or "Restic")}, "restic-log"
+    executor = (executor_status or {}).get("components") or {}
+    if any((c or {}).get("phase") in ("Succeeded", "Failed") for c in executor.values()):
+        return executor, "snapshot"
+    return {}, "none"
+
+
+@task(name="record-snapshot", **STEP)
+async def record_snapshot(plan: ExecutionPlan, outcome: JobOutcome, started: float) -> dict[str, Any]:
+    """Finish the Snapshot from what the Job reported; a failed run records a Failed Snapshot."""
+    kube, logger = current(), get_run_logger()
+    summary: dict[str, Any] = {"job": plan.job_name, "phase": "Succeeded" if outcome.succeeded else "Failed",
+                               "namespace": plan.namespace, "target": str(plan.target)}
+    if plan.snapshot is None:
+        return summary
+    existing = await resources.read(kube, "Snapshot", plan.namespace, plan.snapshot_name)
+    components, channel = components_of(plan, outcome, existing.get("status"))
+    base = plan.snapshot["status"]["components"][plan.component]
+    duration = f"{time.time() - started:.3f}s"
+    conditions = list((existing.get("status") or {}).get("conditions") or [])
+    if outcome.succeeded and not components:
+        outcome.phase = "Failed"
+        components = {plan.component: {**base, "phase": "Failed",
+                                       "error": "the Job succeeded but reported no result: no termination message, "
+                                                "no restic --json summary, no Snapshot status"}}
+        summary["error_code"] = "no-result"
+    elif not outcome.succeeded:
+        reason = outcome.diagnosis.summary() if outcome.diagnosis else outcome.phase
+        failed = {**base, **components.get(plan.component, {}), "phase": "Failed", "error": reason}
+        components = {**components, plan.component: failed}
+        conditions.append({"type": "BackupIncomplete", "status": "True",
+                           "reason": "BackupExecutorTerminatedBeforeCompletion",
+                           "message": f"Failed to complete backup. Reason: {reason}",
+                           "lastTransitionTime": now_rfc3339()})
+    components = {name: {"path": base["path"], "driver": base["driver"], "duration": duration, **c}
+                  for name, c in components.items()}
+    status = {**aggregate(components), "components": components, "lastUpdateTime": now_rfc3339(),
+              "conditions": conditions}
+    if not outcome.succeeded or summary.get("error_code"):
+        status["phase"] = "Failed"
+    await resources.patch_snapshot_status(kube, plan.namespace, plan.snapshot_name, status)
+    logger.info("Snapshot %s: %s (result from %s)", plan.snapshot_name, status["phase"], channel)
+    summary.update(snapshot=plan.snapshot_name, phase=status["phase"], components=components, channel=channel,
+                   size=status.get("size"), integrity=status.get("integrity"))
+    return summary
