@@ -466,8 +466,9 @@ def _snapshot(request: RenderRequest, resolved: ResolvedTask, name: str, reposit
             "session": request.plan_session or resolved.task.name,
             "backupSession": session,
             "version": "v1",
-            "appRef": {"apiGroup": target.api_group, "kind": target.kind, "name": target.name,
-                       "namespace": request.namespace},
+            # optional strings are left out when empty (a core-group target has no apiGroup)
+            "appRef": {**({"apiGroup": target.api_group} if target.api_group else {}), "kind": target.kind,
+                       "name": target.name, "namespace": request.namespace},
             "deletionPolicy": "Delete",
         },
         "status": {

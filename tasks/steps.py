@@ -147,9 +147,8 @@ async def resolve_parameters(spec: RunSpec, catalog: Catalog) -> ExecutionPlan:
     plan = render_plan(catalog, request)
     check_objects(plan.objects())
     if plan.snapshot is not None and storage is not None:
-        plan.snapshot["metadata"]["annotations"].update({ANN_STORAGE: storage.name, ANN_DIRECTORY: spec.directory,
-                                                         **({ANN_SECRET: spec.encryption_secret}
-                                                            if spec.encryption_secret else {})})
+        where = {ANN_STORAGE: storage.name, ANN_DIRECTORY: spec.directory, ANN_SECRET: spec.encryption_secret}
+        plan.snapshot["metadata"]["annotations"].update({k: v for k, v in where.items() if v})
     secret = plan.resolved.secret_inputs
     shown = {k: ("***" if k in secret else v) for k, v in sorted(plan.resolved.inputs.items())}
     logger.info("%s for %s in %s: Job %s, inputs %s", plan.resolved.flow_name, spec.target, spec.namespace,
@@ -259,9 +258,11 @@ async def record_snapshot(plan: ExecutionPlan, outcome: JobOutcome, started: flo
                            "reason": "BackupExecutorTerminatedBeforeCompletion",
                            "message": f"Failed to complete backup. Reason: {reason}",
                            "lastTransitionTime": now_rfc3339()})
-    components = {name: {"path": base["path"], "driver": base["driver"], "duration": duration, **c}
+    prefix = base["path"].rsplit("/", 1)[0]  # repository/v1/<session>
+    components = {name: {"path": f"{prefix}/{name}", "driver": base["driver"], "duration": duration, **c}
                   for name, c in components.items()}
-    status = {**aggregate(components), "components": components, "lastUpdateTime": now_rfc3339(),
+    stale = {name: None for name in ((existing.get("status") or {}).get("components") or {}) if name not in components}
+    status = {**aggregate(components), "components": {**components, **stale}, "lastUpdateTime": now_rfc3339(),
               "conditions": conditions}
     if not outcome.succeeded or summary.get("error_code"):
         status["phase"] = "Failed"

@@ -125,7 +125,7 @@ def test_snapshot_pending_with_kubestash_naming(catalog: Catalog) -> None:
     assert snap["spec"]["snapshotID"] == "01JSE10SDAGJQ743JHMPYEY1JA"
     assert snap["spec"]["backupSession"] == "data-nightly-1700000000"
     assert snap["spec"]["session"] == "nightly"
-    assert snap["spec"]["appRef"] == {"apiGroup": "", "kind": "PersistentVolumeClaim", "name": "data", "namespace": "demo"}
+    assert snap["spec"]["appRef"] == {"kind": "PersistentVolumeClaim", "name": "data", "namespace": "demo"}
     assert snap["status"]["phase"] == "Pending"
     assert snap["status"]["components"] == {"dump": {"phase": "Pending", "driver": "Restic",
                                                      "path": "repository/v1/nightly/dump"}}

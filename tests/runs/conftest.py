@@ -1,0 +1,42 @@
+"""Flow tests: a real Prefect API (one test harness per session) and the local control plane."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+# Settings before Prefect is imported: quiet, no telemetry, a patient server start on 2 cores.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+os.environ["STASHFLOW_CATALOG"] = os.pathsep.join([str(REPO / "addons" / "catalog"),
+                                                   str(REPO / "tests" / "data" / "flow-catalog.yaml")])
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[None]:
+    """A real Prefect API server (temporary SQLite DB) for the whole session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+def run_flow(addon: str, task: str, **parameters: Any):  # type: ignore[no-untyped-def]
+    """Run the flow of ``addon``/``task`` in-process; returns its final Prefect state."""
+    from stashflow.flows.addon_flows import flow_for
+
+    return asyncio.run(flow_for(addon, task)(**parameters, return_state=True))
+
+
+async def read_flow_run(flow_run_id: Any):  # type: ignore[no-untyped-def]
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:
+        return await client.read_flow_run(flow_run_id)
