@@ -170,8 +170,10 @@ def test_follow_a_real_process_and_deleting_its_pod_stops_it(kube_cluster: Clust
     async def body() -> list[int]:
         async with kube_cluster.api_client() as api:
             core = client.CoreV1Api(api)
+            # sleep as PID 1 ignores SIGTERM, as in a container: it is killed when the grace period ends.
             await create_job(api, namespace, real_job(
-                "long", "for i in 1 2 3; do echo tick $i; sleep 0.2; done; exec sleep 600"))
+                "long", "for i in 1 2 3; do echo tick $i; sleep 0.2; done; exec sleep 600",
+                terminationGracePeriodSeconds=1))
             pod = await wait_pod(api, namespace, "long", lambda p: p.status.phase == "Running", what="Running")
             resp = await core.read_namespaced_pod_log(pod.metadata.name, namespace, container="main", follow=True,
                                                       _preload_content=False)
