@@ -34,7 +34,7 @@ from stashflow.addons.render import FLOW_RUN_LABEL, Target
 from stashflow.addons.resolve import Value
 from stashflow.tasks.steps import RunSpec
 
-from .engine import Connection, cleanup_hook, execute
+from stashflow.flows.engine import Connection, cleanup_hook, execute
 
 CATALOG_ENV = "STASHFLOW_CATALOG"
 

@@ -40,3 +40,12 @@ async def read_flow_run(flow_run_id: Any):  # type: ignore[no-untyped-def]
 
     async with get_client() as client:
         return await client.read_flow_run(flow_run_id)
+
+
+@pytest.fixture(scope="session")
+def prefect_env(prefect_api) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """Environment for subprocesses that must reach the same Prefect API (stashflow run, serve)."""
+    from prefect.settings import PREFECT_API_URL
+
+    return {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value()), "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+            "PREFECT_LOGGING_LEVEL": "INFO"}
