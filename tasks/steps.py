@@ -8,6 +8,7 @@ created. API retries happen inside ``Kube.call``; the Prefect tasks themselves d
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from stashflow.addons.resolve import Value
 
 from . import resources
 from .kube import current
+from .repository import ensure_repository
 from .results import aggregate, component_from_restic, from_termination_message, now_rfc3339, restic_snapshot_id, \
     restic_summary
 from .wait import JobOutcome, JobWaiter
@@ -44,6 +46,7 @@ STEP = dict(cache_policy=NO_CACHE, persist_result=False)
 ANN_STORAGE = LABEL_PREFIX + "storage"
 ANN_DIRECTORY = LABEL_PREFIX + "directory"
 ANN_SECRET = LABEL_PREFIX + "encryption-secret"
+ANN_STORAGE_OBJECT = LABEL_PREFIX + "storage-object"  # the BackupStorage as JSON (Secret names only, no secrets)
 
 
 @dataclass
@@ -125,6 +128,8 @@ async def resolve_parameters(spec: RunSpec, catalog: Catalog) -> ExecutionPlan:
     if list_name == "restoreTasks":
         snapshot, component = await _restore_source(spec)
         annotations = snapshot["metadata"].get("annotations") or {}
+        if storage is None and annotations.get(ANN_STORAGE_OBJECT):
+            storage = BackupStorage.model_validate(json.loads(annotations[ANN_STORAGE_OBJECT]))
         storage = storage or _storage(catalog, spec, annotations.get(ANN_STORAGE))
         comp = snapshot["status"]["components"][component]
         repository = RepositoryContext(
@@ -147,7 +152,11 @@ async def resolve_parameters(spec: RunSpec, catalog: Catalog) -> ExecutionPlan:
     plan = render_plan(catalog, request)
     check_objects(plan.objects())
     if plan.snapshot is not None and storage is not None:
-        where = {ANN_STORAGE: storage.name, ANN_DIRECTORY: spec.directory, ANN_SECRET: spec.encryption_secret}
+        stored = {"apiVersion": storage.api_version, "kind": storage.kind,
+                  "metadata": {k: v for k, v in (("name", storage.name), ("namespace", storage.namespace)) if v},
+                  "spec": {"storage": storage.spec.storage.dump() if storage.spec.storage else {}}}
+        where = {ANN_STORAGE: storage.name, ANN_DIRECTORY: spec.directory, ANN_SECRET: spec.encryption_secret,
+                 ANN_STORAGE_OBJECT: json.dumps(stored, separators=(",", ":"), sort_keys=True)}
         plan.snapshot["metadata"]["annotations"].update({k: v for k, v in where.items() if v})
     secret = plan.resolved.secret_inputs
     shown = {k: ("***" if k in secret else v) for k, v in sorted(plan.resolved.inputs.items())}
@@ -158,12 +167,17 @@ async def resolve_parameters(spec: RunSpec, catalog: Catalog) -> ExecutionPlan:
 
 @task(name="provision-volumes", **STEP)
 async def provision_volumes(plan: ExecutionPlan) -> list[str]:
-    """Create (or adopt) the PVCs of the task's volumeClaimTemplates."""
+    """Create (or adopt) the PVCs of the task's volumeClaimTemplates; initialise the restic
+    repository first when the Function asks for it (``stashflow.io/repository-init``)."""
+    logger = get_run_logger()
     names = []
     for pvc in plan.pvcs:
         obj, adopted = await resources.create_or_adopt(current(), pvc)
         names.append(obj["metadata"]["name"])
-        get_run_logger().info("%s PVC %s", "adopted" if adopted else "created", obj["metadata"]["name"])
+        logger.info("%s PVC %s", "adopted" if adopted else "created", obj["metadata"]["name"])
+    state = await ensure_repository(current(), plan, lambda source, line: logger.info("%s | %s", source, line))
+    if state != "not-needed":
+        logger.info("restic repository of %s: %s", plan.repository, state)
     return names
 
 

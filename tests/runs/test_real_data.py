@@ -1,0 +1,116 @@
+"""End to end with real data: restic backs up a PVC's files and restores them into an empty PVC.
+
+The node agent runs each Job's container for real (restic from Debian), with the Pod's
+volumes bind-mounted; the Snapshot must carry what restic itself reports."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from kubernetes_asyncio import client
+
+from localkube.helpers import apt_install, create_pvc, pvc_host_path
+from localkube.nodeagent import run as run_for_real
+
+from .conftest import run_flow
+from .observe import api, flow_run_artifacts, flow_run_logs, jobs, snapshot
+
+PASSWORD = "correct horse battery staple, with 'quotes' and \\slashes"
+
+
+def tree(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def restic() -> str:
+    apt_install("restic")
+    return "/usr/bin/restic"
+
+
+def test_backup_then_restore_latest_gives_identical_files(kube_cluster, namespace, node_agent, prefect_api, host_tmp,
+                                                          restic) -> None:
+    node_agent.default = run_for_real()
+
+    async def setup(c: client.ApiClient) -> tuple[Path, Path]:
+        await create_pvc(c, namespace, "data")
+        await create_pvc(c, namespace, "restored")
+        await client.CoreV1Api(c).create_namespaced_secret(namespace, {
+            "metadata": {"name": "restic-password"},
+            "data": {"RESTIC_PASSWORD": base64.b64encode(PASSWORD.encode()).decode()}})
+        return await pvc_host_path(c, namespace, "data"), await pvc_host_path(c, namespace, "restored")
+
+    data, restored = api(kube_cluster, setup)
+    (data / "nested" / "deeper").mkdir(parents=True)
+    (data / "hello.txt").write_text("hello, world\n")
+    (data / "nested" / "binary.bin").write_bytes(os.urandom(300_000))
+    (data / "nested" / "deeper" / "name with spaces & 'quotes'.txt").write_text("odd names survive\n")
+    before = tree(data)
+    repo = host_tmp / "repository"
+    repo.mkdir()
+    storage = {"apiVersion": "storage.kubestash.com/v1alpha1", "kind": "BackupStorage",
+               "metadata": {"name": "local", "namespace": namespace},
+               "spec": {"storage": {"provider": "local",
+                                    "local": {"mountPath": "/stashflow-repo", "hostPath": {"path": str(repo)}}}}}
+    common = dict(namespace=namespace, kubeconfig=str(kube_cluster.kubeconfig), storage=storage,
+                  directory="demo/data", encryption_secret="restic-password")
+
+    backup = run_flow("stashflow-pvc", "logical-backup", target="PersistentVolumeClaim/data", **common)
+    assert backup.is_completed(), backup.message
+    snap = snapshot(kube_cluster, namespace, backup.result()["snapshot"])
+    assert snap["status"]["phase"] == "Succeeded"
+    (stats,) = snap["status"]["components"]["dump"]["resticStats"]
+
+    # the id is restic's own: the repository on disk holds exactly that snapshot
+    component_repo = repo / "demo" / "data" / snap["status"]["components"]["dump"]["path"]
+    listed = subprocess.run([restic, "-r", str(component_repo), "snapshots", "--json", "--no-lock"],
+                            env={**os.environ, "RESTIC_PASSWORD": PASSWORD}, capture_output=True, text=True,
+                            check=True)
+    (only,) = json.loads(listed.stdout)
+    assert only["id"].startswith(stats["id"]) and len(stats["id"]) >= 8  # restic 0.14 reports the short id
+    assert stats["hostPath"] == "/kubestash-data" and stats["size"].endswith(("KiB", "MiB"))
+
+    restore = run_flow("stashflow-pvc", "logical-backup-restore", target="PersistentVolumeClaim/restored",
+                       snapshot="latest", repository="data", namespace=namespace,
+                       kubeconfig=str(kube_cluster.kubeconfig))
+    assert restore.is_completed(), restore.message
+    assert tree(restored) == before
+
+    # the password went to restic by Secret reference only: not in Jobs, logs or artifacts
+    for job in jobs(kube_cluster, namespace):
+        assert PASSWORD not in json.dumps(job.to_dict(), default=str)
+    for state in (backup, restore):
+        flow_run_id = state.state_details.flow_run_id
+        assert not any(PASSWORD in line for line in flow_run_logs(flow_run_id))
+        assert not any(PASSWORD in str(a.data) for a in flow_run_artifacts(flow_run_id))
+
+
+def test_a_second_backup_needs_no_init_job(kube_cluster, namespace, node_agent, prefect_api, host_tmp, restic) -> None:
+    """After a Succeeded Snapshot the repository is known: only the backup Job runs."""
+    node_agent.default = run_for_real()
+
+    async def setup(c: client.ApiClient) -> Path:
+        await create_pvc(c, namespace, "data")
+        await client.CoreV1Api(c).create_namespaced_secret(namespace, {
+            "metadata": {"name": "pw"}, "data": {"RESTIC_PASSWORD": base64.b64encode(b"pw").decode()}})
+        return await pvc_host_path(c, namespace, "data")
+
+    data = api(kube_cluster, setup)
+    (data / "f").write_text("1")
+    storage = {"apiVersion": "storage.kubestash.com/v1alpha1", "kind": "BackupStorage", "metadata": {"name": "s"},
+               "spec": {"storage": {"provider": "local",
+                                    "local": {"mountPath": "/r", "hostPath": {"path": str(host_tmp)}}}}}
+    common = dict(target="PersistentVolumeClaim/data", namespace=namespace, kubeconfig=str(kube_cluster.kubeconfig),
+                  storage=storage, encryption_secret="pw", history_limit=5)
+    assert run_flow("stashflow-pvc", "logical-backup", session="data-1", **common).is_completed()
+    pods_after_first = len([r for r in node_agent.records if r.namespace == namespace])
+    assert run_flow("stashflow-pvc", "logical-backup", session="data-2", **common).is_completed()
+    pods_after_second = len([r for r in node_agent.records if r.namespace == namespace])
+    assert (pods_after_first, pods_after_second - pods_after_first) == (2, 1)  # init + backup, then backup only
