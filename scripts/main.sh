@@ -1,13 +1,9 @@
 #!/usr/bin/env bash
-# The main job on the local defaults. Sets up .venv, then checks the catalog and renders
-# the objects of a PVC backup with the project's own catalog.
+# The main job on the local defaults: set up .venv, bring up a local Kubernetes control plane,
+# the node agent and a Prefect server, back up a PVC with restic through the stashflow flows,
+# restore it into an empty PVC, compare, show the Snapshot, stop everything. KEEP=1 keeps it up.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 bash scripts/setup.sh
-sf=.venv/bin/stashflow
-catalog="${STASHFLOW_CATALOG:-$root/addons/catalog}"
-echo "[main] stashflow validate $catalog" >&2
-"$sf" validate "$catalog"
-echo "[main] stashflow render stashflow-pvc logical-backup (what a run creates)" >&2
-"$sf" render stashflow-pvc logical-backup --catalog "$catalog" --namespace demo --target PersistentVolumeClaim/data
+exec .venv/bin/python scripts/demo.py

@@ -134,11 +134,14 @@ async def latest_snapshot(kube: Kube, namespace: str, repository: str) -> dict[s
 
 
 async def ensure_snapshot_crd(kube: Kube, timeout: float = 30.0) -> str:
-    """Install stashflow's Snapshot CRD when the cluster has none: ``"present"`` or ``"installed"``."""
+    """Install stashflow's Snapshot CRD when the cluster has none: ``"present"``, ``"installed"``,
+    or ``"unknown"`` when this identity may not read CRDs (then `stashflow install` did it)."""
     try:
         await kube.call("read CRD", kube.extensions.read_custom_resource_definition, crd.CRD_NAME)
         return "present"
     except ClusterError as exc:
+        if exc.status == 403:
+            return "unknown"
         if exc.status != 404:
             raise
     try:

@@ -170,6 +170,8 @@ async def provision_volumes(plan: ExecutionPlan) -> list[str]:
     """Create (or adopt) the PVCs of the task's volumeClaimTemplates; initialise the restic
     repository first when the Function asks for it (``stashflow.io/repository-init``)."""
     logger = get_run_logger()
+    if plan.snapshot is not None and await resources.ensure_snapshot_crd(current()) == "installed":
+        logger.info("installed stashflow's Snapshot CRD: the cluster had none")
     names = []
     for pvc in plan.pvcs:
         obj, adopted = await resources.create_or_adopt(current(), pvc)
@@ -186,13 +188,7 @@ async def launch_job(plan: ExecutionPlan, pvcs: list[str]) -> dict[str, Any]:
     """Record the Snapshot as Pending, then create (or adopt) the Job; the Job owns the PVCs."""
     kube, logger = current(), get_run_logger()
     if plan.snapshot is not None:
-        try:
-            snapshot, adopted = await resources.create_or_adopt(kube, plan.snapshot)
-        except ClusterError as exc:
-            if exc.status != 404 or await resources.ensure_snapshot_crd(kube) == "present":
-                raise
-            logger.info("installed stashflow's Snapshot CRD: the cluster had none")
-            snapshot, adopted = await resources.create_or_adopt(kube, plan.snapshot)
+        snapshot, adopted = await resources.create_or_adopt(kube, plan.snapshot)
         if not adopted or not (snapshot.get("status") or {}).get("phase"):
             await resources.patch_snapshot_status(kube, plan.namespace, plan.snapshot_name, plan.snapshot["status"])
         logger.info("Snapshot %s is Pending", plan.snapshot_name)
