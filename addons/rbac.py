@@ -18,8 +18,17 @@ RULES: list[dict[str, Any]] = [
 ]
 
 
+#: Cluster-wide, read only, one object: which Snapshot CRD is installed (stashflow's or KubeStash's).
+CRD_READER = "stashflow-snapshot-crd-reader"
+CRD_RULES: list[dict[str, Any]] = [
+    {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"],
+     "resourceNames": ["snapshots.storage.kubestash.com"], "verbs": ["get"]},
+]
+
+
 def rbac_objects(namespace: str) -> list[dict[str, Any]]:
-    """ServiceAccount, Role and RoleBinding named ``stashflow`` in ``namespace``."""
+    """ServiceAccount, Role and RoleBinding named ``stashflow`` in ``namespace``, and a
+    ClusterRole(Binding) that lets it read the Snapshot CRD and nothing else cluster-wide."""
     labels = {"app.kubernetes.io/managed-by": "stashflow"}
     meta = {"name": NAME, "namespace": namespace, "labels": labels}
     return [
@@ -27,5 +36,11 @@ def rbac_objects(namespace: str) -> list[dict[str, Any]]:
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": dict(meta), "rules": RULES},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": dict(meta),
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": NAME},
+         "subjects": [{"kind": "ServiceAccount", "name": NAME, "namespace": namespace}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+         "metadata": {"name": CRD_READER, "labels": labels}, "rules": CRD_RULES},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+         "metadata": {"name": f"{CRD_READER}-{namespace}", "labels": labels},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": CRD_READER},
          "subjects": [{"kind": "ServiceAccount", "name": NAME, "namespace": namespace}]},
     ]

@@ -12,21 +12,24 @@ from .resources import ensure_snapshot_crd
 
 
 async def _apply(kube: Kube, obj: dict[str, Any]) -> str:
-    kind, ns, name = obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"]
+    kind, ns, name = obj["kind"], obj["metadata"].get("namespace"), obj["metadata"]["name"]
     create, replace = {
         "ServiceAccount": (kube.core.create_namespaced_service_account, None),
         "Role": (kube.rbac.create_namespaced_role, kube.rbac.replace_namespaced_role),
         "RoleBinding": (kube.rbac.create_namespaced_role_binding, kube.rbac.replace_namespaced_role_binding),
+        "ClusterRole": (kube.rbac.create_cluster_role, kube.rbac.replace_cluster_role),
+        "ClusterRoleBinding": (kube.rbac.create_cluster_role_binding, kube.rbac.replace_cluster_role_binding),
     }[kind]
+    scope = (ns,) if ns else ()
     try:
-        await kube.call(f"create {kind} {ns}/{name}", create, ns, obj)
+        await kube.call(f"create {kind} {name}", create, *scope, obj)
         return f"{kind}/{name} created"
     except ClusterError as exc:
         if exc.status != 409:
             raise
     if replace is None:
         return f"{kind}/{name} unchanged"
-    await kube.call(f"update {kind} {ns}/{name}", replace, name, ns, obj)
+    await kube.call(f"update {kind} {name}", replace, name, *scope, obj)
     return f"{kind}/{name} updated"
 
 

@@ -159,6 +159,17 @@ async def ensure_snapshot_crd(kube: Kube, timeout: float = 30.0) -> str:
     raise ClusterError("the Snapshot CRD was created but did not become Established", code="api-unavailable")
 
 
+async def snapshot_schema(kube: Kube) -> str:
+    """Whose Snapshot CRD the cluster has: ``"stashflow"``, ``"kubestash"`` or ``"unknown"`` (no read access)."""
+    try:
+        found = await kube.call("read CRD", kube.extensions.read_custom_resource_definition, crd.CRD_NAME)
+    except ClusterError as exc:
+        if exc.status in (403, 404):
+            return "unknown"
+        raise
+    return "stashflow" if (found.metadata.labels or {}).get("app.kubernetes.io/managed-by") == MANAGED_BY else "kubestash"
+
+
 async def delete_run_objects(kube: Kube, namespace: str, label_selector: str, *, jobs: bool = True,
                              wait: float = 0.0) -> list[str]:
     """Delete a run's Job(s) (Foreground: Pods first) and PVCs, found by label. Returns what was deleted."""

@@ -101,6 +101,26 @@ def restic_snapshot_id(component: dict[str, Any]) -> str | None:
     return None
 
 
+_SUMMARY_KEYS = ("id", "uploaded", "hostPath", "size", "startTime", "endTime")
+
+
+def nested_restic_stats(component: dict[str, Any]) -> dict[str, Any]:
+    """``resticStats`` in KubeStash's current form (``[{summary: {...}, progress: {...}}]``).
+
+    KubeStash's Snapshot CRD prunes the older flat form (``[{id, hostPath, size, uploaded}]``),
+    so flat entries are moved under ``summary`` when the cluster has that CRD."""
+    stats = component.get("resticStats")
+    if not stats:
+        return component
+    moved = []
+    for entry in stats:
+        if "summary" in entry or "progress" in entry:
+            moved.append(entry)
+        else:
+            moved.append({"summary": {k: entry[k] for k in _SUMMARY_KEYS if k in entry}})
+    return {**component, "resticStats": moved}
+
+
 def aggregate(components: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Snapshot-level phase, size and integrity from its components (KubeStash's rules, §5)."""
     phases = [c.get("phase") for c in components.values()]

@@ -36,8 +36,8 @@ from stashflow.addons.resolve import Value
 from . import resources
 from .kube import current
 from .repository import ensure_repository
-from .results import aggregate, component_from_restic, from_termination_message, now_rfc3339, restic_snapshot_id, \
-    restic_summary
+from .results import aggregate, component_from_restic, from_termination_message, nested_restic_stats, now_rfc3339, \
+    restic_snapshot_id, restic_summary
 from .wait import JobOutcome, JobWaiter
 
 STEP = dict(cache_policy=NO_CACHE, persist_result=False)
@@ -276,6 +276,8 @@ async def record_snapshot(plan: ExecutionPlan, outcome: JobOutcome, started: flo
               "conditions": conditions}
     if not outcome.succeeded or summary.get("error_code"):
         status["phase"] = "Failed"
+    if await resources.snapshot_schema(kube) == "kubestash":  # its schema holds only the nested form
+        status["components"] = {n: (nested_restic_stats(c) if c else c) for n, c in status["components"].items()}
     await resources.patch_snapshot_status(kube, plan.namespace, plan.snapshot_name, status)
     logger.info("Snapshot %s: %s (result from %s)", plan.snapshot_name, status["phase"], channel)
     summary.update(snapshot=plan.snapshot_name, phase=status["phase"], components=components, channel=channel,

@@ -19,6 +19,16 @@ os.environ["STASHFLOW_CATALOG"] = os.pathsep.join([str(REPO / "addons" / "catalo
                                                    str(REPO / "tests" / "data" / "flow-catalog.yaml")])
 
 
+@pytest.fixture(autouse=True)
+def kubestash_schemas(request: pytest.FixtureRequest) -> None:
+    """Run tests write to KubeStash's own CRDs (when ../shared has them), so its schemas check what
+    stashflow writes; stashflow's own CRD is tested on its own in test_install.py."""
+    from support import HAVE_SHARED
+
+    if HAVE_SHARED:
+        request.getfixturevalue("kubestash_crds")
+
+
 @pytest.fixture(scope="session")
 def prefect_api() -> Iterator[None]:
     """A real Prefect API server (temporary SQLite DB) for the whole session."""

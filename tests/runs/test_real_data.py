@@ -67,6 +67,7 @@ def test_backup_then_restore_latest_gives_identical_files(kube_cluster, namespac
     snap = snapshot(kube_cluster, namespace, backup.result()["snapshot"])
     assert snap["status"]["phase"] == "Succeeded"
     (stats,) = snap["status"]["components"]["dump"]["resticStats"]
+    stats = stats.get("summary", stats)  # KubeStash's CRD holds the nested form
 
     # the id is restic's own: the repository on disk holds exactly that snapshot
     component_repo = repo / "demo" / "data" / snap["status"]["components"]["dump"]["path"]
