@@ -75,7 +75,8 @@ async def execute(spec: RunSpec, catalog: Catalog, connection: Connection) -> di
             raise
         result = await record_snapshot(plan, outcome, started)
         if outcome.succeeded and "error_code" not in result:
-            deleted = await resources.prune_history(kube, plan.namespace, plan.labels, spec.history_limit)
+            deleted = await resources.prune_history(kube, plan.namespace, plan.labels, spec.history_limit,
+                                                    plan.job_name)
             if deleted:
                 logger.info("history limit %d: removed %s", spec.history_limit, ", ".join(deleted))
             await publish_success(plan, result)
@@ -91,7 +92,7 @@ async def _failed(kube: Kube, spec: RunSpec, plan: ExecutionPlan, outcome: JobOu
     if stopped or spec.history_limit <= 0:
         deleted = await resources.delete_run_objects(kube, plan.namespace, resources.selector(plan.labels))
     else:  # keep the failed Job for debugging, counted in the history limit
-        deleted = await resources.prune_history(kube, plan.namespace, plan.labels, spec.history_limit)
+        deleted = await resources.prune_history(kube, plan.namespace, plan.labels, spec.history_limit, plan.job_name)
     if deleted:
         logger.info("removed %s", ", ".join(deleted))
     title = f"{plan.resolved.flow_name} failed for {plan.target} in {plan.namespace}"

@@ -205,16 +205,19 @@ async def delete_run_objects(kube: Kube, namespace: str, label_selector: str, *,
     return deleted
 
 
-async def prune_history(kube: Kube, namespace: str, labels: dict[str, str], keep: int) -> list[str]:
-    """Keep the newest ``keep`` finished Jobs of this target and task; delete older ones with their PVCs."""
+async def prune_history(kube: Kube, namespace: str, labels: dict[str, str], keep: int,
+                        current: str | None = None) -> list[str]:
+    """Keep ``keep`` finished Jobs of this target and task (``current``, this run's, always among them);
+    delete the older ones with their PVCs."""
     sel = selector(labels, keys=("task", "target-kind", "target-name"))
     found = await kube.call("list Jobs", kube.batch.list_namespaced_job, namespace, label_selector=sel)
     finished = [j for j in found.items
                 if any(c.type in ("Complete", "Failed") and c.status == "True" for c in (j.status.conditions or []))
-                and j.metadata.deletion_timestamp is None]
+                and j.metadata.deletion_timestamp is None and j.metadata.name != current]
+    # creationTimestamp has one-second resolution: the current Job is kept explicitly, not by order
     finished.sort(key=lambda j: j.metadata.creation_timestamp, reverse=True)
     deleted: list[str] = []
-    for job in finished[max(keep, 0):]:
+    for job in finished[max(keep - (1 if current else 0), 0):]:
         session_labels = job.metadata.labels or {}
         deleted += await delete_run_objects(kube, namespace, selector(session_labels))
     return deleted
