@@ -17,6 +17,7 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from kubernetes_asyncio import client, watch  # noqa: E402
 from kubernetes_asyncio.client import rest  # noqa: E402
 
 from localkube.cluster import Cluster  # noqa: E402
-from localkube.nodeagent import NodeAgent, succeed  # noqa: E402
+from localkube.nodeagent import NodeAgent, succeed  # noqa: E402  (NodeAgent: type only)
 
 WORK_SECONDS = 1.0
 REQUESTS = {"n": 0}
@@ -110,8 +111,10 @@ async def bench(cluster: Cluster, agent: NodeAgent, runs: int) -> dict[str, list
                                                                         '{"phase": "Succeeded"}}}'))
     seen: dict[str, float] = {}
     stop = asyncio.Event()
-    observer = asyncio.create_task(completion_watch(cluster, namespace, seen, stop))
-    await asyncio.sleep(0.5)
+    # the observer has its own thread and loop, so a flow that blocks its loop cannot delay it
+    observer = threading.Thread(target=lambda: asyncio.run(completion_watch(cluster, namespace, seen, stop)))
+    observer.start()
+    await asyncio.sleep(1.0)
     results: dict[str, list[tuple[float, float, int]]] = {"stashflow": [], "prefect-kubernetes": []}
     for i in range(runs):
         for label, fn in (("stashflow", one_stashflow), ("prefect-kubernetes", one_prefect_kubernetes)):
@@ -121,7 +124,7 @@ async def bench(cluster: Cluster, agent: NodeAgent, runs: int) -> dict[str, list
             lag = end - completed if completed else float("nan")
             results[label].append((lag, wall - WORK_SECONDS, requests))
     stop.set()
-    await observer
+    await asyncio.to_thread(observer.join)
     async with cluster.api_client() as api:
         await client.CoreV1Api(api).delete_namespace(namespace)
     return results
@@ -135,9 +138,7 @@ def main() -> int:
 
     cluster = Cluster()
     cluster.up()
-    state = Path(tempfile.mkdtemp(prefix="bench-agent-"))
-    agent = NodeAgent(cluster.kubeconfig, state)
-    agent.start()
+    agent = cluster.node_agent(state_dir=Path(tempfile.mkdtemp(prefix="bench-agent-"))).start()
     try:
         with prefect_test_harness(server_startup_timeout=180):
             results = asyncio.run(bench(cluster, agent, args.runs))
