@@ -22,18 +22,19 @@ import os
 import re
 from typing import Any
 
-from prefect import Flow, flow
+from prefect import Flow, flow, get_run_logger
 from prefect.runtime import flow_run as current_flow_run
 
 from stashflow.addons.catalog import BUILTIN_CATALOG, Catalog
 from stashflow.addons.durations import parse_duration
-from stashflow.addons.errors import InputError, Location
+from stashflow.addons.errors import InputError, Location, StashflowError
 from stashflow.addons.model import Addon, Task
 from stashflow.addons.names import valid_name
 from stashflow.addons.render import FLOW_RUN_LABEL, Target
 from stashflow.addons.resolve import Value
 from stashflow.tasks.steps import RunSpec
 
+from stashflow.flows import policies
 from stashflow.flows.engine import Connection, cleanup_hook, execute
 
 CATALOG_ENV = "STASHFLOW_CATALOG"
@@ -59,6 +60,13 @@ RUN_OPTIONS: list[tuple[str, Any, Any, str]] = [
     ("history_limit", int, 1, "How many finished Jobs of this target and task stay for debugging."),
     ("stuck_after", float, 180.0, "Seconds a Pod may be stuck (image pull, config, unschedulable) before failing."),
     ("attempt", int, 1, "Attempt number (names the Job; retries are new attempts)."),
+    ("max_retry", int, 0, "After a failed backup, up to this many new attempts (each its own Job and Snapshot)."),
+    ("retry_delay", str | None, None, "Wait before a new attempt, e.g. 30s, 5m (retryConfig.delay)."),
+    ("retention", dict | None, None, "A RetentionPolicy spec applied to the repository's Snapshots after a backup."),
+    ("exclusive", bool, False, "Hold the target's lock: a run that finds it held is skipped, not queued."),
+    ("missed_runs", str, "latest", "After downtime, which missed scheduled runs run: latest, all or none."),
+    ("starting_deadline_seconds", int | None, None, "Skip a scheduled run that starts later than this."),
+    ("addon", dict | None, None, "The plan's addon settings: jobTemplate, containerRuntimeSettings, addonVolumes."),
     ("invoker", dict[str, str] | None, None, "The plan that invoked this run: {kind, name}."),
     ("kubeconfig", str | None, None, "Kubeconfig file (default: in-cluster, then $KUBECONFIG, ~/.kube/config)."),
     ("context", str | None, None, "Kubeconfig context."),
@@ -125,6 +133,7 @@ def _spec_from_parameters(addon: Addon, task: Task, list_name: str, values: dict
         snapshot=values.get("snapshot"), stuck_after=float(values.get("stuck_after") or 180.0),
         history_limit=int(values.get("history_limit") if values.get("history_limit") is not None else 1),
         labels={FLOW_RUN_LABEL: run_id} if run_id else {},
+        addon_info=values.get("addon"),
     )
 
 
@@ -152,13 +161,25 @@ def make_flow(catalog: Catalog, addon: Addon, list_name: str, task: Task) -> Flo
     doc = (f"{kind} with KubeStash Addon task {addon.name}/{task.name} (Function {task.function}).\n\nArgs:\n"
            + "\n".join(docs))
 
-    async def run(**values: Any) -> dict[str, Any]:
+    async def run(**values: Any) -> Any:
         spec = _spec_from_parameters(addon, task, list_name, values)
         connection = Connection(values.get("kubeconfig"), values.get("context"), values.get("credentials_block"))
-        return await execute(spec, catalog, connection)
+        try:
+            await policies.check_missed(values.get("missed_runs") or "latest", values.get("starting_deadline_seconds"))
+            async with policies.target_lock(spec.namespace, spec.target, bool(values.get("exclusive"))):
+                return await execute(spec, catalog, connection, values.get("retention"))
+        except policies.Skip as skip:
+            return policies.skipped(skip.reason)
+        except StashflowError:
+            if list_name == "backupTasks":
+                note = await policies.schedule_retry(dict(current_flow_run.parameters), spec.attempt,
+                                                     int(values.get("max_retry") or 0), values.get("retry_delay"))
+                if note:
+                    get_run_logger().warning("backup failed; %s", note)
+            raise
 
     run.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
-    run.__annotations__ = {prm.name: prm.annotation for prm in parameters} | {"return": dict[str, Any]}
+    run.__annotations__ = {prm.name: prm.annotation for prm in parameters} | {"return": Any}
     run.__name__ = run.__qualname__ = pyname
     run.__module__ = __name__
     run.__doc__ = doc

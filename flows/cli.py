@@ -354,9 +354,10 @@ def build_parser(extensions: Sequence[Callable[[Any], None]] = ()) -> argparse.A
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, extensions: Sequence[Callable[[Any], None]] = ()) -> int:
+    """Run a command; ``extensions`` add subcommands (``stashflow.deployments.cli`` adds deploy/serve)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+    parser = build_parser(extensions)
     args = parser.parse_args(argv)
     args.argv = argv
     try:

@@ -24,6 +24,7 @@ from stashflow.addons.render import FLOW_RUN_LABEL, ExecutionPlan
 from stashflow.tasks import resources
 from stashflow.tasks.kube import Kube, connect
 from stashflow.tasks.results import now_rfc3339
+from stashflow.tasks.retention import apply_retention
 from stashflow.tasks.steps import (
     RunSpec,
     launch_job,
@@ -56,8 +57,10 @@ def artifact_key(*parts: str) -> str:
     return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", "-".join(parts).lower())).strip("-")[:100]
 
 
-async def execute(spec: RunSpec, catalog: Catalog, connection: Connection) -> dict[str, Any]:
-    """Run one Addon task to its end; return the summary or raise ``StashflowError``."""
+async def execute(spec: RunSpec, catalog: Catalog, connection: Connection,
+                  retention: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run one Addon task to its end; return the summary or raise ``StashflowError``.
+    With ``retention`` (a RetentionPolicy spec), apply it after the backup, failed or not."""
     logger = get_run_logger()
     started = time.time()
     async with connection.connect() as kube:
@@ -74,12 +77,21 @@ async def execute(spec: RunSpec, catalog: Catalog, connection: Connection) -> di
             await _shielded(abort(kube, plan.namespace, resources.selector(plan.labels), reason))
             raise
         result = await record_snapshot(plan, outcome, started)
+        retention_error: StashflowError | None = None
+        if retention and plan.snapshot is not None:
+            try:
+                result["retention"] = await apply_retention(plan, retention)
+            except StashflowError as exc:  # reported, after the backup's own outcome
+                logger.error("retention failed: %s", exc)
+                retention_error = exc
         if outcome.succeeded and "error_code" not in result:
             deleted = await resources.prune_history(kube, plan.namespace, plan.labels, spec.history_limit,
                                                     plan.job_name)
             if deleted:
                 logger.info("history limit %d: removed %s", spec.history_limit, ", ".join(deleted))
             await publish_success(plan, result)
+            if retention_error is not None:
+                raise retention_error
             return result
         return await _failed(kube, spec, plan, outcome, result)
 

@@ -20,7 +20,7 @@ from prefect.cache_policies import NO_CACHE
 
 from stashflow.addons.catalog import Catalog
 from stashflow.addons.errors import ClusterError, InputError, RunError
-from stashflow.addons.model import BackupStorage
+from stashflow.addons.model import AddonInfo, AddonVolumeInfo, BackupStorage
 from stashflow.addons.render import (
     FLOW_RUN_LABEL,
     LABEL_PREFIX,
@@ -73,6 +73,7 @@ class RunSpec:
     stuck_after: float = 180.0
     history_limit: int = 1
     labels: dict[str, str] = field(default_factory=dict)
+    addon_info: dict[str, Any] | None = None  # the plan's addon: jobTemplate, containerRuntimeSettings, addonVolumes
 
 
 def _storage(catalog: Catalog, spec: RunSpec, name_or_object: str | dict[str, Any] | None) -> BackupStorage | None:
@@ -143,11 +144,15 @@ async def resolve_parameters(spec: RunSpec, catalog: Catalog) -> ExecutionPlan:
     elif storage is not None or spec.repository or spec.encryption_secret:
         repository = RepositoryContext(name=spec.repository or spec.target.name, storage=storage,
                                        directory=spec.directory, encryption_secret=spec.encryption_secret)
+    info = spec.addon_info or {}
     request = RenderRequest(
         addon=spec.addon, task=spec.task, namespace=spec.namespace, target=spec.target, params=spec.params,
         builtins=builtins, session=spec.session, plan_session=spec.plan_session, invoker_kind=spec.invoker_kind,
         invoker_name=spec.invoker_name, attempt=spec.attempt, timeout_seconds=spec.timeout_seconds,
         repository=repository, component=component, labels=spec.labels,
+        addon_info=AddonInfo.model_validate({"name": spec.addon, **{k: v for k, v in info.items()
+                                                                     if k != "addonVolumes"}}) if info else None,
+        addon_volumes=[AddonVolumeInfo.model_validate(v) for v in info.get("addonVolumes") or []],
     )
     plan = render_plan(catalog, request)
     check_objects(plan.objects())

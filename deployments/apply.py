@@ -1,0 +1,121 @@
+"""Deployments through the Prefect API, as a prefect.yaml, or served from one process.
+
+``deploy`` is an upsert: it creates or updates each deployment, makes the per-target
+concurrency limits, and prunes the deployments it made for these plans that the plans no
+longer name (Prefect's own ``deploy`` never deletes). Deployments carry the tags
+``stashflow`` and ``plan:<namespace>.<name>``; pruning touches nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterTags
+from prefect.client.schemas.schedules import CronSchedule
+from prefect.deployments.runner import EntrypointType, RunnerDeployment
+from prefect.exceptions import ObjectAlreadyExists
+
+from stashflow.flows.addon_flows import CATALOG_ENV, FLOWS, python_name
+
+from .plans import MANAGED_TAG, DeploymentSpec
+
+def runner_deployment(spec: DeploymentSpec) -> RunnerDeployment:
+    """The Prefect deployment object of a spec (module entrypoint, so any worker can import it)."""
+    flow = FLOWS[python_name(spec.addon, spec.task)]
+    job_variables: dict[str, Any] = {}
+    if spec.work_pool and os.environ.get(CATALOG_ENV):
+        job_variables = {"env": {CATALOG_ENV: os.environ[CATALOG_ENV]}}
+    return flow.to_deployment(
+        name=spec.name,
+        parameters=spec.parameters,
+        schedules=[CronSchedule(cron=spec.cron, timezone=spec.timezone)],
+        paused=spec.paused,
+        tags=spec.tags,
+        description=spec.description,
+        entrypoint_type=EntrypointType.MODULE_PATH,
+        job_variables=job_variables,
+    )
+
+
+async def ensure_locks(specs: list[DeploymentSpec]) -> None:
+    """One global concurrency limit (limit 1) per target: the lock that keeps runs from overlapping."""
+    async with get_client() as client:
+        for name in sorted({s.lock for s in specs}):
+            try:
+                await client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+            except ObjectAlreadyExists:
+                pass
+
+
+async def deploy(specs: list[DeploymentSpec], *, plan_tags: set[str], prune: bool = True) -> dict[str, list[str]]:
+    """Create or update ``specs``; delete this tool's deployments of ``plan_tags`` that are not among them."""
+    await ensure_locks(specs)
+    applied = []
+    for spec in specs:
+        deployment = runner_deployment(spec)
+        await deployment.apply(work_pool_name=spec.work_pool)
+        applied.append(spec.full_name)
+    pruned: list[str] = []
+    if prune:
+        wanted = {(s.flow, s.name) for s in specs}
+        async with get_client() as client:
+            for tag in sorted(plan_tags):
+                found = await client.read_deployments(
+                    deployment_filter=DeploymentFilter(tags=DeploymentFilterTags(all_=[MANAGED_TAG, tag])))
+                for d in found:
+                    flow = await client.read_flow(d.flow_id)
+                    if (flow.name, d.name) not in wanted:
+                        await client.delete_deployment(d.id)
+                        pruned.append(f"{flow.name}/{d.name}")
+    return {"applied": applied, "pruned": pruned}
+
+
+def prefect_yaml(specs: list[DeploymentSpec], *, work_pool: str, directory: str = ".") -> dict[str, Any]:
+    """The same deployments as a prefect.yaml that ``prefect deploy --all`` accepts."""
+    deployments = []
+    for spec in specs:
+        deployments.append({
+            "name": spec.name,
+            "description": spec.description,
+            "entrypoint": spec.entrypoint,  # a module path: workers import it, whatever their directory
+            "parameters": spec.parameters,
+            "tags": spec.tags,
+            "schedules": [{"cron": spec.cron, "timezone": spec.timezone, "active": not spec.paused}],
+            "work_pool": {"name": spec.work_pool or work_pool, "work_queue_name": None,
+                          "job_variables": {"env": {CATALOG_ENV: os.environ.get(CATALOG_ENV, "")}}
+                          if os.environ.get(CATALOG_ENV) else {}},
+        })
+    return {
+        "name": "stashflow",
+        "prefect-version": "3.8.8",
+        "build": None,
+        "push": None,
+        "pull": [{"prefect.deployments.steps.set_working_directory": {"directory": directory}}],
+        "deployments": deployments,
+    }
+
+
+def write_prefect_yaml(specs: list[DeploymentSpec], path: Path, *, work_pool: str) -> None:
+    header = ("# Written by `stashflow deploy --write`: the deployments of the plans, for review and\n"
+              "# `prefect deploy --all`. Per-target locks (global concurrency limits named in each run's\n"
+              "# `exclusive` lock) are made by `stashflow deploy`; with `prefect deploy` alone, create them:\n"
+              + "".join(f"#   prefect gcl create {lock} --limit 1\n" for lock in sorted({s.lock for s in specs})))
+    path.write_text(header + yaml.safe_dump(prefect_yaml(specs, work_pool=work_pool), sort_keys=False, width=1000))
+
+
+def serve(specs: list[DeploymentSpec], *, limit: int | None = None) -> None:
+    """Run all the deployments in this process (Prefect's Runner); blocks until interrupted.
+
+    The Runner starts each flow run as a child process that imports the flow by its module
+    entrypoint, never this script: the ``if __name__ == "__main__"`` pitfall does not arise."""
+    import asyncio
+
+    from prefect import serve as prefect_serve
+
+    asyncio.run(ensure_locks(specs))
+    prefect_serve(*[runner_deployment(s) for s in specs], limit=limit, print_starting_message=True)

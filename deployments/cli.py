@@ -1,0 +1,87 @@
+"""``stashflow deploy`` and ``stashflow serve``, added to the CLI of ``stashflow.flows.cli``.
+
+The console script enters here so that the layers still point one way (deployments → flows)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from stashflow.flows import cli as flows_cli
+
+
+def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """Addon catalog + plan files → deployment specs (the flows see the same catalog)."""
+    catalog_paths = flows_cli.catalog_paths(args.catalog)
+    os.environ[flows_cli.CATALOG_ENV] = os.pathsep.join(os.path.abspath(p) for p in catalog_paths)
+    from stashflow.addons.catalog import Catalog
+    from stashflow.addons.model import BackupConfiguration
+
+    from .plans import plan_deployments, plan_tag
+
+    catalog = Catalog().add_paths([*catalog_paths, *args.plans]).check().raise_for_problems()
+    plans = catalog.of_kind(BackupConfiguration)
+    if not plans:
+        from stashflow.addons.errors import InputError
+
+        raise InputError("the plan files hold no BackupConfiguration", code="missing-field", field="PLAN")
+    specs = plan_deployments(catalog, work_pool=args.work_pool,
+                             kubeconfig=os.path.abspath(args.kubeconfig) if args.kubeconfig else None)
+    return specs, {plan_tag(p) for p in plans}
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    specs, tags = _load(args)
+    from .apply import deploy, write_prefect_yaml
+
+    if args.write:
+        write_prefect_yaml(specs, Path(args.write), work_pool=args.work_pool or "stashflow")
+        print(f"wrote {len(specs)} deployment(s) to {args.write}")
+        return 0
+    done = asyncio.run(deploy(specs, plan_tags=tags, prune=not args.no_prune))
+    for spec in specs:
+        state = "paused" if spec.paused else f"{spec.cron} ({spec.timezone})"
+        print(f"deployed {spec.full_name}: {state}")
+    for name in done["pruned"]:
+        print(f"pruned {name}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    specs, _ = _load(args)
+    from .apply import serve
+
+    serve(specs, limit=args.limit)
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    for name, func, help_text in (
+        ("deploy", cmd_deploy, "create or update the Prefect deployments of backup plans; prune dropped ones"),
+        ("serve", cmd_serve, "run the deployments of backup plans in this process (Prefect's local API)"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("plans", nargs="+", metavar="PLAN", help="files or folders with BackupConfigurations, "
+                                                                "their BackupStorages and RetentionPolicies")
+        p.add_argument("--catalog", action="extend", nargs="+", metavar="PATH",
+                       help="Addon/Function files or folders (default: $STASHFLOW_CATALOG, else the built-in catalog)")
+        p.add_argument("--kubeconfig", help="kubeconfig the runs use (default: in-cluster, then $KUBECONFIG)")
+        p.add_argument("--work-pool", help="work pool of the deployments (deploy; default: none, for serve)")
+        if name == "deploy":
+            p.add_argument("--write", metavar="FILE", help="write a prefect.yaml instead of calling the API")
+            p.add_argument("--no-prune", action="store_true", help="keep deployments the plans no longer name")
+        else:
+            p.add_argument("--limit", type=int, help="at most this many flow runs at once")
+        p.set_defaults(func=func)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return flows_cli.main(argv, extensions=[add_commands])
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

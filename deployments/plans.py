@@ -1,0 +1,193 @@
+"""BackupConfigurations → one deployment per (plan, session, addon task) (DESIGN.md §3).
+
+``scheduler.schedule`` → a cron schedule (a ``CRON_TZ=`` or ``TZ=`` prefix sets the time zone,
+UTC otherwise); ``paused`` on the plan or ``scheduler.suspend`` → a paused deployment;
+``backupTimeout`` → the run's deadline; ``retryConfig`` → new attempts; ``sessionHistoryLimit``
+→ finished Jobs kept; the backend's RetentionPolicy → retention after each backup; the
+repository (BackupStorage + directory + encryptionSecret) → where the data goes. Everything a
+plan names must be in the plan files; a missing one is an error with its file and line.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from stashflow.addons.catalog import Catalog
+from stashflow.addons.errors import CatalogError, StashflowError, raise_all
+from stashflow.addons.model import BackupConfiguration, BackupStorage, RetentionPolicy
+from stashflow.addons.names import label_value
+from stashflow.addons.source import format_path
+from stashflow.addons.render import Target
+from stashflow.flows.addon_flows import entrypoint, form_parameter
+from stashflow.flows.policies import lock_name
+
+MANAGED_TAG = "stashflow"
+_TZ = re.compile(r"^\s*(?:CRON_TZ|TZ)=(\S+)\s+(.*)$")
+
+
+@dataclass
+class DeploymentSpec:
+    """One deployment to create or update."""
+
+    name: str  # unique per flow: <namespace>-<plan>-<session>
+    flow: str  # <addon>:<task>
+    addon: str
+    task: str
+    entrypoint: str  # module path of the flow object
+    parameters: dict[str, Any]
+    cron: str
+    timezone: str
+    paused: bool
+    tags: list[str]
+    lock: str
+    description: str
+    plan_tag: str
+    work_pool: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.flow}/{self.name}"
+
+
+def split_schedule(schedule: str) -> tuple[str, str]:
+    """``"CRON_TZ=Europe/Berlin 0 2 * * *"`` → (``"0 2 * * *"``, ``"Europe/Berlin"``)."""
+    match = _TZ.match(schedule)
+    return (match.group(2).strip(), match.group(1)) if match else (schedule.strip(), "UTC")
+
+
+def plan_tag(plan: BackupConfiguration) -> str:
+    return f"plan:{plan.namespace or 'default'}.{plan.name}"
+
+
+def _lookup(catalog: Catalog, model: type, ref: Any, default_ns: str, plan: BackupConfiguration, path: tuple,
+            problems: list[StashflowError]) -> Any:
+    if ref is None:
+        problems.append(CatalogError(f"no {model.KIND} is named", code="missing-field", location=plan.location(path),
+                                     obj=plan.ref, field=format_path(path)))
+        return None
+    found = catalog.get(model, ref.name, ref.namespace or default_ns)
+    if found is None:
+        problems.append(CatalogError(f'{model.KIND} "{ref.namespace or default_ns}/{ref.name}" is not in the plan files',
+                                     code="unknown-object", location=plan.location(path), obj=plan.ref,
+                                     field=format_path(path), hint=f"add the file that defines the {model.KIND}"))
+    return found
+
+
+def plan_deployments(catalog: Catalog, *, work_pool: str | None = None, kubeconfig: str | None = None
+                     ) -> list[DeploymentSpec]:
+    """Every deployment the catalog's BackupConfigurations ask for; all problems raised together."""
+    problems: list[StashflowError] = []
+    specs: list[DeploymentSpec] = []
+    for plan in catalog.of_kind(BackupConfiguration):
+        namespace = plan.namespace or "default"
+        target_ref = plan.spec.target
+        if target_ref is None:
+            problems.append(CatalogError("the plan has no target", code="missing-field", location=plan.location(("spec",)),
+                                         obj=plan.ref, field="spec.target"))
+            continue
+        group = f".{target_ref.api_group}" if target_ref.api_group else ""
+        target = f"{target_ref.kind or 'PersistentVolumeClaim'}{group}/{target_ref.name}"
+        target_ns = target_ref.namespace or namespace
+        backends = {b.name: (i, b) for i, b in enumerate(plan.spec.backends or [])}
+        for s_index, session in enumerate(plan.spec.sessions or []):
+            base = ("spec", "sessions", s_index)
+            if session.scheduler is None or session.addon is None:
+                problems.append(CatalogError("a session needs a scheduler and an addon", code="missing-field",
+                                             location=plan.location(base), obj=plan.ref, field=format_path(base)))
+                continue
+            repos = session.repositories or []
+            if not repos:
+                problems.append(CatalogError("a session needs a repository", code="missing-field",
+                                             location=plan.location(base), obj=plan.ref,
+                                             field=format_path(base + ("repositories",))))
+                continue
+            repo = repos[0]
+            backend_entry = backends.get(repo.backend or "") or (next(iter(backends.values())) if len(backends) == 1
+                                                                  else None)
+            if backend_entry is None:
+                problems.append(CatalogError(f'repository "{repo.name}" names backend "{repo.backend}", which the plan '
+                                             "does not define", code="unknown-object",
+                                             location=plan.location(base + ("repositories", 0, "backend")),
+                                             obj=plan.ref, field=format_path(base + ("repositories", 0, "backend"))))
+                continue
+            b_index, backend = backend_entry
+            bpath = ("spec", "backends", b_index)
+            storage = _lookup(catalog, BackupStorage, backend.storage_ref, namespace, plan, bpath + ("storageRef",),
+                              problems)
+            policy = _lookup(catalog, RetentionPolicy, backend.retention_policy, namespace, plan,
+                             bpath + ("retentionPolicy",), problems) if backend.retention_policy else None
+            if storage is None:
+                continue
+            cron, timezone = split_schedule(session.scheduler.schedule)
+            paused = bool(plan.spec.paused) or bool(session.scheduler.suspend)
+            retry = session.retry_config
+            info = session.addon.dump()
+            addon_settings = {k: v for k, v in info.items() if k in ("jobTemplate", "containerRuntimeSettings")}
+            for t_index, ref in enumerate(session.addon.tasks or []):
+                try:
+                    catalog.task(session.addon.name, ref.name)
+                except StashflowError as exc:
+                    problems.append(CatalogError(exc.message, code=exc.code,
+                                                 location=plan.location(base + ("addon", "tasks", t_index, "name")),
+                                                 obj=plan.ref, field=format_path(base + ("addon", "tasks", t_index, "name")),
+                                                 hint=exc.hint))
+                    continue
+                if ref.addon_volumes:
+                    addon_settings = {**addon_settings, "addonVolumes": [v.dump() for v in ref.addon_volumes]}
+                params: dict[str, Any] = {
+                    "target": target, "namespace": target_ns,
+                    "storage": {"apiVersion": storage.api_version, "kind": storage.kind,
+                                "metadata": {"name": storage.name, "namespace": storage.namespace or namespace},
+                                "spec": storage.spec.dump()},
+                    "repository": repo.name, "directory": (repo.directory or "").strip("/"),
+                    "plan_session": session.name,
+                    "history_limit": session.session_history_limit if session.session_history_limit is not None else 1,
+                    "exclusive": True,
+                    "invoker": {"kind": "BackupConfiguration", "name": plan.name},
+                }
+                if repo.encryption_secret:
+                    params["encryption_secret"] = repo.encryption_secret.name
+                if session.backup_timeout:
+                    params["timeout"] = session.backup_timeout
+                if retry:
+                    params["max_retry"] = retry.max_retry if retry.max_retry is not None else 1
+                    if retry.delay:
+                        params["retry_delay"] = retry.delay
+                if policy is not None:
+                    params["retention"] = policy.spec.dump()
+                if session.scheduler.starting_deadline_seconds is not None:
+                    params["starting_deadline_seconds"] = session.scheduler.starting_deadline_seconds
+                if addon_settings:
+                    params["addon"] = addon_settings
+                if kubeconfig:
+                    params["kubeconfig"] = kubeconfig
+                task_params = {k: ("true" if v is True else "false" if v is False else str(v))
+                               for k, v in (ref.params or {}).items()}
+                for k, v in task_params.items():
+                    if form_parameter(k):
+                        params[k] = v
+                    else:
+                        params.setdefault("extra_params", {})[k] = v
+                variables = {v["name"]: v["value"] for v in ref.variables or [] if "value" in v}
+                if variables:
+                    params["variables"] = variables
+                flow = f"{session.addon.name}:{ref.name}"
+                tag = plan_tag(plan)
+                specs.append(DeploymentSpec(
+                    name=label_value(f"{namespace}-{plan.name}-{session.name}"),
+                    flow=flow, addon=session.addon.name, task=ref.name,
+                    entrypoint=entrypoint(session.addon.name, ref.name), parameters=params, cron=cron,
+                    timezone=timezone, paused=paused,
+                    tags=[MANAGED_TAG, tag, f"session:{session.name}", f"target:{target_ns}.{target}".lower().replace("/", "."),
+                          f"addon:{session.addon.name}", f"task:{ref.name}"],
+                    lock=lock_name(target_ns, Target.parse(target)),
+                    description=f"{flow} of {target} in {target_ns}, from BackupConfiguration {namespace}/{plan.name} "
+                                f"session {session.name}",
+                    plan_tag=tag, work_pool=work_pool,
+                ))
+    raise_all(problems)
+    return specs
+

@@ -1,0 +1,127 @@
+"""What happens around a scheduled run: missed runs, one run per target, new attempts.
+
+- **Missed runs.** After the scheduler or the workers were down, Prefect still holds every
+  missed run. Policy ``latest`` (default) runs only the newest missed run of a deployment and
+  skips the older ones; ``all`` runs them all; ``none`` skips every run that starts late. A
+  run later than ``starting_deadline_seconds`` (KubeStash's scheduler field) is skipped too.
+- **One run per target.** A deployment run holds the Prefect global concurrency limit
+  ``stashflow-target-<namespace>-<kind>-<name>`` (limit 1, made at deploy time) while it works.
+  A second run of the same target does not queue up behind it: it ends at once as ``Skipped``.
+- **New attempts.** After a failed backup, a deployment run with ``max_retry`` left schedules a
+  new flow run of its deployment after ``retry_delay``: a new session, a new Job, a new Snapshot.
+
+Skipped runs end in a Completed state named ``Skipped`` whose message says why.
+"""
+
+from __future__ import annotations
+
+import re
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta, timezone
+from typing import Any, AsyncIterator
+
+from prefect import get_run_logger
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    DeploymentFilterId,
+    FlowRunFilter,
+    FlowRunFilterExpectedStartTime,
+)
+from prefect.runtime import deployment as current_deployment
+from prefect.runtime import flow_run as current_flow_run
+from prefect.states import Completed, State
+
+from stashflow.addons.durations import parse_duration
+from stashflow.addons.render import Target
+
+LATE_TOLERANCE = timedelta(seconds=60)  # a run this late is still "on time"
+
+
+class Skip(Exception):
+    """This run must not run; ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def skipped(reason: str) -> State:
+    get_run_logger().warning("skipped: %s", reason)
+    return Completed(name="Skipped", message=reason)
+
+
+def lock_name(namespace: str, target: Target) -> str:
+    """The global concurrency limit that keeps one run per target."""
+    raw = f"stashflow-target-{namespace}-{target.kind}-{target.name}".lower()
+    return re.sub(r"[^a-z0-9-]", "-", raw)
+
+
+async def check_missed(policy: str, starting_deadline_seconds: int | None) -> None:
+    """Raise ``Skip`` for a scheduled run that the missed-run policy does not run."""
+    if not current_deployment.id or not current_flow_run.id:
+        return
+    async with get_client() as client:
+        me = await client.read_flow_run(current_flow_run.id)
+        if not me.auto_scheduled or me.expected_start_time is None:
+            return  # only runs the schedule made; manual runs and new attempts always run
+        scheduled = me.expected_start_time
+        late = datetime.now(timezone.utc) - scheduled
+        if starting_deadline_seconds is not None and late > timedelta(seconds=starting_deadline_seconds):
+            raise Skip(f"missed: started {late.total_seconds():.0f}s after its scheduled time {scheduled:%Y-%m-%d %H:%M:%S}, "
+                       f"past startingDeadlineSeconds {starting_deadline_seconds}")
+        if late <= LATE_TOLERANCE or policy == "all":
+            return
+        if policy == "none":
+            raise Skip(f"missed: scheduled for {scheduled:%Y-%m-%d %H:%M:%S}, started {late.total_seconds():.0f}s late "
+                       "(missed-run policy: none)")
+        newer = await client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[me.deployment_id])),
+            flow_run_filter=FlowRunFilter(
+                expected_start_time=FlowRunFilterExpectedStartTime(after_=scheduled + timedelta(microseconds=1),
+                                                                   before_=datetime.now(timezone.utc))),
+        )
+        newer = [r for r in newer if r.auto_scheduled and r.id != me.id]
+        if newer:
+            latest = max(r.expected_start_time for r in newer)
+            raise Skip(f"missed: scheduled for {scheduled:%Y-%m-%d %H:%M:%S}; a later missed run "
+                       f"({latest:%Y-%m-%d %H:%M:%S}) runs instead (missed-run policy: latest)")
+
+
+@asynccontextmanager
+async def target_lock(namespace: str, target: Target, exclusive: bool) -> AsyncIterator[None]:
+    """Hold the target's lock, or raise ``Skip`` when another run holds it."""
+    if not exclusive:
+        yield
+        return
+    from prefect.concurrency._asyncio import AcquireConcurrencySlotTimeoutError, ConcurrencySlotAcquisitionError
+    from prefect.concurrency.asyncio import concurrency
+
+    name = lock_name(namespace, target)
+    acquired = concurrency(name, occupy=1, max_retries=0, strict=True)
+    try:
+        await acquired.__aenter__()
+    except (AcquireConcurrencySlotTimeoutError, ConcurrencySlotAcquisitionError, TimeoutError) as exc:
+        if "do not exist" in str(exc) or "not found" in str(exc).lower():
+            raise
+        raise Skip(f"another run of {target} in {namespace} is in progress (lock {name})") from None
+    try:
+        yield
+    except BaseException as exc:
+        await acquired.__aexit__(type(exc), exc, exc.__traceback__)
+        raise
+    await acquired.__aexit__(None, None, None)
+
+
+async def schedule_retry(parameters: dict[str, Any], attempt: int, max_retry: int, delay: str | None) -> str | None:
+    """Start a new attempt through this run's deployment; returns a note for the log, or None."""
+    if not current_deployment.id or attempt > max_retry:
+        return None
+    from prefect.deployments import run_deployment
+
+    seconds = parse_duration(delay) if delay else 0.0
+    when = datetime.now(timezone.utc) + timedelta(seconds=seconds)
+    again = {**parameters, "attempt": attempt + 1, "session": None}
+    run = await run_deployment(current_deployment.id, parameters=again, scheduled_time=when, timeout=0,
+                               as_subflow=False, tags=[f"attempt:{attempt + 1}"])
+    return f"attempt {attempt + 1} of {max_retry + 1} scheduled for {when:%H:%M:%S} (flow run {run.name})"

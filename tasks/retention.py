@@ -1,0 +1,100 @@
+"""Applying a RetentionPolicy after a backup: Snapshots that fall out are deleted, and for
+restic repositories stashflow manages, their data too, by a Job like the backup's own."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from prefect import get_run_logger, task
+
+from stashflow.addons.errors import ClusterError, RunError
+from stashflow.addons.model import RetentionPolicy
+from stashflow.addons.names import valid_name
+from stashflow.addons.render import LABEL_PREFIX, ExecutionPlan
+from stashflow.addons.retention import Decision, Item, apply, parse_time
+
+from . import resources
+from .kube import Kube, current
+from .repository import wants_init
+from .results import restic_snapshot_id
+from .steps import STEP
+from .wait import JobWaiter
+
+
+def items_of(snapshots: list[dict[str, Any]]) -> list[Item]:
+    return [Item(s["metadata"]["name"], (s.get("status") or {}).get("phase") or "Pending",
+                 parse_time((s.get("status") or {}).get("snapshotTime") or s["metadata"]["creationTimestamp"]))
+            for s in snapshots]
+
+
+def forget_job(plan: ExecutionPlan, component_path: str, ids: list[str]) -> dict[str, Any]:
+    """The backup Job's pod running ``restic forget --prune`` on one component repository."""
+    job = copy.deepcopy(plan.job)
+    name = valid_name(plan.job_name, "forget", hashlib.sha256(component_path.encode()).hexdigest()[:6])
+    job["metadata"]["name"] = name
+    job["metadata"]["labels"][LABEL_PREFIX + "role"] = "retention"
+    pod = job["spec"]["template"]
+    pod["metadata"]["labels"][LABEL_PREFIX + "role"] = "retention"
+    container = pod["spec"]["containers"][0]
+    container.update(name="restic-forget", command=["restic"], args=["forget", "--prune", *ids])
+    own_path = plan.snapshot["status"]["components"][plan.component]["path"] if plan.snapshot else ""
+    for env in container.get("env", []):
+        if env.get("name") == "RESTIC_REPOSITORY" and own_path and env["value"].endswith(own_path):
+            env["value"] = env["value"][: -len(own_path)] + component_path
+    job["spec"]["activeDeadlineSeconds"] = 1800
+    return job
+
+
+async def _forget(kube: Kube, plan: ExecutionPlan, component_path: str, ids: list[str],
+                  on_log: Callable[[str, str], None]) -> None:
+    job = forget_job(plan, component_path, ids)
+    name = job["metadata"]["name"]
+    await resources.create_or_adopt(kube, job)
+    try:
+        outcome = await JobWaiter(kube, plan.namespace, name, timeout=1830, stuck_after=120, on_log=on_log).wait()
+    finally:  # never kept: its log is in the run's logs
+        try:
+            await kube.call(f"delete Job {name}", kube.batch.delete_namespaced_job, name, plan.namespace,
+                            propagation_policy="Foreground")
+        except ClusterError as exc:
+            if exc.status != 404:
+                raise
+    if not outcome.succeeded:
+        d = outcome.diagnosis
+        raise RunError(f"retention could not delete restic data in {component_path}: {d.summary() if d else outcome.phase}",
+                       code=d.code if d else "job-failed", diagnosis=d, hint="the Snapshots were kept; see the log")
+
+
+@task(name="apply-retention", **STEP)
+async def apply_retention(plan: ExecutionPlan, policy: dict[str, Any]) -> dict[str, list[str]]:
+    """After a backup: keep what the policy keeps among the repository's Snapshots, delete the rest."""
+    kube, logger = current(), get_run_logger()
+    retention = RetentionPolicy.model_validate(
+        {"apiVersion": "storage.kubestash.com/v1alpha1", "kind": "RetentionPolicy", "metadata": {"name": "plan"},
+         "spec": policy.get("spec", policy)})
+    snapshots = await resources.list_snapshots(kube, plan.namespace, f"kubestash.com/repo-name={plan.repository}")
+    decision: Decision = apply(retention, items_of(snapshots), datetime.now(timezone.utc))
+    by_name = {s["metadata"]["name"]: s for s in snapshots}
+    if decision.delete and wants_init(plan):  # stashflow manages this restic repository: delete the data too
+        ids_by_path: dict[str, list[str]] = {}
+        for name in decision.delete:
+            for component in ((by_name[name].get("status") or {}).get("components") or {}).values():
+                restic_id = restic_snapshot_id(component)
+                if restic_id and component.get("path"):
+                    ids_by_path.setdefault(component["path"], []).append(restic_id)
+        for path, ids in ids_by_path.items():
+            await _forget(kube, plan, path, ids, lambda source, line: logger.info("%s | %s", source, line))
+    for name in decision.delete:
+        try:
+            await kube.call(f"delete Snapshot {name}", kube.custom.delete_namespaced_custom_object,
+                            "storage.kubestash.com", "v1alpha1", plan.namespace, "snapshots", name)
+        except ClusterError as exc:
+            if exc.status != 404:
+                raise
+        logger.info("retention: deleted Snapshot %s (%s)", name, "; ".join(decision.reasons[name]))
+    logger.info("retention: kept %d Snapshot(s) of repository %s, deleted %d", len(decision.keep), plan.repository,
+                len(decision.delete))
+    return {"keep": decision.keep, "delete": decision.delete}
