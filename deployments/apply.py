@@ -24,13 +24,12 @@ from stashflow.flows.addon_flows import CATALOG_ENV, FLOWS, python_name
 
 from .plans import MANAGED_TAG, DeploymentSpec
 
-def runner_deployment(spec: DeploymentSpec) -> RunnerDeployment:
-    """The Prefect deployment object of a spec (module entrypoint, so any worker can import it)."""
-    flow = FLOWS[python_name(spec.addon, spec.task)]
+def _deployment_options(spec: DeploymentSpec) -> dict[str, Any]:
+    """The Prefect deployment of a spec (module entrypoint, so any worker can import it)."""
     job_variables: dict[str, Any] = {}
     if spec.work_pool and os.environ.get(CATALOG_ENV):
         job_variables = {"env": {CATALOG_ENV: os.environ[CATALOG_ENV]}}
-    return flow.to_deployment(
+    return dict(
         name=spec.name,
         parameters=spec.parameters,
         schedules=[CronSchedule(cron=spec.cron, timezone=spec.timezone)],
@@ -40,6 +39,14 @@ def runner_deployment(spec: DeploymentSpec) -> RunnerDeployment:
         entrypoint_type=EntrypointType.MODULE_PATH,
         job_variables=job_variables,
     )
+
+
+def runner_deployment(spec: DeploymentSpec) -> RunnerDeployment:
+    return FLOWS[python_name(spec.addon, spec.task)].to_deployment(**_deployment_options(spec))
+
+
+async def arunner_deployment(spec: DeploymentSpec) -> RunnerDeployment:
+    return await FLOWS[python_name(spec.addon, spec.task)].ato_deployment(**_deployment_options(spec))
 
 
 async def ensure_locks(specs: list[DeploymentSpec]) -> None:
@@ -57,7 +64,7 @@ async def deploy(specs: list[DeploymentSpec], *, plan_tags: set[str], prune: boo
     await ensure_locks(specs)
     applied = []
     for spec in specs:
-        deployment = runner_deployment(spec)
+        deployment = await arunner_deployment(spec)
         await deployment.apply(work_pool_name=spec.work_pool)
         applied.append(spec.full_name)
     pruned: list[str] = []

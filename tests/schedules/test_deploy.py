@@ -1,0 +1,103 @@
+"""`stashflow deploy` against a real `prefect server`: create, update, prune, pause, prefect.yaml."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+
+import yaml
+
+from .conftest import REPO
+from .plans import session, write_plan
+
+STASHFLOW = str(REPO / ".venv" / "bin" / "stashflow")
+PREFECT = str(REPO / ".venv" / "bin" / "prefect")
+
+
+def deployments_of(tag: str) -> dict[str, object]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterTags
+
+    async def go():  # type: ignore[no-untyped-def]
+        async with get_client() as c:
+            found = await c.read_deployments(deployment_filter=DeploymentFilter(tags=DeploymentFilterTags(all_=[tag])))
+            return {f"{(await c.read_flow(d.flow_id)).name}/{d.name}": d for d in found}
+    return asyncio.run(go())
+
+
+def test_deploy_creates_updates_and_prunes(prefect_server, tmp_path) -> None:
+    plan = write_plan(tmp_path / "plan.yaml", "shop", [
+        session("nightly", "CRON_TZ=Europe/Berlin 0 2 * * *", params={"message": "it's \"quoted\""}, max_retry=2,
+                delay="5m", timeout="1h", history=3),
+        session("hourly", "15 * * * *", suspend=True),
+    ], name="db-backup", retention={"successfulSnapshots": {"daily": 7}})
+    done = subprocess.run([STASHFLOW, "deploy", str(plan)], env=prefect_server, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    found = deployments_of("plan:shop.db-backup")
+    assert sorted(found) == ["scripted:backup/shop-db-backup-hourly", "scripted:backup/shop-db-backup-nightly"]
+    nightly, hourly = found["scripted:backup/shop-db-backup-nightly"], found["scripted:backup/shop-db-backup-hourly"]
+    (schedule,) = nightly.schedules
+    assert (schedule.schedule.cron, schedule.schedule.timezone) == ("0 2 * * *", "Europe/Berlin")
+    assert not nightly.paused and hourly.paused
+    p = nightly.parameters
+    assert p["target"] == "PersistentVolumeClaim/data" and p["namespace"] == "shop"
+    assert p["message"] == "it's \"quoted\"" and p["max_retry"] == 2 and p["retry_delay"] == "5m"
+    assert p["timeout"] == "1h" and p["history_limit"] == 3 and p["exclusive"] is True
+    assert p["retention"] == {"successfulSnapshots": {"daily": 7}} and p["repository"] == "data-nightly"
+    assert {"stashflow", "plan:shop.db-backup", "addon:scripted", "task:backup", "session:nightly",
+            "target:shop.persistentvolumeclaim.data"} <= set(nightly.tags)
+    # the flow's form: the task's parameters with their usage
+    assert nightly.parameter_openapi_schema["properties"]["message"]["description"].startswith("A value passed")
+
+    changed = write_plan(tmp_path / "plan.yaml", "shop", [session("nightly", "0 3 * * *")], name="db-backup")
+    done = subprocess.run([STASHFLOW, "deploy", str(changed)], env=prefect_server, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "pruned scripted:backup/shop-db-backup-hourly" in done.stdout
+    found = deployments_of("plan:shop.db-backup")
+    assert list(found) == ["scripted:backup/shop-db-backup-nightly"]
+    (schedule,) = found["scripted:backup/shop-db-backup-nightly"].schedules
+    assert (schedule.schedule.cron, schedule.schedule.timezone) == ("0 3 * * *", "UTC")
+
+
+def test_a_paused_plan_gives_paused_deployments(prefect_server, tmp_path) -> None:
+    plan = write_plan(tmp_path / "plan.yaml", "ops", [session("a"), session("b")], name="paused-plan", paused=True)
+    assert subprocess.run([STASHFLOW, "deploy", str(plan)], env=prefect_server, timeout=120).returncode == 0
+    assert all(d.paused for d in deployments_of("plan:ops.paused-plan").values())
+
+
+def test_a_plan_naming_a_missing_storage_is_an_error_with_its_line(prefect_server, tmp_path) -> None:
+    plan = write_plan(tmp_path / "plan.yaml", "ops", [session("a")], name="broken")
+    docs = list(yaml.safe_load_all(plan.read_text()))
+    plan.write_text(yaml.safe_dump(docs[0], sort_keys=False))  # without the BackupStorage
+    done = subprocess.run([STASHFLOW, "deploy", str(plan)], env=prefect_server, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 1
+    assert f"{plan}:" in done.stderr and "unknown-object" in done.stderr and "BackupStorage" in done.stderr
+    assert deployments_of("plan:ops.broken") == {}
+
+
+def test_prefect_deploy_accepts_the_written_prefect_yaml(prefect_server, tmp_path) -> None:
+    plan = write_plan(tmp_path / "plan.yaml", "web", [session("nightly"), session("weekly", "0 4 * * 0")],
+                      name="site")
+    out = tmp_path / "prefect.yaml"
+    assert subprocess.run([STASHFLOW, "deploy", str(plan), "--write", str(out), "--work-pool", "stashflow"],
+                          env=prefect_server, timeout=120).returncode == 0
+    subprocess.run([PREFECT, "--no-prompt", "work-pool", "create", "stashflow", "--type", "process"],
+                   env=prefect_server, capture_output=True, timeout=120)
+    done = subprocess.run([PREFECT, "--no-prompt", "deploy", "--all", "--prefect-file", str(out)], env=prefect_server,
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    found = deployments_of("plan:web.site")
+    assert sorted(found) == ["scripted:backup/web-site-nightly", "scripted:backup/web-site-weekly"]
+    assert found["scripted:backup/web-site-weekly"].work_pool_name == "stashflow"
+
+
+def test_the_repositorys_prefect_yaml_is_what_its_example_plan_gives(tmp_path) -> None:
+    """prefect.yaml at the top of the repo is generated from deployments/examples/pvc-backups.yaml."""
+    out = tmp_path / "prefect.yaml"
+    env = {**__import__("os").environ, "STASHFLOW_CATALOG": str(REPO / "addons" / "catalog")}
+    subprocess.run([STASHFLOW, "deploy", str(REPO / "deployments" / "examples" / "pvc-backups.yaml"), "--write",
+                    str(out), "--work-pool", "stashflow"], env=env, check=True, timeout=120)
+    assert yaml.safe_load(out.read_text()) == yaml.safe_load((REPO / "prefect.yaml").read_text())
