@@ -58,6 +58,31 @@ def split_schedule(schedule: str) -> tuple[str, str]:
     return (match.group(2).strip(), match.group(1)) if match else (schedule.strip(), "UTC")
 
 
+def late_after(cron: str, timezone: str) -> float:
+    """How late a scheduled run may start and still count as on time: half the schedule's
+    interval, at most 60 s (a 5-minute schedule: 60 s; an every-10-seconds one: 5 s)."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    from cronsim import CronSim  # what Prefect's CronSchedule uses
+
+    it = CronSim(cron, datetime.now(ZoneInfo(timezone)))
+    first, second = next(it), next(it)
+    return min(60.0, (second - first).total_seconds() / 2)
+
+
+def schedule_problem(cron: str, timezone: str) -> str | None:
+    """Why Prefect would refuse this schedule, or None."""
+    from prefect.client.schemas.schedules import CronSchedule
+    from pydantic import ValidationError
+
+    try:
+        CronSchedule(cron=cron, timezone=timezone)
+    except ValidationError as exc:
+        return "; ".join(e["msg"] for e in exc.errors())
+    return None
+
+
 def plan_tag(plan: BackupConfiguration) -> str:
     return f"plan:{plan.namespace or 'default'}.{plan.name}"
 
@@ -122,6 +147,15 @@ def plan_deployments(catalog: Catalog, *, work_pool: str | None = None, kubeconf
             if storage is None:
                 continue
             cron, timezone = split_schedule(session.scheduler.schedule)
+            problem = schedule_problem(cron, timezone)
+            if problem:
+                spath = base + ("scheduler", "schedule")
+                problems.append(CatalogError(f'"{session.scheduler.schedule}" is not a schedule: {problem}',
+                                             code="invalid-value", location=plan.location(spath), obj=plan.ref,
+                                             field=format_path(spath),
+                                             hint='five cron fields, optionally "CRON_TZ=Zone " first; '
+                                                  "a sixth field in front counts seconds"))
+                continue
             paused = bool(plan.spec.paused) or bool(session.scheduler.suspend)
             retry = session.retry_config
             info = session.addon.dump()
@@ -158,6 +192,7 @@ def plan_deployments(catalog: Catalog, *, work_pool: str | None = None, kubeconf
                         params["retry_delay"] = retry.delay
                 if policy is not None:
                     params["retention"] = policy.spec.dump()
+                params["late_after_seconds"] = late_after(cron, timezone)
                 if session.scheduler.starting_deadline_seconds is not None:
                     params["starting_deadline_seconds"] = session.scheduler.starting_deadline_seconds
                 if addon_settings:

@@ -66,6 +66,7 @@ RUN_OPTIONS: list[tuple[str, Any, Any, str]] = [
     ("exclusive", bool, False, "Hold the target's lock: a run that finds it held is skipped, not queued."),
     ("missed_runs", str, "latest", "After downtime, which missed scheduled runs run: latest, all or none."),
     ("starting_deadline_seconds", int | None, None, "Skip a scheduled run that starts later than this."),
+    ("late_after_seconds", float | None, None, "A scheduled run later than this was missed (default 60 s)."),
     ("addon", dict | None, None, "The plan's addon settings: jobTemplate, containerRuntimeSettings, addonVolumes."),
     ("invoker", dict[str, str] | None, None, "The plan that invoked this run: {kind, name}."),
     ("kubeconfig", str | None, None, "Kubeconfig file (default: in-cluster, then $KUBECONFIG, ~/.kube/config)."),
@@ -165,7 +166,8 @@ def make_flow(catalog: Catalog, addon: Addon, list_name: str, task: Task) -> Flo
         spec = _spec_from_parameters(addon, task, list_name, values)
         connection = Connection(values.get("kubeconfig"), values.get("context"), values.get("credentials_block"))
         try:
-            await policies.check_missed(values.get("missed_runs") or "latest", values.get("starting_deadline_seconds"))
+            await policies.check_missed(values.get("missed_runs") or "latest", values.get("starting_deadline_seconds"),
+                                        values.get("late_after_seconds"))
             async with policies.target_lock(spec.namespace, spec.target, bool(values.get("exclusive"))):
                 return await execute(spec, catalog, connection, values.get("retention"))
         except policies.Skip as skip:

@@ -57,35 +57,37 @@ def lock_name(namespace: str, target: Target) -> str:
     return re.sub(r"[^a-z0-9-]", "-", raw)
 
 
-async def check_missed(policy: str, starting_deadline_seconds: int | None) -> None:
-    """Raise ``Skip`` for a scheduled run that the missed-run policy does not run."""
+async def check_missed(policy: str, starting_deadline_seconds: int | None, late_after_seconds: float | None = None
+                       ) -> None:
+    """Raise ``Skip`` for a scheduled run that the missed-run policy does not run.
+
+    "Due" is the run's ``expected_start_time``: the time the schedule meant it for."""
     if not current_deployment.id or not current_flow_run.id:
         return
     async with get_client() as client:
         me = await client.read_flow_run(current_flow_run.id)
-        if not me.auto_scheduled or me.expected_start_time is None:
+        due = me.expected_start_time
+        if not me.auto_scheduled or due is None:
             return  # only runs the schedule made; manual runs and new attempts always run
-        scheduled = me.expected_start_time
-        late = datetime.now(timezone.utc) - scheduled
+        now = datetime.now(timezone.utc)
+        late = now - due
         if starting_deadline_seconds is not None and late > timedelta(seconds=starting_deadline_seconds):
-            raise Skip(f"missed: started {late.total_seconds():.0f}s after its scheduled time {scheduled:%Y-%m-%d %H:%M:%S}, "
+            raise Skip(f"missed: started {late.total_seconds():.0f}s after its scheduled time {due:%Y-%m-%d %H:%M:%S}, "
                        f"past startingDeadlineSeconds {starting_deadline_seconds}")
-        if late <= LATE_TOLERANCE or policy == "all":
+        tolerance = timedelta(seconds=late_after_seconds) if late_after_seconds is not None else LATE_TOLERANCE
+        if late <= tolerance or policy == "all":
             return
         if policy == "none":
-            raise Skip(f"missed: scheduled for {scheduled:%Y-%m-%d %H:%M:%S}, started {late.total_seconds():.0f}s late "
+            raise Skip(f"missed: scheduled for {due:%Y-%m-%d %H:%M:%S}, started {late.total_seconds():.0f}s late "
                        "(missed-run policy: none)")
-        newer = await client.read_flow_runs(
+        newer = [r.expected_start_time for r in await client.read_flow_runs(
             deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[me.deployment_id])),
-            flow_run_filter=FlowRunFilter(
-                expected_start_time=FlowRunFilterExpectedStartTime(after_=scheduled + timedelta(microseconds=1),
-                                                                   before_=datetime.now(timezone.utc))),
-        )
-        newer = [r for r in newer if r.auto_scheduled and r.id != me.id]
+            flow_run_filter=FlowRunFilter(expected_start_time=FlowRunFilterExpectedStartTime(
+                after_=due + timedelta(microseconds=1), before_=now)))
+            if r.auto_scheduled and r.id != me.id]
         if newer:
-            latest = max(r.expected_start_time for r in newer)
-            raise Skip(f"missed: scheduled for {scheduled:%Y-%m-%d %H:%M:%S}; a later missed run "
-                       f"({latest:%Y-%m-%d %H:%M:%S}) runs instead (missed-run policy: latest)")
+            raise Skip(f"missed: scheduled for {due:%Y-%m-%d %H:%M:%S}; a later missed run "
+                       f"({max(newer):%Y-%m-%d %H:%M:%S}) runs instead (missed-run policy: latest)")
 
 
 @asynccontextmanager

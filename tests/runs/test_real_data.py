@@ -19,7 +19,7 @@ from localkube.helpers import apt_install, create_pvc, pvc_host_path
 from localkube.nodeagent import run as run_for_real
 
 from .conftest import run_flow
-from .observe import api, flow_run_artifacts, flow_run_logs, jobs, snapshot
+from .observe import api, eventually, flow_run_artifacts, flow_run_logs, jobs, snapshot, snapshots
 
 PASSWORD = "correct horse battery staple, with 'quotes' and \\slashes"
 
@@ -93,8 +93,9 @@ def test_backup_then_restore_latest_gives_identical_files(kube_cluster, namespac
         assert not any(PASSWORD in str(a.data) for a in flow_run_artifacts(flow_run_id))
 
 
-def test_a_second_backup_needs_no_init_job(kube_cluster, namespace, node_agent, prefect_api, host_tmp, restic) -> None:
-    """After a Succeeded Snapshot the repository is known: only the backup Job runs."""
+def test_second_backup_needs_no_init_and_retention_forgets_the_first(kube_cluster, namespace, node_agent, prefect_api, host_tmp, restic) -> None:
+    """After a Succeeded Snapshot the repository is known: no init Job. Retention after the second
+    backup (keep the last 1) deletes the first Snapshot and, by a restic Job, its data."""
     node_agent.default = run_for_real()
 
     async def setup(c: client.ApiClient) -> Path:
@@ -112,6 +113,19 @@ def test_a_second_backup_needs_no_init_job(kube_cluster, namespace, node_agent, 
                   storage=storage, encryption_secret="pw", history_limit=5)
     assert run_flow("stashflow-pvc", "logical-backup", session="data-1", **common).is_completed()
     pods_after_first = len([r for r in node_agent.records if r.namespace == namespace])
-    assert run_flow("stashflow-pvc", "logical-backup", session="data-2", **common).is_completed()
+    second = run_flow("stashflow-pvc", "logical-backup", session="data-2",
+                      retention={"successfulSnapshots": {"last": 1}}, **common)
+    assert second.is_completed(), second.message
     pods_after_second = len([r for r in node_agent.records if r.namespace == namespace])
-    assert (pods_after_first, pods_after_second - pods_after_first) == (2, 1)  # init + backup, then backup only
+    # init + backup the first time; then backup, and the retention Job that forgets the first snapshot
+    assert (pods_after_first, pods_after_second - pods_after_first) == (2, 2)
+    # retention: the older Snapshot object is gone, and so is its data in the restic repository
+    assert [s["metadata"]["name"] for s in snapshots(kube_cluster, namespace)] == ["data-data-2"]
+    assert second.result()["retention"] == {"keep": ["data-data-2"], "delete": ["data-data-1"]}
+    (component_repo,) = [p.parent for p in host_tmp.rglob("config")]
+    listed = subprocess.run([restic, "-r", str(component_repo), "snapshots", "--json", "--no-lock"],
+                            env={**os.environ, "RESTIC_PASSWORD": "pw"}, capture_output=True, text=True, check=True)
+    (only,) = json.loads(listed.stdout)
+    kept = snapshot(kube_cluster, namespace, "data-data-2")["status"]["components"]["dump"]["resticStats"][0]
+    assert only["id"].startswith(kept.get("summary", kept)["id"])
+    eventually(lambda: not jobs(kube_cluster, namespace, "stashflow.io/role=retention"))  # and its Job removed

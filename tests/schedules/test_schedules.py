@@ -1,0 +1,197 @@
+"""Schedules, retries, overlap, timeouts and missed runs: `stashflow serve` on a real prefect server,
+running backups on the real control plane with the node agent."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from localkube.nodeagent import fail, never_ends, succeed
+
+from runs.observe import eventually, jobs, nothing_left, snapshots
+from .conftest import REPO
+from .plans import session, write_plan
+
+REPORT = json.dumps({"components": {"backup": {"phase": "Succeeded", "size": "1 MiB", "integrity": True}}})
+STASHFLOW = str(REPO / ".venv" / "bin" / "stashflow")
+
+
+def flow_runs(deployment: str) -> list[Any]:
+    """The flow runs of ``flow/deployment``, oldest expected start first."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    async def go():  # type: ignore[no-untyped-def]
+        async with get_client() as c:
+            d = await c.read_deployment_by_name(deployment)
+            runs = await c.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[d.id])))
+            return sorted(runs, key=lambda r: r.expected_start_time)
+    return asyncio.run(go())
+
+
+def triggered(deployment: str) -> list[Any]:
+    """Runs started by hand or as new attempts, not the scheduler's future ones."""
+    return [r for r in flow_runs(deployment) if not r.auto_scheduled]
+
+
+def trigger(deployment: str, **parameters: Any) -> Any:
+    from prefect.deployments import run_deployment
+
+    return run_deployment(deployment, timeout=0, parameters=parameters)
+
+
+def deployed(deployment: str) -> bool:
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        flow_runs(deployment)
+        return True
+    except ObjectNotFound:
+        return False
+
+
+def finished(runs: list[Any]) -> bool:
+    return bool(runs) and all(r.state and r.state.is_final() for r in runs)
+
+
+def auto_scheduled(deployment: str, count: int) -> list[Any]:
+    """The first ``count`` runs the Prefect scheduler made from the plan's cron (waits for them)."""
+    return eventually(lambda: (lambda r: r[:count] if len(r) >= count else None)(
+        [x for x in flow_runs(deployment) if x.auto_scheduled and x.state.type.value == "SCHEDULED"]),
+        timeout=90, interval=1)
+
+
+def move(run: Any, when: datetime) -> None:
+    """Move a scheduled run in time: sooner, so the test need not wait for the cron; or into the
+    past, as if the scheduler had made it while every worker was down."""
+    from prefect.states import Scheduled
+
+    from runs.observe import prefect
+
+    prefect(lambda c: c.set_flow_run_state(run.id, Scheduled(scheduled_time=when), force=True))
+
+
+def test_a_scheduled_run_fires_and_backs_up(kube_cluster, namespace, node_agent, serve, tmp_path) -> None:
+    node_agent.script({"stashflow.io/task": "backup"}, succeed(message=REPORT))
+    plan = write_plan(tmp_path / "plan.yaml", namespace, [session("nightly", "0 2 * * *")], name="sched")
+    served = serve(plan, "--kubeconfig", str(kube_cluster.kubeconfig))
+    name = f"scripted:backup/{namespace}-sched-nightly"
+    eventually(lambda: deployed(name), timeout=90, interval=1)
+    (first,) = auto_scheduled(name, 1)  # made by Prefect's scheduler from "0 2 * * *"
+    assert first.expected_start_time.hour == 2 and first.expected_start_time.minute == 0
+    move(first, datetime.now(timezone.utc) + timedelta(seconds=2))  # rather than wait until 02:00
+    run = eventually(lambda: (lambda r: r if r.state.is_final() else None)(
+        next(x for x in flow_runs(name) if x.id == first.id)), timeout=120, interval=1)
+    served.stop()
+    assert run.state.is_completed() and run.state.name == "Completed", run.state.message
+    assert [s["status"]["phase"] for s in snapshots(kube_cluster, namespace)] == ["Succeeded"]
+
+
+def _retry_case(kube_cluster, namespace, node_agent, serve, tmp_path, max_retry: int, outcomes):  # type: ignore[no-untyped-def]
+    node_agent.script({"stashflow.io/task": "backup"}, *outcomes)
+    plan = write_plan(tmp_path / "plan.yaml", namespace,
+                      [session("nightly", max_retry=max_retry, delay="1s", history=5)], name="retry")
+    serve(plan, "--kubeconfig", str(kube_cluster.kubeconfig))
+    name = f"scripted:backup/{namespace}-retry-nightly"
+    eventually(lambda: deployed(name), timeout=90, interval=1)
+    trigger(name)
+    expected = min(max_retry + 1, len(outcomes))
+    runs = eventually(lambda: (lambda r: r if len(r) == expected and finished(r) else None)(triggered(name)),
+                      timeout=180, interval=1)
+    time.sleep(3)  # no further attempt may appear
+    return runs, triggered(name)
+
+
+def test_fails_twice_then_succeeds_with_max_retry_2(kube_cluster, namespace, node_agent, serve, tmp_path) -> None:
+    runs, again = _retry_case(kube_cluster, namespace, node_agent, serve, tmp_path, 2,
+                              [fail(1), fail(2), succeed(message=REPORT)])
+    assert len(again) == 3
+    assert [r.state.type.value for r in runs] == ["FAILED", "FAILED", "COMPLETED"]
+    assert [r.parameters.get("attempt", 1) for r in runs] == [1, 2, 3]
+    assert len(jobs(kube_cluster, namespace)) == 3  # one Job per attempt, never the same Job re-run
+    phases = sorted(s["status"]["phase"] for s in snapshots(kube_cluster, namespace))
+    assert phases == ["Failed", "Failed", "Succeeded"]
+
+
+def test_with_max_retry_1_it_ends_failed_after_two_attempts(kube_cluster, namespace, node_agent, serve,
+                                                            tmp_path) -> None:
+    runs, again = _retry_case(kube_cluster, namespace, node_agent, serve, tmp_path, 1, [fail(1), fail(1), fail(1)])
+    assert len(again) == 2
+    assert [r.state.type.value for r in runs] == ["FAILED", "FAILED"]
+    assert sorted(s["status"]["phase"] for s in snapshots(kube_cluster, namespace)) == ["Failed", "Failed"]
+
+
+def test_a_second_backup_of_the_same_target_is_skipped_not_queued(kube_cluster, namespace, node_agent, serve,
+                                                                  tmp_path) -> None:
+    node_agent.script({"stashflow.io/task": "backup"}, succeed(after=12.0, message=REPORT))
+    plan = write_plan(tmp_path / "plan.yaml", namespace, [session("a"), session("b")], name="overlap")
+    serve(plan, "--kubeconfig", str(kube_cluster.kubeconfig))
+    first, second = f"scripted:backup/{namespace}-overlap-a", f"scripted:backup/{namespace}-overlap-b"
+    eventually(lambda: deployed(first) and deployed(second), timeout=90, interval=1)
+    trigger(first)
+    eventually(lambda: jobs(kube_cluster, namespace), timeout=90)
+    trigger(second)  # another session, same target
+    (skipped,) = eventually(lambda: (lambda r: r if finished(r) else None)(triggered(second)), timeout=90, interval=1)
+    assert skipped.state.name == "Skipped"
+    assert "in progress" in skipped.state.message and "PersistentVolumeClaim/data" in skipped.state.message
+    (running,) = triggered(first)
+    assert not running.state.is_final()  # the first one is still at it; the second did not wait for it
+    assert len(jobs(kube_cluster, namespace)) == 1
+    (done,) = eventually(lambda: (lambda r: r if finished(r) else None)(triggered(first)), timeout=90, interval=1)
+    assert done.state.is_completed()
+
+
+def test_backup_timeout_bounds_the_run(kube_cluster, namespace, node_agent, serve, tmp_path) -> None:
+    node_agent.script({"stashflow.io/task": "backup"}, never_ends(logs=["still going"]))
+    plan = write_plan(tmp_path / "plan.yaml", namespace, [session("slow", timeout="3s")], name="slow")
+    serve(plan, "--kubeconfig", str(kube_cluster.kubeconfig))
+    name = f"scripted:backup/{namespace}-slow-slow"
+    eventually(lambda: deployed(name), timeout=90, interval=1)
+    trigger(name)
+    (run,) = eventually(lambda: (lambda r: r if finished(r) else None)(triggered(name)), timeout=120, interval=1)
+    assert run.state.is_failed() and "deadline-exceeded" in run.state.message
+    eventually(lambda: nothing_left(kube_cluster, namespace), timeout=60)
+
+
+def backdate(prefect_home: str, run: Any, when: datetime) -> None:
+    """As if ``run`` had fallen due at ``when`` while every worker was down.
+
+    A real outage leaves the scheduler's runs with expected start times in the past; the API
+    cannot set that field, so the test moves it in the server's own database (SQLite, naive
+    UTC), and re-schedules the run through the API so the runner sees it due."""
+    import sqlite3
+
+    move(run, when)
+    stamp = when.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
+    with sqlite3.connect(Path(prefect_home) / "prefect.db") as db:
+        db.execute("UPDATE flow_run SET expected_start_time = ?, next_scheduled_start_time = ? WHERE id = ?",
+                   (stamp, stamp, str(run.id)))
+
+
+def test_after_downtime_only_the_latest_missed_run_runs(kube_cluster, namespace, node_agent, prefect_server, serve,
+                                                        tmp_path) -> None:
+    node_agent.script({"stashflow.io/task": "backup"}, succeed(message=REPORT))
+    plan = write_plan(tmp_path / "plan.yaml", namespace, [session("tick", "* * * * *")], name="missed")
+    name = f"scripted:backup/{namespace}-missed-tick"
+    subprocess.run([STASHFLOW, "deploy", str(plan), "--kubeconfig", str(kube_cluster.kubeconfig)],
+                   env=prefect_server, check=True, timeout=120)
+    # four runs of the every-minute schedule fell due while no worker ran: 4, 3, 2 and 1 minute ago
+    runs = auto_scheduled(name, 4)
+    now = datetime.now(timezone.utc)
+    for minutes_ago, run in zip((4, 3, 2, 1), runs):
+        backdate(prefect_server["PREFECT_HOME"], run, now - timedelta(minutes=minutes_ago))
+    missed_ids = [r.id for r in runs]
+    served = serve(plan, "--kubeconfig", str(kube_cluster.kubeconfig))
+    eventually(lambda: all(r.state.is_final() for r in flow_runs(name) if r.id in missed_ids), timeout=120,
+               interval=1)
+    served.stop()
+    outcome = {r.id: r.state for r in flow_runs(name) if r.id in missed_ids}
+    states = [outcome[i] for i in missed_ids]
+    assert [s.name for s in states] == ["Skipped", "Skipped", "Skipped", "Completed"]
+    assert all(s.message.startswith("missed:") and "runs instead" in s.message for s in states[:3])
+    assert [s["status"]["phase"] for s in snapshots(kube_cluster, namespace)] == ["Succeeded"]
