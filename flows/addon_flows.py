@@ -30,7 +30,7 @@ from stashflow.addons.durations import parse_duration
 from stashflow.addons.errors import InputError, Location, StashflowError
 from stashflow.addons.model import Addon, Task
 from stashflow.addons.names import valid_name
-from stashflow.addons.render import FLOW_RUN_LABEL, Target
+from stashflow.addons.render import FLOW_RUN_LABEL, RenderRequest, Target
 from stashflow.addons.resolve import Value
 from stashflow.tasks.steps import RunSpec
 
@@ -125,15 +125,17 @@ def _spec_from_parameters(addon: Addon, task: Task, list_name: str, values: dict
         started = current_flow_run.scheduled_start_time
         session = valid_name(target.name, str(int(started.timestamp())) if started else "")
     invoker = values.get("invoker") or {}
-    return RunSpec(
+    request = RenderRequest(
         addon=addon.name, task=task.name, namespace=values.get("namespace") or "default", target=target,
         params=params, builtins=builtins, session=session, plan_session=values.get("plan_session"),
         invoker_kind=invoker.get("kind"), invoker_name=invoker.get("name"), attempt=int(values.get("attempt") or 1),
-        timeout_seconds=timeout, storage=values.get("storage"), repository=values.get("repository"),
+        timeout_seconds=timeout, labels={FLOW_RUN_LABEL: run_id} if run_id else {},
+    )
+    return RunSpec(
+        request=request, storage=values.get("storage"), repository=values.get("repository"),
         directory=values.get("directory") or "", encryption_secret=values.get("encryption_secret"),
         snapshot=values.get("snapshot"), stuck_after=float(values.get("stuck_after") or 180.0),
         history_limit=int(values.get("history_limit") if values.get("history_limit") is not None else 1),
-        labels={FLOW_RUN_LABEL: run_id} if run_id else {},
         addon_info=values.get("addon"),
     )
 
@@ -174,7 +176,7 @@ def make_flow(catalog: Catalog, addon: Addon, list_name: str, task: Task) -> Flo
             return policies.skipped(skip.reason)
         except StashflowError:
             if list_name == "backupTasks":
-                note = await policies.schedule_retry(dict(current_flow_run.parameters), spec.attempt,
+                note = await policies.schedule_retry(dict(current_flow_run.parameters), spec.request.attempt,
                                                      int(values.get("max_retry") or 0), values.get("retry_delay"))
                 if note:
                     get_run_logger().warning("backup failed; %s", note)

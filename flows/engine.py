@@ -65,7 +65,7 @@ async def execute(spec: RunSpec, catalog: Catalog, connection: Connection,
     started = time.time()
     async with connection.connect() as kube:
         plan = await resolve_parameters(spec, catalog)
-        timeout = (spec.timeout_seconds + WAIT_GRACE_SECONDS) if spec.timeout_seconds else 7 * 86400
+        timeout = (spec.request.timeout_seconds + WAIT_GRACE_SECONDS) if spec.request.timeout_seconds else 7 * 86400
         secrets = [plan.resolved.inputs[k] for k in plan.resolved.secret_inputs]
         try:
             pvcs = await provision_volumes(plan)

@@ -38,7 +38,6 @@ import signal
 import ssl
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field

@@ -8,11 +8,10 @@ created. API retries happen inside ``Kube.call``; the Prefect tasks themselves d
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import logging
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 from prefect import get_run_logger, task
@@ -51,20 +50,10 @@ ANN_STORAGE_OBJECT = LABEL_PREFIX + "storage-object"  # the BackupStorage as JSO
 
 @dataclass
 class RunSpec:
-    """What one flow run was asked to do (the flow's parameters, checked)."""
+    """What one flow run was asked to do: the render request, and what the run itself needs
+    to finish it (where the data goes, which Snapshot a restore reads, run limits)."""
 
-    addon: str
-    task: str
-    namespace: str
-    target: Target
-    params: dict[str, Value] = field(default_factory=dict)
-    builtins: dict[str, Value] = field(default_factory=dict)
-    session: str | None = None
-    plan_session: str | None = None
-    invoker_kind: str | None = None
-    invoker_name: str | None = None
-    attempt: int = 1
-    timeout_seconds: int | None = None
+    request: RenderRequest  # without repository and addon settings: resolve-parameters adds them
     storage: str | dict[str, Any] | None = None
     repository: str | None = None
     directory: str = ""
@@ -72,8 +61,15 @@ class RunSpec:
     snapshot: str | None = None  # restores: a Snapshot name, or "latest"
     stuck_after: float = 180.0
     history_limit: int = 1
-    labels: dict[str, str] = field(default_factory=dict)
     addon_info: dict[str, Any] | None = None  # the plan's addon: jobTemplate, containerRuntimeSettings, addonVolumes
+
+    @property
+    def namespace(self) -> str:
+        return self.request.namespace
+
+    @property
+    def target(self) -> Target:
+        return self.request.target
 
 
 def _storage(catalog: Catalog, spec: RunSpec, name_or_object: str | dict[str, Any] | None) -> BackupStorage | None:
@@ -124,8 +120,8 @@ async def resolve_parameters(spec: RunSpec, catalog: Catalog) -> ExecutionPlan:
     storage = _storage(catalog, spec, spec.storage)
     repository: RepositoryContext | None = None
     component = None
-    builtins = dict(spec.builtins)
-    _, list_name, _, _ = catalog.task(spec.addon, spec.task)
+    builtins = dict(spec.request.builtins)
+    _, list_name, _, _ = catalog.task(spec.request.addon, spec.request.task)
     if list_name == "restoreTasks":
         snapshot, component = await _restore_source(spec)
         annotations = snapshot["metadata"].get("annotations") or {}
@@ -145,13 +141,10 @@ async def resolve_parameters(spec: RunSpec, catalog: Catalog) -> ExecutionPlan:
         repository = RepositoryContext(name=spec.repository or spec.target.name, storage=storage,
                                        directory=spec.directory, encryption_secret=spec.encryption_secret)
     info = spec.addon_info or {}
-    request = RenderRequest(
-        addon=spec.addon, task=spec.task, namespace=spec.namespace, target=spec.target, params=spec.params,
-        builtins=builtins, session=spec.session, plan_session=spec.plan_session, invoker_kind=spec.invoker_kind,
-        invoker_name=spec.invoker_name, attempt=spec.attempt, timeout_seconds=spec.timeout_seconds,
-        repository=repository, component=component, labels=spec.labels,
-        addon_info=AddonInfo.model_validate({"name": spec.addon, **{k: v for k, v in info.items()
-                                                                     if k != "addonVolumes"}}) if info else None,
+    request = dataclasses.replace(
+        spec.request, builtins=builtins, repository=repository, component=component,
+        addon_info=AddonInfo.model_validate({"name": spec.request.addon, **{k: v for k, v in info.items()
+                                                                             if k != "addonVolumes"}}) if info else None,
         addon_volumes=[AddonVolumeInfo.model_validate(v) for v in info.get("addonVolumes") or []],
     )
     plan = render_plan(catalog, request)

@@ -77,7 +77,7 @@ def flow_run_logs(flow_run_id: Any) -> list[str]:
 
 
 def flow_run_artifacts(flow_run_id: Any) -> list[Any]:
-    from prefect.client.schemas.filters import ArtifactFilter, FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     return prefect(lambda c: c.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))))
 

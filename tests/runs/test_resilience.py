@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
 import threading
 import time
 
-import pytest
 
 from localkube.nodeagent import never_ends, succeed
 

@@ -45,7 +45,7 @@ def test_success_records_what_the_container_reported(run, kube_cluster, namespac
     assert component["path"] == "repository/v1/backup/dump"
     # the value reached the Job verbatim, and the Job stays (history limit 1)
     (job,) = jobs(kube_cluster, namespace)
-    assert f'--message=it\'s "quoted"\\n' in job.spec.template.spec.containers[0].args
+    assert '--message=it\'s "quoted"\\n' in job.spec.template.spec.containers[0].args
     assert f"--snapshot={snap['metadata']['name']}" in job.spec.template.spec.containers[0].args
     # the container's log is in the flow run's logs, each line with its source
     logs = flow_run_logs(state.state_details.flow_run_id)
