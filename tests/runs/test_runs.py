@@ -103,3 +103,17 @@ def test_timeout_stops_the_job_at_the_deadline(run, kube_cluster, namespace, nod
     assert "deadline-exceeded" in state.message or "run-timeout" in state.message, state.message
     eventually(lambda: nothing_left(kube_cluster, namespace), timeout=60)
     assert not node_agent.running_pids()
+
+
+def test_a_kubernetes_credentials_block_reaches_the_cluster(kube_cluster, namespace, node_agent, prefect_api) -> None:
+    """prefect-kubernetes' KubernetesCredentials block, saved in Prefect, instead of a kubeconfig path."""
+    from prefect_kubernetes.credentials import KubernetesClusterConfig, KubernetesCredentials
+
+    block = f"cluster-{namespace[-6:]}"
+    KubernetesCredentials(cluster_config=KubernetesClusterConfig.from_file(str(kube_cluster.kubeconfig))).save(block)
+    node_agent.script({"stashflow.io/session": "data-block"},
+                      succeed(message='{"components": {"backup": {"phase": "Succeeded"}}}'))
+    state = run_flow("scripted", "backup", target="PersistentVolumeClaim/data", namespace=namespace,
+                     credentials_block=block, session="data-block")
+    assert state.is_completed(), state.message
+    assert snapshot(kube_cluster, namespace, "data-data-block")["status"]["phase"] == "Succeeded"
