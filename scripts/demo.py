@@ -15,6 +15,7 @@ import asyncio
 import base64
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -122,8 +123,9 @@ def main() -> int:
         (data / "docs" / "readme.txt").write_text("stashflow backs this up with restic\n")
         (data / "docs" / "notes with spaces.md").write_text("# notes\n\nnames with spaces survive\n")
         (data / "blob.bin").write_bytes(os.urandom(1 << 20))
-        repository = RUN / "repository"
-        repository.mkdir(exist_ok=True)
+        repository = RUN / "repository"  # fresh each time: the demo makes a new password each time
+        shutil.rmtree(repository, ignore_errors=True)
+        repository.mkdir()
         storage = RUN / "storage.yaml"
         storage.write_text(
             "apiVersion: storage.kubestash.com/v1alpha1\nkind: BackupStorage\n"
