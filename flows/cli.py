@@ -19,7 +19,7 @@ import yaml
 
 from stashflow.addons.catalog import BUILTIN_CATALOG, Catalog
 from stashflow.addons.durations import parse_duration
-from stashflow.addons.errors import InputError, Location, StashflowError
+from stashflow.addons.errors import InputError, Location, RunError, StashflowError
 from stashflow.addons.model import BackupStorage
 from stashflow.addons.render import RenderRequest, RepositoryContext, Target, check_objects, render_plan
 from stashflow.addons.resolve import Value
@@ -198,17 +198,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     with tags("stashflow", f"addon:{args.addon}", f"task:{args.task}",
               f"target:{args.namespace}.{target.kind}.{target.name}".lower()):
         state = asyncio.run(flow(**kwargs, return_state=True))
+    if state.is_completed() and state.name == "Skipped":
+        print(f"skipped: {state.message}", file=sys.stderr)
+        return 0
     if state.is_completed():
-        result = state.result()
-        _print_result(args, result)
+        _print_result(args, state.result())
         return 0
     try:
         state.result()
     except StashflowError:
         raise
     except Exception as exc:  # noqa: BLE001 - Prefect wraps what the flow raised
-        raise InputError(f"the flow run ended {state.name}: {exc}", code="job-failed") from None
-    return 1
+        raise RunError(f"the flow run ended {state.name}: {exc}") from None
+    raise RunError(f"the flow run ended {state.name}: {state.message}")
 
 
 def _print_result(args: argparse.Namespace, result: dict[str, Any]) -> None:
