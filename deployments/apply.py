@@ -20,15 +20,23 @@ from prefect.client.schemas.schedules import CronSchedule
 from prefect.deployments.runner import EntrypointType, RunnerDeployment
 from prefect.exceptions import ObjectAlreadyExists
 
+from stashflow.addons.catalog import BUILTIN_CATALOG
 from stashflow.flows.addon_flows import CATALOG_ENV, FLOWS, python_name
 
 from .plans import MANAGED_TAG, DeploymentSpec
 
+def catalog_env() -> dict[str, str]:
+    """``STASHFLOW_CATALOG`` for workers, when the catalog is not the built-in one (which any
+    install has): the paths must then exist where the workers run."""
+    value = os.environ.get(CATALOG_ENV, "")
+    if not value or [os.path.realpath(p) for p in value.split(os.pathsep)] == [os.path.realpath(BUILTIN_CATALOG)]:
+        return {}
+    return {CATALOG_ENV: value}
+
+
 def _deployment_options(spec: DeploymentSpec) -> dict[str, Any]:
     """The Prefect deployment of a spec (module entrypoint, so any worker can import it)."""
-    job_variables: dict[str, Any] = {}
-    if spec.work_pool and os.environ.get(CATALOG_ENV):
-        job_variables = {"env": {CATALOG_ENV: os.environ[CATALOG_ENV]}}
+    job_variables: dict[str, Any] = {"env": catalog_env()} if spec.work_pool and catalog_env() else {}
     return dict(
         name=spec.name,
         parameters=spec.parameters,
@@ -94,8 +102,7 @@ def prefect_yaml(specs: list[DeploymentSpec], *, work_pool: str, directory: str 
             "tags": spec.tags,
             "schedules": [{"cron": spec.cron, "timezone": spec.timezone, "active": not spec.paused}],
             "work_pool": {"name": spec.work_pool or work_pool, "work_queue_name": None,
-                          "job_variables": {"env": {CATALOG_ENV: os.environ.get(CATALOG_ENV, "")}}
-                          if os.environ.get(CATALOG_ENV) else {}},
+                          "job_variables": {"env": catalog_env()} if catalog_env() else {}},
         })
     return {
         "name": "stashflow",
