@@ -232,6 +232,44 @@ def _print_result(args: argparse.Namespace, result: dict[str, Any]) -> None:
         yaml.safe_dump(result, sys.stdout, sort_keys=False, width=float("inf"))
 
 
+def cmd_restore(args: argparse.Namespace) -> int:
+    """Run the restore tasks of RestoreSession files, one after another; stop at the first failure."""
+    paths = catalog_paths(args.catalog)
+    os.environ[CATALOG_ENV] = os.pathsep.join(os.path.abspath(p) for p in paths)
+    import asyncio
+
+    from prefect import tags
+
+    from stashflow.addons.model import RestoreSession
+    from stashflow.flows.addon_flows import flow_for
+    from stashflow.flows.restore import restore_runs
+
+    catalog = Catalog().add_paths([*paths, *args.files]).check().raise_for_problems()
+    sessions = catalog.of_kind(RestoreSession)
+    if not sessions:
+        raise InputError("the files hold no RestoreSession", code="missing-field", field="FILE")
+    runs = [run for session in sessions for run in restore_runs(catalog, session)]
+    for addon, task, params in runs:
+        if args.kubeconfig:
+            params["kubeconfig"] = os.path.abspath(args.kubeconfig)
+        if args.context:
+            params["context"] = args.context
+        target = Target.parse(params["target"])
+        with tags("stashflow", f"addon:{addon}", f"task:{task}",
+                  f"target:{params['namespace']}.{target.kind}.{target.name}".lower()):
+            state = asyncio.run(flow_for(addon, task)(**params, return_state=True))
+        if not state.is_completed():
+            try:
+                state.result()
+            except StashflowError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - Prefect wraps what the flow raised
+                raise RunError(f"the restore ended {state.name}: {exc}") from None
+        print(f"restored {params['target']} in {params['namespace']} with {addon}/{task} "
+              f"from {params['snapshot']}" + (f" of {params['repository']}" if params.get("repository") else ""))
+    return 0
+
+
 def cmd_snapshots(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -333,6 +371,13 @@ def build_parser(extensions: Sequence[Callable[[Any], None]] = ()) -> argparse.A
     p.add_argument("--history-limit", type=int, help="finished Jobs of this target and task to keep (default 1)")
     _cluster_options(p)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("restore", help="run the restore tasks of RestoreSession files")
+    p.add_argument("files", nargs="+", metavar="FILE", help="files or folders with RestoreSessions")
+    p.add_argument("--catalog", action="extend", nargs="+", metavar="PATH",
+                   help=f"Addon/Function files or folders (default: ${CATALOG_ENV}, else the built-in catalog)")
+    _cluster_options(p)
+    p.set_defaults(func=cmd_restore)
 
     p = sub.add_parser("snapshots", help="list Snapshots")
     p.add_argument("--namespace", "-n", default="default")

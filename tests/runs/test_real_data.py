@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -129,3 +130,63 @@ def test_second_backup_needs_no_init_and_retention_forgets_the_first(kube_cluste
     kept = snapshot(kube_cluster, namespace, "data-data-2")["status"]["components"]["dump"]["resticStats"][0]
     assert only["id"].startswith(kept.get("summary", kept)["id"])
     eventually(lambda: not jobs(kube_cluster, namespace, "stashflow.io/role=retention"))  # and its Job removed
+
+
+def test_a_restoresession_file_restores_latest(kube_cluster, namespace, node_agent, prefect_env, host_tmp,
+                                                restic, tmp_path) -> None:
+    """KubeStash's own restore request, run by `stashflow restore`."""
+    node_agent.default = run_for_real()
+
+    async def setup(c: client.ApiClient) -> tuple[Path, Path]:
+        await create_pvc(c, namespace, "data")
+        await create_pvc(c, namespace, "restored")
+        await client.CoreV1Api(c).create_namespaced_secret(namespace, {
+            "metadata": {"name": "pw"}, "data": {"RESTIC_PASSWORD": base64.b64encode(b"pw").decode()}})
+        return await pvc_host_path(c, namespace, "data"), await pvc_host_path(c, namespace, "restored")
+
+    data, restored = api(kube_cluster, setup)
+    (data / "a.txt").write_text("restore me\n")
+    (data / "sub").mkdir()
+    (data / "sub" / "b.bin").write_bytes(os.urandom(50_000))
+    storage = {"apiVersion": "storage.kubestash.com/v1alpha1", "kind": "BackupStorage", "metadata": {"name": "s"},
+               "spec": {"storage": {"provider": "local", "local": {"mountPath": "/r", "hostPath": {"path": str(host_tmp)}}}}}
+    backup = subprocess.run(
+        [str(Path(sys.executable).parent / "stashflow"), "run", "stashflow-pvc", "logical-backup", "-n", namespace,
+         "--target", "pvc/data", "--encryption-secret", "pw", "--kubeconfig", str(kube_cluster.kubeconfig),
+         "--catalog", "addons/catalog", str(_write(tmp_path / "storage.yaml", storage)), "--storage", "s"],
+        env=prefect_env, capture_output=True, text=True, timeout=300)
+    assert backup.returncode == 0, backup.stderr[-3000:]
+    session = tmp_path / "restore.yaml"
+    session.write_text(
+        "apiVersion: core.kubestash.com/v1alpha1\nkind: RestoreSession\n"
+        f"metadata: {{name: put-it-back, namespace: {namespace}}}\n"
+        "spec:\n  target: {kind: PersistentVolumeClaim, name: restored}\n"
+        "  dataSource: {repository: data, snapshot: latest, encryptionSecret: {name: pw}}\n"
+        "  restoreTimeout: 10m\n  addon:\n    name: stashflow-pvc\n    tasks:\n    - name: logical-backup-restore\n")
+    done = subprocess.run([str(Path(sys.executable).parent / "stashflow"), "restore", str(session),
+                           "--kubeconfig", str(kube_cluster.kubeconfig)], env=prefect_env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "restored PersistentVolumeClaim/restored" in done.stdout
+    assert tree(restored) == tree(data)
+
+
+def _write(path: Path, obj: dict) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump(obj))
+    return path
+
+
+def test_a_broken_restoresession_fails_with_its_line_before_anything_runs(tmp_path) -> None:
+    from support import run_cli
+
+    session = tmp_path / "restore.yaml"
+    session.write_text(
+        "apiVersion: core.kubestash.com/v1alpha1\nkind: RestoreSession\nmetadata: {name: r, namespace: x}\n"
+        "spec:\n  target: {kind: PersistentVolumeClaim, name: restored}\n"
+        "  dataSource:\n    snapshot: latest\n"
+        "  addon: {name: stashflow-pvc, tasks: [{name: logical-backup}]}\n")
+    rc, _, err = run_cli("restore", str(session))
+    assert rc == 1
+    assert f"{session}:6: missing-field: " in err and "needs dataSource.repository" in err

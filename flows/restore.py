@@ -1,0 +1,84 @@
+"""RestoreSessions (KubeStash's restore request) → runs of the restore task's flow.
+
+``dataSource.snapshot`` names a Snapshot or ``latest`` (of ``dataSource.repository``);
+``addon.tasks[]`` are the restore tasks to run, in order; ``restoreTimeout`` is the deadline;
+``addon.jobTemplate``/``containerRuntimeSettings`` and each task's ``params``/``variables``/
+``addonVolumes`` apply as they do for backups. Where the data is comes from the Snapshot.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stashflow.addons.catalog import Catalog
+from stashflow.addons.errors import CatalogError, StashflowError, raise_all
+from stashflow.addons.model import RestoreSession
+from stashflow.addons.source import format_path
+
+from .addon_flows import form_parameter
+
+
+def restore_runs(catalog: Catalog, session: RestoreSession) -> list[tuple[str, str, dict[str, Any]]]:
+    """``(addon, task, flow parameters)`` for each task of the RestoreSession, checked against the catalog."""
+    problems: list[StashflowError] = []
+    spec = session.spec
+    namespace = session.namespace or "default"
+
+    def problem(message: str, path: tuple, code: str = "missing-field", hint: str | None = None) -> None:
+        problems.append(CatalogError(message, code=code, location=session.location(path), obj=session.ref,
+                                     field=format_path(path), hint=hint))
+
+    if spec.target is None:
+        problem("a RestoreSession needs a target to restore into", ("spec", "target"))
+    source = spec.data_source
+    if source is None or not source.snapshot:
+        problem("dataSource.snapshot names the Snapshot to restore, or latest", ("spec", "dataSource"))
+    elif source.snapshot == "latest" and not source.repository:
+        problem('dataSource.snapshot "latest" needs dataSource.repository', ("spec", "dataSource", "repository"))
+    if spec.addon is None or not spec.addon.tasks:
+        problem("addon.name and addon.tasks[] say which restore task runs", ("spec", "addon"))
+    raise_all(problems)
+    assert spec.target is not None and source is not None and spec.addon is not None
+    group = f".{spec.target.api_group}" if spec.target.api_group else ""
+    base: dict[str, Any] = {
+        "target": f"{spec.target.kind or 'PersistentVolumeClaim'}{group}/{spec.target.name}",
+        "namespace": spec.target.namespace or namespace,
+        "snapshot": source.snapshot,
+        "invoker": {"kind": "RestoreSession", "name": session.name},
+    }
+    if source.repository:
+        base["repository"] = source.repository
+    if source.encryption_secret:
+        base["encryption_secret"] = source.encryption_secret.name
+    if spec.restore_timeout:
+        base["timeout"] = spec.restore_timeout
+    info = spec.addon.dump()
+    settings = {k: v for k, v in info.items() if k in ("jobTemplate", "containerRuntimeSettings")}
+    runs = []
+    for i, ref in enumerate(spec.addon.tasks or []):
+        path = ("spec", "addon", "tasks", i, "name")
+        try:
+            _, list_name, _, _ = catalog.task(spec.addon.name, ref.name)
+        except StashflowError as exc:
+            problem(exc.message, path, exc.code, exc.hint)
+            continue
+        if list_name != "restoreTasks":
+            problem(f'"{ref.name}" is a backup task; a RestoreSession runs restore tasks', path, "invalid-value")
+            continue
+        params = dict(base)
+        task_settings = {**settings, **({"addonVolumes": [v.dump() for v in ref.addon_volumes]}
+                                        if ref.addon_volumes else {})}
+        if task_settings:
+            params["addon"] = task_settings
+        for name, value in (ref.params or {}).items():
+            text = "true" if value is True else "false" if value is False else str(value)
+            if form_parameter(name):
+                params[name] = text
+            else:
+                params.setdefault("extra_params", {})[name] = text
+        variables = {v["name"]: v["value"] for v in ref.variables or [] if "value" in v}
+        if variables:
+            params["variables"] = variables
+        runs.append((spec.addon.name, ref.name, params))
+    raise_all(problems)
+    return runs
