@@ -31,6 +31,7 @@ from stashflow.tasks.steps import (
     provision_volumes,
     record_snapshot,
     resolve_parameters,
+    verify_repository,
     wait_for_job,
 )
 from stashflow.tasks.wait import JobOutcome
@@ -76,7 +77,8 @@ async def execute(spec: RunSpec, catalog: Catalog, connection: Connection,
                 else f"the run stopped: {exc}"
             await _shielded(abort(kube, plan.namespace, resources.selector(plan.labels), reason))
             raise
-        result = await record_snapshot(plan, outcome, started)
+        verified = await verify_repository(plan) if outcome.succeeded and plan.snapshot is not None else {}
+        result = await record_snapshot(plan, outcome, started, verified)
         retention_error: StashflowError | None = None
         if retention and plan.snapshot is not None:
             try:

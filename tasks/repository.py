@@ -87,3 +87,59 @@ async def ensure_repository(kube: Kube, plan: ExecutionPlan, on_log: Callable[[s
                    code=diagnosis.code if diagnosis else "job-failed", diagnosis=diagnosis,
                    hint="check the storage, the encryption Secret and the repository path")
 
+
+
+VERIFY_ANNOTATION = LABEL_PREFIX + "verify"
+_STATS_SIZE = re.compile(r'"total_size"\s*:\s*(\d+)')
+
+
+def wants_verify(plan: ExecutionPlan) -> bool:
+    annotations = plan.resolved.function.metadata.annotations or {}
+    return annotations.get(VERIFY_ANNOTATION) == "restic" and wants_init(plan)
+
+
+def verify_job(plan: ExecutionPlan) -> dict:
+    """The backup Job's pod checking the repository: ``restic check`` (an init container: it must
+    pass) then ``restic stats --mode raw-data --json`` (the repository's size). No shell."""
+    job = copy.deepcopy(plan.job)
+    job["metadata"]["name"] = valid_name(plan.job_name, "verify")
+    job["metadata"]["labels"][LABEL_PREFIX + "role"] = "verify"
+    pod = job["spec"]["template"]
+    pod["metadata"]["labels"][LABEL_PREFIX + "role"] = "verify"
+    base = pod["spec"]["containers"][0]
+    cache = [a for a in base.get("args", []) if a.startswith("--cache-dir=")]
+    check = {**base, "name": "restic-check", "command": ["restic"], "args": ["check", *cache]}
+    stats = {**base, "name": "restic-stats", "command": ["restic"],
+             "args": ["stats", "--mode", "raw-data", "--json", "--no-lock", *cache]}
+    pod["spec"]["initContainers"] = [check]
+    pod["spec"]["containers"] = [stats]
+    job["spec"]["activeDeadlineSeconds"] = 1800
+    return job
+
+
+async def verify_repository(kube: Kube, plan: ExecutionPlan, on_log: Callable[[str, str], None]) -> dict:
+    """``{"integrity": bool, "size": "1.234 MiB"}`` (what was learnt), as KubeStash records them."""
+    from .results import format_bytes
+
+    job = verify_job(plan)
+    name = job["metadata"]["name"]
+    await resources.create_or_adopt(kube, job)
+    try:
+        outcome = await JobWaiter(kube, plan.namespace, name, timeout=1830, stuck_after=120, on_log=on_log).wait()
+    finally:
+        try:
+            await kube.call(f"delete Job {plan.namespace}/{name}", kube.batch.delete_namespaced_job, name,
+                            plan.namespace, propagation_policy="Foreground")
+        except ClusterError as exc:
+            if exc.status != 404:
+                raise
+    found: dict = {}
+    if outcome.succeeded:
+        found["integrity"] = True
+        sizes = [int(m.group(1)) for line in outcome.logs("restic-stats") for m in [_STATS_SIZE.search(line)] if m]
+        if sizes:
+            found["size"] = format_bytes(sizes[-1])
+    elif outcome.diagnosis is not None and outcome.diagnosis.container == "restic-check" \
+            and outcome.diagnosis.category == "exit-code":
+        found["integrity"] = False  # restic check found errors
+    return found

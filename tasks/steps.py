@@ -34,7 +34,8 @@ from stashflow.addons.resolve import Value
 
 from . import resources
 from .kube import current
-from .repository import ensure_repository
+from .repository import ensure_repository, wants_verify
+from .repository import verify_repository as check_repository
 from .results import aggregate, component_from_restic, from_termination_message, nested_restic_stats, now_rfc3339, \
     restic_snapshot_id, restic_summary
 from .wait import JobOutcome, JobWaiter
@@ -221,6 +222,18 @@ async def wait_for_job(plan: ExecutionPlan, timeout: float, stuck_after: float, 
     return outcome
 
 
+@task(name="verify-repository", **STEP)
+async def verify_repository(plan: ExecutionPlan) -> dict[str, Any]:
+    """After a backup into a restic repository stashflow manages: its integrity and size."""
+    logger = get_run_logger()
+    if not wants_verify(plan):
+        return {}
+    found = await check_repository(current(), plan, lambda source, line: logger.info("%s | %s", source, line))
+    if found.get("integrity") is False:
+        logger.warning("restic check found errors in the repository of %s", plan.repository)
+    return found
+
+
 def components_of(plan: ExecutionPlan, outcome: JobOutcome, executor_status: dict[str, Any] | None
                   ) -> tuple[dict[str, dict[str, Any]], str]:
     """The run's components, from the first channel that has them, and which channel that was."""
@@ -240,7 +253,8 @@ def components_of(plan: ExecutionPlan, outcome: JobOutcome, executor_status: dic
 
 
 @task(name="record-snapshot", **STEP)
-async def record_snapshot(plan: ExecutionPlan, outcome: JobOutcome, started: float) -> dict[str, Any]:
+async def record_snapshot(plan: ExecutionPlan, outcome: JobOutcome, started: float,
+                          verified: dict[str, Any] | None = None) -> dict[str, Any]:
     """Finish the Snapshot from what the Job reported; a failed run records a Failed Snapshot."""
     kube, logger = current(), get_run_logger()
     summary: dict[str, Any] = {"job": plan.job_name, "phase": "Succeeded" if outcome.succeeded else "Failed",
@@ -266,6 +280,8 @@ async def record_snapshot(plan: ExecutionPlan, outcome: JobOutcome, started: flo
                            "reason": "BackupExecutorTerminatedBeforeCompletion",
                            "message": f"Failed to complete backup. Reason: {reason}",
                            "lastTransitionTime": now_rfc3339()})
+    if verified and plan.component in components and outcome.succeeded:
+        components[plan.component] = {**verified, **components[plan.component]}  # the container's word first
     prefix = base["path"].rsplit("/", 1)[0]  # repository/v1/<session>
     components = {name: {"path": f"{prefix}/{name}", "driver": base["driver"], "duration": duration, **c}
                   for name, c in components.items()}

@@ -78,6 +78,10 @@ def test_backup_then_restore_latest_gives_identical_files(kube_cluster, namespac
     (only,) = json.loads(listed.stdout)
     assert only["id"].startswith(stats["id"]) and len(stats["id"]) >= 8  # restic 0.14 reports the short id
     assert stats["hostPath"] == "/kubestash-data" and stats["size"].endswith(("KiB", "MiB"))
+    # verified after the backup: `restic check` passed, `restic stats` gave the repository's size
+    component = snap["status"]["components"]["dump"]
+    assert component["integrity"] is True and snap["status"]["integrity"] is True
+    assert component["size"].endswith(("KiB", "MiB")) and snap["status"]["size"] == component["size"]
 
     restore = run_flow("stashflow-pvc", "logical-backup-restore", target="PersistentVolumeClaim/restored",
                        snapshot="latest", repository="data", namespace=namespace,
@@ -118,8 +122,9 @@ def test_second_backup_needs_no_init_and_retention_forgets_the_first(kube_cluste
                       retention={"successfulSnapshots": {"last": 1}}, **common)
     assert second.is_completed(), second.message
     pods_after_second = len([r for r in node_agent.records if r.namespace == namespace])
-    # init + backup the first time; then backup, and the retention Job that forgets the first snapshot
-    assert (pods_after_first, pods_after_second - pods_after_first) == (2, 2)
+    # init + backup + verify the first time; then backup + verify, and the retention Job that forgets
+    # the first snapshot
+    assert (pods_after_first, pods_after_second - pods_after_first) == (3, 3)
     # retention: the older Snapshot object is gone, and so is its data in the restic repository
     assert [s["metadata"]["name"] for s in snapshots(kube_cluster, namespace)] == ["data-data-2"]
     assert second.result()["retention"] == {"keep": ["data-data-2"], "delete": ["data-data-1"]}
