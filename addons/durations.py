@@ -10,31 +10,31 @@ _RETENTION_UNITS = {"y": 365 * 86400, "mo": 30 * 86400, "w": 7 * 86400, "d": 864
 _RETENTION_PART = re.compile(r"(\d+)(mo|y|w|d|h|m)")
 
 
+def _sum_parts(value: str, part: re.Pattern[str], units: dict[str, float]) -> float | None:
+    """The sum of ``<number><unit>`` parts that make up all of ``value``; None if anything else is there."""
+    pos, total = 0, 0.0
+    for match in part.finditer(value):
+        if match.start() != pos:
+            return None
+        total += float(match.group(1)) * units[match.group(2)]
+        pos = match.end()
+    return total if value and pos == len(value) else None
+
+
 def parse_duration(text: str) -> float:
     """Seconds in a metav1.Duration (``90s``, ``1h30m``, ``2.5h``); a bare number is seconds."""
     value = text.strip()
     if re.fullmatch(r"\d+(\.\d+)?", value):
         return float(value)
-    pos, total = 0, 0.0
-    for match in _GO_PART.finditer(value):
-        if match.start() != pos:
-            break
-        total += float(match.group(1)) * _GO_UNITS[match.group(2)]
-        pos = match.end()
-    if pos != len(value) or not value:
+    total = _sum_parts(value, _GO_PART, _GO_UNITS)
+    if total is None:
         raise ValueError(f'"{text}" is not a duration like 90s, 30m or 1h30m')
     return total
 
 
 def parse_retention_period(text: str) -> int:
     """Seconds in a RetentionPeriod (``1y2mo3w4d5h6m``; ``m`` is minutes, ``mo`` months of 30 days)."""
-    value = text.strip()
-    pos, total = 0, 0
-    for match in _RETENTION_PART.finditer(value):
-        if match.start() != pos:
-            break
-        total += int(match.group(1)) * _RETENTION_UNITS[match.group(2)]
-        pos = match.end()
-    if pos != len(value) or not value:
+    total = _sum_parts(text.strip(), _RETENTION_PART, _RETENTION_UNITS)
+    if total is None:
         raise ValueError(f'"{text}" is not a retention period like 30d, 2mo or 1y2mo3w4d5h6m')
-    return total
+    return int(total)

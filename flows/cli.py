@@ -182,28 +182,21 @@ def _run_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return kwargs
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    """Run one Addon task as its Prefect flow against the current kube context."""
-    if args.catalog:
-        os.environ[CATALOG_ENV] = os.pathsep.join(args.catalog)
-    kwargs = _run_kwargs(args)
+def _run_flow(addon: str, task: str, params: dict[str, Any]) -> Any:
+    """Run an Addon task's flow with the run's tags; its final state when Completed, else its error."""
     import asyncio
 
     from prefect import tags
 
     from stashflow.flows.addon_flows import flow_for
 
-    flow = flow_for(args.addon, args.task)
-    target = Target.parse(kwargs["target"])
-    with tags("stashflow", f"addon:{args.addon}", f"task:{args.task}",
-              f"target:{args.namespace}.{target.kind}.{target.name}".lower()):
-        state = asyncio.run(flow(**kwargs, return_state=True))
-    if state.is_completed() and state.name == "Skipped":
-        print(f"skipped: {state.message}", file=sys.stderr)
-        return 0
+    target = Target.parse(params["target"])
+    namespace = params.get("namespace", "default")
+    with tags("stashflow", f"addon:{addon}", f"task:{task}",
+              f"target:{namespace}.{target.kind}.{target.name}".lower()):
+        state = asyncio.run(flow_for(addon, task)(**params, return_state=True))
     if state.is_completed():
-        _print_result(args, state.result())
-        return 0
+        return state
     try:
         state.result()
     except StashflowError:
@@ -211,6 +204,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     except Exception as exc:  # noqa: BLE001 - Prefect wraps what the flow raised
         raise RunError(f"the flow run ended {state.name}: {exc}") from None
     raise RunError(f"the flow run ended {state.name}: {state.message}")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run one Addon task as its Prefect flow against the current kube context."""
+    if args.catalog:
+        os.environ[CATALOG_ENV] = os.pathsep.join(args.catalog)
+    state = _run_flow(args.addon, args.task, _run_kwargs(args))
+    if state.name == "Skipped":
+        print(f"skipped: {state.message}", file=sys.stderr)
+        return 0
+    _print_result(args, state.result())
+    return 0
 
 
 def _print_result(args: argparse.Namespace, result: dict[str, Any]) -> None:
@@ -236,12 +241,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     """Run the restore tasks of RestoreSession files, one after another; stop at the first failure."""
     paths = catalog_paths(args.catalog)
     os.environ[CATALOG_ENV] = os.pathsep.join(os.path.abspath(p) for p in paths)
-    import asyncio
-
-    from prefect import tags
-
     from stashflow.addons.model import RestoreSession
-    from stashflow.flows.addon_flows import flow_for
     from stashflow.flows.restore import restore_runs
 
     catalog = Catalog().add_paths([*paths, *args.files]).check().raise_for_problems()
@@ -254,17 +254,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
             params["kubeconfig"] = os.path.abspath(args.kubeconfig)
         if args.context:
             params["context"] = args.context
-        target = Target.parse(params["target"])
-        with tags("stashflow", f"addon:{addon}", f"task:{task}",
-                  f"target:{params['namespace']}.{target.kind}.{target.name}".lower()):
-            state = asyncio.run(flow_for(addon, task)(**params, return_state=True))
-        if not state.is_completed():
-            try:
-                state.result()
-            except StashflowError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - Prefect wraps what the flow raised
-                raise RunError(f"the restore ended {state.name}: {exc}") from None
+        _run_flow(addon, task, params)
         print(f"restored {params['target']} in {params['namespace']} with {addon}/{task} "
               f"from {params['snapshot']}" + (f" of {params['repository']}" if params.get("repository") else ""))
     return 0

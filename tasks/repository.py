@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import re
-from typing import Callable
+from typing import Any, Callable
 
 from stashflow.addons.errors import ClusterError, RunError
 from stashflow.addons.names import valid_name
@@ -20,7 +20,7 @@ from stashflow.addons.render import LABEL_PREFIX, ExecutionPlan
 
 from . import resources
 from .kube import Kube
-from .wait import JobWaiter
+from .wait import JobOutcome, JobWaiter
 
 INIT_ANNOTATION = LABEL_PREFIX + "repository-init"
 _ALREADY = re.compile(r"config file already exists|already initialized", re.I)
@@ -44,19 +44,47 @@ async def known_initialised(kube: Kube, plan: ExecutionPlan) -> bool:
     return False
 
 
-def init_job(plan: ExecutionPlan) -> dict:
-    """The backup Job's pod, running ``restic init`` instead of the Function."""
+def restic_container(plan: ExecutionPlan, name: str, args: list[str]) -> dict[str, Any]:
+    """The backup container (image, env, mounts) running ``restic ARGS`` instead of the Function."""
+    base = plan.job["spec"]["template"]["spec"]["containers"][0]
+    return {**copy.deepcopy(base), "name": name, "command": ["restic"], "args": args}
+
+
+def helper_job(plan: ExecutionPlan, suffix: str, role: str, containers: list[dict[str, Any]], *,
+               init_containers: list[dict[str, Any]] | None = None, deadline: int = 300) -> dict[str, Any]:
+    """A Job of the same kind as the backup's (its pod, volumes, labels), doing restic work for it."""
     job = copy.deepcopy(plan.job)
-    job["metadata"]["name"] = valid_name(plan.job_name, "init")
-    job["metadata"]["labels"][LABEL_PREFIX + "role"] = "repository-init"
+    job["metadata"]["name"] = valid_name(plan.job_name, suffix)
+    job["metadata"]["labels"][LABEL_PREFIX + "role"] = role
     pod = job["spec"]["template"]
-    pod["metadata"]["labels"][LABEL_PREFIX + "role"] = "repository-init"
-    container = pod["spec"]["containers"][0]
-    container["name"] = "restic-init"
-    container["command"] = ["restic"]
-    container["args"] = ["init"]
-    job["spec"]["activeDeadlineSeconds"] = 300
+    pod["metadata"]["labels"][LABEL_PREFIX + "role"] = role
+    pod["spec"]["containers"] = containers
+    if init_containers:
+        pod["spec"]["initContainers"] = init_containers
+    job["spec"]["activeDeadlineSeconds"] = deadline
     return job
+
+
+async def run_helper_job(kube: Kube, plan: ExecutionPlan, job: dict[str, Any], on_log: Callable[[str, str], None],
+                         *, stuck_after: float = 120) -> JobOutcome:
+    """Create, wait for and delete a helper Job; it is never kept, its log is in the run's logs."""
+    name = job["metadata"]["name"]
+    await resources.create_or_adopt(kube, job)
+    try:
+        return await JobWaiter(kube, plan.namespace, name, timeout=job["spec"]["activeDeadlineSeconds"] + 30,
+                               stuck_after=stuck_after, on_log=on_log).wait()
+    finally:
+        try:
+            await kube.call(f"delete Job {plan.namespace}/{name}", kube.batch.delete_namespaced_job, name,
+                            plan.namespace, propagation_policy="Foreground")
+        except ClusterError as exc:
+            if exc.status != 404:
+                raise
+
+
+def init_job(plan: ExecutionPlan) -> dict[str, Any]:
+    """The backup Job's pod, running ``restic init`` instead of the Function."""
+    return helper_job(plan, "init", "repository-init", [restic_container(plan, "restic-init", ["init"])])
 
 
 async def ensure_repository(kube: Kube, plan: ExecutionPlan, on_log: Callable[[str, str], None]) -> str:
@@ -65,18 +93,7 @@ async def ensure_repository(kube: Kube, plan: ExecutionPlan, on_log: Callable[[s
         return "not-needed"
     if await known_initialised(kube, plan):
         return "known"
-    job = init_job(plan)
-    name = job["metadata"]["name"]
-    await resources.create_or_adopt(kube, job)
-    try:
-        outcome = await JobWaiter(kube, plan.namespace, name, timeout=330, stuck_after=60, on_log=on_log).wait()
-    finally:  # the init Job is never kept: its log is in the run's logs
-        try:
-            await kube.call(f"delete Job {plan.namespace}/{name}", kube.batch.delete_namespaced_job, name,
-                            plan.namespace, propagation_policy="Foreground")
-        except ClusterError as exc:
-            if exc.status != 404:
-                raise
+    outcome = await run_helper_job(kube, plan, init_job(plan), on_log, stuck_after=60)
     if outcome.succeeded:
         return "initialized"
     lines = outcome.logs() + list(outcome.termination_messages().values())
@@ -98,41 +115,22 @@ def wants_verify(plan: ExecutionPlan) -> bool:
     return annotations.get(VERIFY_ANNOTATION) == "restic" and wants_init(plan)
 
 
-def verify_job(plan: ExecutionPlan) -> dict:
+def verify_job(plan: ExecutionPlan) -> dict[str, Any]:
     """The backup Job's pod checking the repository: ``restic check`` (an init container: it must
     pass) then ``restic stats --mode raw-data --json`` (the repository's size). No shell."""
-    job = copy.deepcopy(plan.job)
-    job["metadata"]["name"] = valid_name(plan.job_name, "verify")
-    job["metadata"]["labels"][LABEL_PREFIX + "role"] = "verify"
-    pod = job["spec"]["template"]
-    pod["metadata"]["labels"][LABEL_PREFIX + "role"] = "verify"
-    base = pod["spec"]["containers"][0]
+    base = plan.job["spec"]["template"]["spec"]["containers"][0]
     cache = [a for a in base.get("args", []) if a.startswith("--cache-dir=")]
-    check = {**base, "name": "restic-check", "command": ["restic"], "args": ["check", *cache]}
-    stats = {**base, "name": "restic-stats", "command": ["restic"],
-             "args": ["stats", "--mode", "raw-data", "--json", "--no-lock", *cache]}
-    pod["spec"]["initContainers"] = [check]
-    pod["spec"]["containers"] = [stats]
-    job["spec"]["activeDeadlineSeconds"] = 1800
-    return job
+    return helper_job(
+        plan, "verify", "verify",
+        [restic_container(plan, "restic-stats", ["stats", "--mode", "raw-data", "--json", "--no-lock", *cache])],
+        init_containers=[restic_container(plan, "restic-check", ["check", *cache])], deadline=1800)
 
 
 async def verify_repository(kube: Kube, plan: ExecutionPlan, on_log: Callable[[str, str], None]) -> dict:
     """``{"integrity": bool, "size": "1.234 MiB"}`` (what was learnt), as KubeStash records them."""
     from .results import format_bytes
 
-    job = verify_job(plan)
-    name = job["metadata"]["name"]
-    await resources.create_or_adopt(kube, job)
-    try:
-        outcome = await JobWaiter(kube, plan.namespace, name, timeout=1830, stuck_after=120, on_log=on_log).wait()
-    finally:
-        try:
-            await kube.call(f"delete Job {plan.namespace}/{name}", kube.batch.delete_namespaced_job, name,
-                            plan.namespace, propagation_policy="Foreground")
-        except ClusterError as exc:
-            if exc.status != 404:
-                raise
+    outcome = await run_helper_job(kube, plan, verify_job(plan), on_log)
     found: dict = {}
     if outcome.succeeded:
         found["integrity"] = True

@@ -3,7 +3,6 @@ restic repositories stashflow manages, their data too, by a Job like the backup'
 
 from __future__ import annotations
 
-import copy
 import hashlib
 from datetime import datetime, timezone
 from typing import Any, Callable
@@ -12,16 +11,14 @@ from prefect import get_run_logger, task
 
 from stashflow.addons.errors import ClusterError, RunError
 from stashflow.addons.model import RetentionPolicy
-from stashflow.addons.names import valid_name
-from stashflow.addons.render import LABEL_PREFIX, ExecutionPlan
+from stashflow.addons.render import ExecutionPlan
 from stashflow.addons.retention import Decision, Item, apply, parse_time
 
 from . import resources
 from .kube import Kube, current
-from .repository import wants_init
+from .repository import helper_job, restic_container, run_helper_job, wants_init
 from .results import restic_snapshot_id
 from .steps import STEP
-from .wait import JobWaiter
 
 
 def items_of(snapshots: list[dict[str, Any]]) -> list[Item]:
@@ -32,36 +29,18 @@ def items_of(snapshots: list[dict[str, Any]]) -> list[Item]:
 
 def forget_job(plan: ExecutionPlan, component_path: str, ids: list[str]) -> dict[str, Any]:
     """The backup Job's pod running ``restic forget --prune`` on one component repository."""
-    job = copy.deepcopy(plan.job)
-    name = valid_name(plan.job_name, "forget", hashlib.sha256(component_path.encode()).hexdigest()[:6])
-    job["metadata"]["name"] = name
-    job["metadata"]["labels"][LABEL_PREFIX + "role"] = "retention"
-    pod = job["spec"]["template"]
-    pod["metadata"]["labels"][LABEL_PREFIX + "role"] = "retention"
-    container = pod["spec"]["containers"][0]
-    container.update(name="restic-forget", command=["restic"], args=["forget", "--prune", *ids])
+    container = restic_container(plan, "restic-forget", ["forget", "--prune", *ids])
     own_path = plan.snapshot["status"]["components"][plan.component]["path"] if plan.snapshot else ""
     for env in container.get("env", []):
         if env.get("name") == "RESTIC_REPOSITORY" and own_path and env["value"].endswith(own_path):
             env["value"] = env["value"][: -len(own_path)] + component_path
-    job["spec"]["activeDeadlineSeconds"] = 1800
-    return job
+    suffix = "forget-" + hashlib.sha256(component_path.encode()).hexdigest()[:6]
+    return helper_job(plan, suffix, "retention", [container], deadline=1800)
 
 
 async def _forget(kube: Kube, plan: ExecutionPlan, component_path: str, ids: list[str],
                   on_log: Callable[[str, str], None]) -> None:
-    job = forget_job(plan, component_path, ids)
-    name = job["metadata"]["name"]
-    await resources.create_or_adopt(kube, job)
-    try:
-        outcome = await JobWaiter(kube, plan.namespace, name, timeout=1830, stuck_after=120, on_log=on_log).wait()
-    finally:  # never kept: its log is in the run's logs
-        try:
-            await kube.call(f"delete Job {name}", kube.batch.delete_namespaced_job, name, plan.namespace,
-                            propagation_policy="Foreground")
-        except ClusterError as exc:
-            if exc.status != 404:
-                raise
+    outcome = await run_helper_job(kube, plan, forget_job(plan, component_path, ids), on_log)
     if not outcome.succeeded:
         d = outcome.diagnosis
         raise RunError(f"retention could not delete restic data in {component_path}: {d.summary() if d else outcome.phase}",
