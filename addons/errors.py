@@ -76,6 +76,9 @@ CODES: dict[str, str] = {
     "run-timeout": "the run did not finish before its deadline",
     "no-result": "the Job succeeded but reported no result on any channel",
     "snapshot-not-found": "no Snapshot to restore from",
+    "repository-corrupt": "restic check found errors in the repository after the backup: the backup is not good",
+    "repository-check-failed": "the repository could not be checked after the backup: the backup is not known good",
+    "target-busy": "another run of the same target is under way in the cluster (its Job is still active)",
 }
 
 

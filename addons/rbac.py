@@ -12,9 +12,11 @@ RULES: list[dict[str, Any]] = [
     {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
     {"apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": ["create", "get", "list", "patch", "delete"]},
     {"apiGroups": ["storage.kubestash.com"], "resources": ["snapshots"],
-     "verbs": ["create", "get", "list", "watch", "patch", "delete"]},
-    {"apiGroups": ["storage.kubestash.com"], "resources": ["snapshots/status"], "verbs": ["get", "patch"]},
-    {"apiGroups": ["storage.kubestash.com"], "resources": ["backupstorages"], "verbs": ["get", "list"]},
+     "verbs": ["create", "get", "list", "patch", "delete"]},
+    {"apiGroups": ["storage.kubestash.com"], "resources": ["snapshots/status"], "verbs": ["patch"]},
+    # one Lease per target: one run per target at a time (tasks/claim.py)
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+     "verbs": ["create", "get", "list", "update", "patch", "delete"]},
 ]
 
 

@@ -7,6 +7,8 @@ the plan; the ``tasks`` layer creates it.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import posixpath
 import re
 from dataclasses import dataclass, field
@@ -18,10 +20,12 @@ from .errors import InputError, Location, raise_all
 from .model import AddonInfo, AddonVolumeInfo, BackupStorage, ContainerRuntimeSettings
 from .names import label_value, name_problem, ulid, valid_name
 from .resolve import ResolvedTask, Value, resolve_task
+from .template import kube_escape
 
 MANAGED_BY = "stashflow"
 LABEL_PREFIX = "stashflow.io/"
 FLOW_RUN_LABEL = LABEL_PREFIX + "flow-run"  # the Prefect flow run that made an object
+REPOSITORY_LOCATION_LABEL = LABEL_PREFIX + "repository-location"  # on Snapshots: see repository_location()
 TMP_VOLUME = "kubestash-tmp-volume"
 INTERIM_VOLUME = "kubestash-interim-volume"
 STORAGE_VOLUME = "stashflow-storage"
@@ -143,6 +147,9 @@ class ExecutionPlan:
     pvcs: list[dict[str, Any]]
     job: dict[str, Any]
     snapshot: dict[str, Any] | None
+    #: the restic repository's full location (URL and, for local storage, its volume), hashed:
+    #: what decides whether it was initialised, whatever the repository's name
+    repository_location: str | None = None
 
     @property
     def kind(self) -> Literal["backup", "restore"]:
@@ -212,7 +219,7 @@ def render_plan(catalog: Catalog, request: RenderRequest) -> ExecutionPlan:
     job_meta: dict[str, Any] = {"name": job_name, "namespace": request.namespace, "labels": dict(labels),
                                 "annotations": {LABEL_PREFIX + "flow": resolved.flow_name,
                                                 LABEL_PREFIX + "target": str(request.target)}}
-    _apply_repository(request, pod_spec, container, component, session)
+    location = _apply_repository(request, pod_spec, container, component, session)
     _apply_job_template(request.addon_info, pod_meta, pod_spec, container, job_meta, labels)
     if not pod_spec["volumes"]:
         del pod_spec["volumes"]
@@ -226,8 +233,10 @@ def render_plan(catalog: Catalog, request: RenderRequest) -> ExecutionPlan:
     snapshot = None
     if snap_name:
         snapshot = _snapshot(request, resolved, snap_name, repo_name, session, component, job_name, labels, now)
+        if location:
+            snapshot["metadata"]["labels"][REPOSITORY_LOCATION_LABEL] = location
     return ExecutionPlan(resolved, request.namespace, request.target, session, job_name, component,
-                         repo_name, snap_name, labels, pvcs, job, snapshot)
+                         repo_name, snap_name, labels, pvcs, job, snapshot, location)
 
 
 def run_labels(request: RenderRequest, resolved: ResolvedTask, session: str) -> dict[str, str]:
@@ -307,12 +316,12 @@ def _apply_runtime_settings(container: dict[str, Any], settings: ContainerRuntim
         _upsert_env(container.setdefault("env", []), data["env"])
     extra = []
     if (data.get("nice") or {}).get("adjustment") is not None:
-        extra.append({"name": "NICE_ADJUSTMENT", "value": str(data["nice"]["adjustment"])})
+        extra.append({"name": "NICE_ADJUSTMENT", "value": kube_escape(str(data["nice"]["adjustment"]))})
     ionice = data.get("ionice") or {}
     if ionice.get("class") is not None:
-        extra.append({"name": "IONICE_CLASS", "value": str(ionice["class"])})
+        extra.append({"name": "IONICE_CLASS", "value": kube_escape(str(ionice["class"]))})
     if ionice.get("classData") is not None:
-        extra.append({"name": "IONICE_CLASS_DATA", "value": str(ionice["classData"])})
+        extra.append({"name": "IONICE_CLASS_DATA", "value": kube_escape(str(ionice["classData"]))})
     if extra:
         _upsert_env(container.setdefault("env", []), extra)
 
@@ -334,7 +343,7 @@ def _container(resolved: ResolvedTask, request: RenderRequest, component: str) -
     _apply_runtime_settings(container, spec.get("runtimeSettings"))
     if request.addon_info:
         _apply_runtime_settings(container, request.addon_info.container_runtime_settings)
-    _upsert_env(container.setdefault("env", []), [{"name": "COMPONENT_NAME", "value": component}])
+    _upsert_env(container.setdefault("env", []), [{"name": "COMPONENT_NAME", "value": kube_escape(component)}])
     container["imagePullPolicy"] = "IfNotPresent"
     # A container that dies before writing its result still explains itself.
     container["terminationMessagePolicy"] = "FallbackToLogsOnError"
@@ -354,7 +363,7 @@ def _storage_url(storage: BackupStorage, path: str) -> tuple[str, list[dict[str,
         return posixpath.join(backend.local.mount_path, path), []
     if provider == "s3" and backend.s3:
         s3 = backend.s3
-        env = [{"name": "AWS_DEFAULT_REGION", "value": s3.region}] if s3.region else []
+        env = [{"name": "AWS_DEFAULT_REGION", "value": kube_escape(s3.region)}] if s3.region else []
         if s3.secret_name:
             env += [_secret_env(k, s3.secret_name, k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")]
         endpoint = (s3.endpoint or "s3.amazonaws.com").rstrip("/")
@@ -367,7 +376,7 @@ def _storage_url(storage: BackupStorage, path: str) -> tuple[str, list[dict[str,
         return f"gs:{gcs.bucket}:/{posixpath.join(gcs.prefix or '', path)}", env
     if provider == "azure" and backend.azure:
         az = backend.azure
-        env = [{"name": "AZURE_ACCOUNT_NAME", "value": az.storage_account or ""}]
+        env = [{"name": "AZURE_ACCOUNT_NAME", "value": kube_escape(az.storage_account or "")}]
         if az.secret_name:
             env.append(_secret_env("AZURE_ACCOUNT_KEY", az.secret_name, "AZURE_ACCOUNT_KEY"))
         return f"azure:{az.container}:/{posixpath.join(az.prefix or '', path)}", env
@@ -378,18 +387,30 @@ def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
 
 
+def repository_location(url: str, volume: dict[str, Any] | None) -> str:
+    """A label value naming one restic repository: its URL and, for local storage, the volume behind
+    the mount path (two hostPaths at one mountPath are two repositories)."""
+    key = json.dumps({"url": url, "volume": volume}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(key.encode()).hexdigest()[:40]
+
+
 def _apply_repository(request: RenderRequest, pod_spec: dict[str, Any], container: dict[str, Any],
-                      component: str, session: str) -> None:
+                      component: str, session: str) -> str | None:
+    """restic's environment, and the storage volume, on the container; returns the repository's
+    location (``repository_location``) when the run names a storage."""
     repo = request.repository
     if repo is None:
-        return
+        return None
+    location = None
     path = repo.component_path or posixpath.join("repository", "v1", request.plan_session or request.task, component)
     env: list[dict[str, Any]] = []
     if repo.storage is not None:
         url, provider_env = _storage_url(repo.storage, posixpath.join(repo.directory.strip("/"), path))
-        env.append({"name": "RESTIC_REPOSITORY", "value": url})
+        env.append({"name": "RESTIC_REPOSITORY", "value": kube_escape(url)})
         env += provider_env
         backend = repo.storage.spec.storage
+        local = backend.local.kube_source() if backend and backend.provider == "local" and backend.local else None
+        location = repository_location(url, local)
         if backend and backend.provider == "local" and backend.local:
             pod_spec["volumes"].append({"name": STORAGE_VOLUME, **backend.local.kube_source()})
             mount = {"name": STORAGE_VOLUME, "mountPath": backend.local.mount_path}
@@ -402,8 +423,9 @@ def _apply_repository(request: RenderRequest, pod_spec: dict[str, Any], containe
                 {"name": CREDENTIALS_VOLUME, "mountPath": "/etc/stashflow/credentials", "readOnly": True})
     if repo.encryption_secret:
         env.append(_secret_env("RESTIC_PASSWORD", repo.encryption_secret, "RESTIC_PASSWORD"))
-    env.append({"name": "STASHFLOW_COMPONENT_PATH", "value": path})
+    env.append({"name": "STASHFLOW_COMPONENT_PATH", "value": kube_escape(path)})
     _upsert_env(container.setdefault("env", []), env)
+    return location
 
 
 def _apply_job_template(info: AddonInfo | None, pod_meta: dict[str, Any], pod_spec: dict[str, Any],

@@ -218,7 +218,7 @@ def resolve_task(
                 hint="pass the database's version with --var DB_VERSION=X.Y",
             ) from None
 
-    container = _substitute(function, ("spec",), spec, inputs, problems)
+    container = _substitute(function, ("spec",), spec, inputs, problems, kube_fields=True)
     volumes = [
         _substitute(addon, task_path + ("volumeTemplate", i), v.dump(), inputs, problems)
         for i, v in enumerate(task.volume_template or [])
@@ -228,13 +228,25 @@ def resolve_task(
     return ResolvedTask(addon, task, function, kind, task_path, inputs, container, volumes, secret)
 
 
+#: Fields of a Function's spec that Kubernetes expands again (``$(VAR)``, ``$$``), by shape.
+KUBE_EXPANDED = {("command", 0), ("args", 0), ("env", 0, "value"), ("runtimeSettings", "env", 0, "value"),
+                 ("volumeMounts", 0, "subPathExpr")}
+
+
+def kube_expanded(path: tuple) -> bool:
+    """Does Kubernetes expand ``$(VAR)`` in the Function spec field at ``path``?"""
+    return tuple(0 if isinstance(p, int) else p for p in path) in KUBE_EXPANDED
+
+
 def _substitute(owner: Addon | Function, base: FieldPath, data: Any, inputs: Mapping[str, str],
-                problems: list[StashflowError]) -> Any:
+                problems: list[StashflowError], *, kube_fields: bool = False) -> Any:
+    """Substitute every string of ``data``; in the fields Kubernetes expands (``kube_fields``),
+    values are escaped so that the program receives them byte for byte."""
     reported: set[str] = set()
 
     def one(path: tuple, text: str) -> str:
         try:
-            return template.substitute(text, inputs)
+            return template.substitute(text, inputs, kube=kube_fields and kube_expanded(path))
         except template.MissingValue as exc:
             full = base + path
             if exc.name not in reported:

@@ -167,36 +167,76 @@ def _apply_case(op: str, value: str) -> str:
     return value[:1].upper() + value[1:]
 
 
-def evaluate(template: Template, inputs: Mapping[str, str]) -> str:
-    """Substitute ``inputs``; raise ``MissingValue`` for a name that needs a value."""
+def evaluate(template: Template, inputs: Mapping[str, str], *, kube: bool = False) -> str:
+    """Substitute ``inputs``; raise ``MissingValue`` for a name that needs a value.
+
+    ``kube=True`` is for fields that Kubernetes expands again (``$(VAR)`` and ``$$`` in a
+    container's ``command``, ``args`` and ``env[].value``): values come out escaped, so the
+    program receives them byte for byte, and no value can pull another variable (a Secret)
+    in; the template's own text keeps its ``$(VAR)`` references (``kube_literal``)."""
     out: list[str] = []
     for part in template:
         if isinstance(part, str):
-            out.append(part)
+            out.append(kube_literal(part) if kube else part)
             continue
         present = part.name in inputs
-        if part.op in _DEFAULT_OPS:
-            out.append(inputs[part.name] if present else evaluate(part.default, inputs))
+        if part.op in _DEFAULT_OPS and not present:
+            out.append(evaluate(part.default, inputs, kube=kube))
             continue
         if not present:
             raise MissingValue(part.name)
         value = inputs[part.name]
+        if part.op in _ALT_OPS and value == "":
+            out.append(evaluate(part.default, inputs, kube=kube))
+            continue
         if part.length:
-            out.append(str(len(value)))
-        elif part.op in _ALT_OPS:
-            out.append(evaluate(part.default, inputs) if value == "" else value)
-        elif part.op:
-            out.append(_apply_case(part.op, value))
-        else:
-            out.append(value)
+            value = str(len(value))
+        elif part.op in _CASE_OPS:
+            value = _apply_case(part.op, value)
+        out.append(kube_escape(value) if kube else value)
     return "".join(out)
 
 
-def substitute(text: str, inputs: Mapping[str, str]) -> str:
-    """Parse and evaluate one string."""
+def substitute(text: str, inputs: Mapping[str, str], *, kube: bool = False) -> str:
+    """Parse and evaluate one string (``kube``: see ``evaluate``)."""
     if "$" not in text:
         return text
-    return evaluate(parse(text), inputs)
+    return evaluate(parse(text), inputs, kube=kube)
+
+
+def kube_escape(value: str) -> str:
+    """A value that Kubernetes' ``$(VAR)`` expansion turns back into itself: ``$`` → ``$$``."""
+    return value.replace("$", "$$")
+
+
+def kube_literal(text: str) -> str:
+    """Template text that means the same to Kubernetes whatever value follows it.
+
+    Alone, a trailing ``$`` and a ``$(`` without its ``)`` are plain text to Kubernetes; with a
+    value after them they could start a reference (``$`` + ``(SECRET)``), so they are escaped.
+    Complete ``$(VAR)`` references and ``$$`` are kept: a Function may use them on purpose."""
+    if "$" not in text:
+        return text
+    out: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        ch = text[i]
+        if ch != "$":
+            out.append(ch)
+            i += 1
+        elif i + 1 == n:
+            out.append("$$")
+            i += 1
+        elif text[i + 1] == "$":
+            out.append("$$")
+            i += 2
+        elif text[i + 1] == "(" and ")" not in text[i + 2:]:
+            out.append("$$(")
+            i += 2
+        else:
+            out.append("$")
+            i += 1
+    return "".join(out)
 
 
 def walk_strings(obj: Any, path: tuple = ()) -> Iterator[tuple[tuple, str]]:

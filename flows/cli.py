@@ -119,7 +119,8 @@ def build_request(args: argparse.Namespace, catalog: Catalog) -> RenderRequest:
                                        directory=args.directory or "", encryption_secret=args.encryption_secret)
     return RenderRequest(
         addon=args.addon, task=args.task, namespace=args.namespace, target=args.target, params=params,
-        builtins=builtins, plan_session=args.session, attempt=args.attempt, timeout_seconds=timeout,
+        builtins=builtins, session=args.run_name, plan_session=args.plan_session, attempt=args.attempt,
+        timeout_seconds=timeout,
         repository=repository,
     )
 
@@ -165,9 +166,11 @@ def _run_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     variables = {k: v.value for k, v in _pairs(args.var or [], "--var", args.argv).items()}
     if "DB_VERSION" in variables:
         kwargs["db_version"] = variables.pop("DB_VERSION")
-    for name in ("backupSession", "restoreSession"):
+    for name in ("backupSession", "restoreSession"):  # the same thing as --run
         if name in variables:
             kwargs["session"] = variables.pop(name)
+    if args.run_name:
+        kwargs["session"] = args.run_name
     if "snapshot" in variables:
         kwargs["snapshot"] = variables.pop("snapshot")
     if variables:
@@ -177,8 +180,8 @@ def _run_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, option, None)
         if value not in (None, ""):
             kwargs[option] = value
-    if args.session:  # the plan's session name (repository path), not the backup session
-        kwargs["plan_session"] = args.session
+    if args.plan_session:  # the plan's session name (repository path), not the run's name
+        kwargs["plan_session"] = args.plan_session
     return kwargs
 
 
@@ -331,7 +334,13 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                    help="a built-in variable such as DB_VERSION, backupSession, snapshot (repeatable)")
     p.add_argument("--timeout", metavar="DURATION", help="deadline of the Job, e.g. 30m (activeDeadlineSeconds)")
     p.add_argument("--attempt", type=int, default=1, help="attempt number (names the Job)")
-    p.add_argument("--session", metavar="NAME", help="the plan's session name (repository path); default: the task name")
+    p.add_argument("--run", metavar="NAME", dest="run_name",
+                   help="the run's name (KubeStash's BackupSession/RestoreSession name): it names the Job and the "
+                        "Snapshot. Running again with the same --run adopts that run's Job, never starts a second "
+                        "one (default: TARGET-NAME-<unix time>)")
+    p.add_argument("--plan-session", metavar="NAME",
+                   help="the plan's session name: the repository path repository/v1/NAME/<component> "
+                        "(default: the task name)")
     p.add_argument("--repository", metavar="NAME", help="repository name recorded in the Snapshot (default: target name)")
     p.add_argument("--storage", metavar="NAME", help="a BackupStorage from the catalog paths to back up into")
     p.add_argument("--directory", metavar="DIR", help="the repository's directory inside the storage")

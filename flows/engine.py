@@ -21,12 +21,13 @@ from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 from stashflow.addons.catalog import Catalog
 from stashflow.addons.errors import RunError, StashflowError
 from stashflow.addons.render import FLOW_RUN_LABEL, ExecutionPlan
-from stashflow.tasks import resources
+from stashflow.tasks import claim, resources
 from stashflow.tasks.kube import Kube, connect
 from stashflow.tasks.results import now_rfc3339
 from stashflow.tasks.retention import apply_retention
 from stashflow.tasks.steps import (
     RunSpec,
+    claim_target,
     launch_job,
     provision_volumes,
     record_snapshot,
@@ -36,6 +37,19 @@ from stashflow.tasks.steps import (
 )
 from stashflow.tasks.wait import JobOutcome
 
+#: Runs whose Job succeeded but whose result cannot be called good: (message, hint) by code.
+RESULT_FAILURES = {
+    "no-result": ("the Job succeeded but reported no result",
+                  "the Function must write its termination message or print restic's --json summary"),
+    "repository-corrupt": ("restic check found errors in the repository",
+                           "the repository is damaged: run `restic check` on it, repair it (`restic repair index`, "
+                           "`restic repair snapshots`) or back up into a new directory; earlier Snapshots of this "
+                           "repository may not restore either"),
+    "repository-check-failed": ("the repository could not be checked after the backup",
+                                "see the check's log lines; the backup is kept but counts as failed until a check "
+                                "passes"),
+}
+REPOSITORY_FAILURES = {"repository-corrupt", "repository-check-failed"}
 WAIT_GRACE_SECONDS = 30  # past activeDeadlineSeconds, the run's own deadline stops the wait
 STOPPED_PHASES = {"TimedOut", "Stuck", "Gone"}  # the Job did not end by itself: always removed
 STOPPED_CATEGORIES = {"deadline-exceeded"}
@@ -62,40 +76,53 @@ async def execute(spec: RunSpec, catalog: Catalog, connection: Connection,
                   retention: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run one Addon task to its end; return the summary or raise ``StashflowError``.
     With ``retention`` (a RetentionPolicy spec), apply it after the backup, failed or not."""
-    logger = get_run_logger()
     started = time.time()
     async with connection.connect() as kube:
         plan = await resolve_parameters(spec, catalog)
-        timeout = (spec.request.timeout_seconds + WAIT_GRACE_SECONDS) if spec.request.timeout_seconds else 7 * 86400
-        secrets = [plan.resolved.inputs[k] for k in plan.resolved.secret_inputs]
+        held = await claim_target(plan)
         try:
-            pvcs = await provision_volumes(plan)
-            await launch_job(plan, pvcs)
-            outcome = await wait_for_job(plan, timeout, spec.stuck_after, secrets)
-        except BaseException as exc:  # cancelled, interrupted, or the API failed mid-way
-            reason = "the run was cancelled" if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)) \
-                else f"the run stopped: {exc}"
-            await _shielded(abort(kube, plan.namespace, resources.selector(plan.labels), reason))
-            raise
+            return await _run(kube, spec, plan, held, started, retention)
+        finally:
+            await _shielded(claim.release(kube, held))
+
+
+async def _run(kube: Kube, spec: RunSpec, plan: ExecutionPlan, held: claim.Claim, started: float,
+               retention: dict[str, Any] | None) -> dict[str, Any]:
+    """The run's steps, with the target held."""
+    logger = get_run_logger()
+    timeout = (spec.request.timeout_seconds + WAIT_GRACE_SECONDS) if spec.request.timeout_seconds else 7 * 86400
+    secrets = [plan.resolved.inputs[k] for k in plan.resolved.secret_inputs]
+    try:
+        pvcs = await provision_volumes(plan)
+        await launch_job(plan, pvcs)
+        outcome = await wait_for_job(plan, timeout, spec.stuck_after, secrets)
+        await claim.renew(kube, held)
         verified = await verify_repository(plan) if outcome.succeeded and plan.snapshot is not None else {}
         result = await record_snapshot(plan, outcome, started, verified)
-        retention_error: StashflowError | None = None
-        if retention and plan.snapshot is not None:
-            try:
-                result["retention"] = await apply_retention(plan, retention)
-            except StashflowError as exc:  # reported, after the backup's own outcome
-                logger.error("retention failed: %s", exc)
-                retention_error = exc
-        if outcome.succeeded and "error_code" not in result:
-            deleted = await resources.prune_history(kube, plan.namespace, plan.labels, spec.history_limit,
-                                                    plan.job_name)
-            if deleted:
-                logger.info("history limit %d: removed %s", spec.history_limit, ", ".join(deleted))
-            await publish_success(plan, result)
-            if retention_error is not None:
-                raise retention_error
-            return result
-        return await _failed(kube, spec, plan, outcome, result)
+    except BaseException as exc:  # cancelled, interrupted, or the API failed mid-way
+        reason = "the run was cancelled" if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)) \
+            else f"the run stopped: {exc}"
+        await _shielded(abort(kube, plan.namespace, resources.selector(plan.labels), reason))
+        raise
+    retention_error: StashflowError | None = None
+    if retention and plan.snapshot is not None and result.get("error_code") in REPOSITORY_FAILURES:
+        logger.warning("retention skipped: the repository failed its check, pruning it could lose more")
+    elif retention and plan.snapshot is not None:
+        try:
+            result["retention"] = await apply_retention(plan, retention)
+        except StashflowError as exc:  # reported, after the backup's own outcome
+            logger.error("retention failed: %s", exc)
+            retention_error = exc
+    if outcome.succeeded and "error_code" not in result:
+        deleted = await resources.prune_history(kube, plan.namespace, plan.labels, spec.history_limit,
+                                                plan.job_name)
+        if deleted:
+            logger.info("history limit %d: removed %s", spec.history_limit, ", ".join(deleted))
+        await publish_success(plan, result)
+        if retention_error is not None:
+            raise retention_error
+        return result
+    return await _failed(kube, spec, plan, outcome, result)
 
 
 async def _failed(kube: Kube, spec: RunSpec, plan: ExecutionPlan, outcome: JobOutcome, result: dict[str, Any]
@@ -110,11 +137,14 @@ async def _failed(kube: Kube, spec: RunSpec, plan: ExecutionPlan, outcome: JobOu
     if deleted:
         logger.info("removed %s", ", ".join(deleted))
     title = f"{plan.resolved.flow_name} failed for {plan.target} in {plan.namespace}"
-    if result.get("error_code") == "no-result":
-        error = RunError(f"{title}: the Job succeeded but reported no result", code="no-result",
-                         hint="the Function must write its termination message or print restic's --json summary")
-        await acreate_markdown_artifact(markdown=f"# {title}\n\n{error.message}\n\n**What to do:** {error.hint}",
-                                        description="why the run failed")
+    code = result.get("error_code")
+    if code in RESULT_FAILURES:
+        message, hint = RESULT_FAILURES[code]
+        error = RunError(f"{title}: {result.get('error') or message}", code=code, hint=hint)
+        await acreate_markdown_artifact(
+            markdown=f"# {code}: {title}\n\n{error.message}\n\n- Job: `{plan.job_name}`\n"
+                     f"- Snapshot: `{plan.snapshot_name}` (Failed)\n\n**What to do:** {error.hint}",
+            description="why the run failed")
         raise error
     assert diagnosis is not None
     code = "run-timeout" if outcome.phase == "TimedOut" else diagnosis.code
@@ -163,8 +193,10 @@ async def _shielded(coro: Any) -> None:
 
 
 async def abort(kube: Kube, namespace: str, label_selector: str, reason: str) -> list[str]:
-    """Stop a run from outside its normal path: delete its Job and PVCs, fail its Snapshot."""
+    """Stop a run from outside its normal path: delete its Job and PVCs, fail its Snapshot, give its
+    target back."""
     deleted = await resources.delete_run_objects(kube, namespace, label_selector)
+    deleted += await claim.delete_leases(kube, namespace, label_selector)
     for snapshot in await resources.list_snapshots(kube, namespace, label_selector):
         if (snapshot.get("status") or {}).get("phase") in (None, "Pending", "Running"):
             name = snapshot["metadata"]["name"]

@@ -50,6 +50,8 @@ from aiohttp import web
 from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from localkube.expansion import expand
+
 log = logging.getLogger("localkube.nodeagent")
 
 OUTCOME_ANNOTATION = "localkube.stashflow.dev/outcome"
@@ -283,18 +285,6 @@ def _container_id() -> str:
 def _image_id(image: str) -> str:
     """A stable stand-in digest: nothing is pulled, the image decides nothing here."""
     return f"{image.split('@')[0]}@sha256:{hashlib.sha256(image.encode()).hexdigest()}"
-
-
-_VAR_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
-
-
-def expand(text: str, env: Mapping[str, str]) -> str:
-    """Kubernetes' ``$(VAR)`` expansion in command, args and env values (``$$`` escapes ``$``)."""
-    def sub(m: re.Match[str]) -> str:
-        if m.group(0) == "$$":
-            return "$"
-        return env.get(m.group(1), m.group(0))
-    return _VAR_REF.sub(sub, text)
 
 
 class ConfigError(Exception):
@@ -1050,8 +1040,9 @@ class NodeAgent:
             src = volumes.get(vm["name"])
             if src is None:
                 continue
-            if vm.get("subPath"):
-                src = src / expand(vm["subPath"], env)
+            sub = vm.get("subPath") or (expand(vm["subPathExpr"], env) if vm.get("subPathExpr") else "")
+            if sub:  # subPath is taken as written; only subPathExpr is expanded
+                src = src / sub
                 if not src.exists():
                     src.mkdir(parents=True, mode=0o777)
             mounts.append({"source": str(src), "target": vm["mountPath"], "read_only": bool(vm.get("readOnly")),

@@ -4,8 +4,9 @@
 fails on one that was; without a shell there is no ``init || true``. A Function that says
 ``stashflow.io/repository-init: restic`` (an annotation) gets an init Job first: the
 backup Job's own pod (same image, volumes and restic environment) running ``restic init``,
-where "already exists" counts as success. It runs only while the repository has no
-Succeeded Snapshot at that path, so after the first backup it costs nothing.
+where "already exists" counts as success. It runs only while no Succeeded Snapshot has the
+repository's full location (URL and storage volume), so after the first backup into a
+repository it costs nothing, and a new directory or storage is always initialised.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any, Callable
 
 from stashflow.addons.errors import ClusterError, RunError
 from stashflow.addons.names import valid_name
-from stashflow.addons.render import LABEL_PREFIX, ExecutionPlan
+from stashflow.addons.render import LABEL_PREFIX, REPOSITORY_LOCATION_LABEL, ExecutionPlan
 
 from . import resources
 from .kube import Kube
@@ -33,15 +34,13 @@ def wants_init(plan: ExecutionPlan) -> bool:
 
 
 async def known_initialised(kube: Kube, plan: ExecutionPlan) -> bool:
-    """A Succeeded Snapshot already wrote to this repository path."""
-    assert plan.snapshot is not None and plan.repository is not None
-    path = plan.snapshot["status"]["components"][plan.component]["path"]
-    for snap in await resources.list_snapshots(kube, plan.namespace, f"kubestash.com/repo-name={plan.repository}"):
-        status = snap.get("status") or {}
-        if status.get("phase") == "Succeeded" and any(
-                (c or {}).get("path") == path for c in (status.get("components") or {}).values()):
-            return True
-    return False
+    """A Succeeded Snapshot already wrote to this very repository: same URL, same storage volume
+    (``stashflow.io/repository-location``), whatever the repository's name or directory."""
+    if not plan.repository_location:
+        return False
+    selector = f"{REPOSITORY_LOCATION_LABEL}={plan.repository_location}"
+    return any((snap.get("status") or {}).get("phase") == "Succeeded"
+               for snap in await resources.list_snapshots(kube, plan.namespace, selector))
 
 
 def restic_container(plan: ExecutionPlan, name: str, args: list[str]) -> dict[str, Any]:
@@ -127,17 +126,24 @@ def verify_job(plan: ExecutionPlan) -> dict[str, Any]:
 
 
 async def verify_repository(kube: Kube, plan: ExecutionPlan, on_log: Callable[[str, str], None]) -> dict:
-    """``{"integrity": bool, "size": "1.234 MiB"}`` (what was learnt), as KubeStash records them."""
+    """What was learnt about the repository after the backup, as KubeStash records it:
+    ``{"integrity": True, "size": "1.234 MiB"}``. When ``restic check`` fails, or the check
+    cannot run at all, ``{"integrity": False | None, "error": why, "code": ...}``: a backup into a
+    repository that cannot be verified is not called good."""
     from .results import format_bytes
 
     outcome = await run_helper_job(kube, plan, verify_job(plan), on_log)
-    found: dict = {}
     if outcome.succeeded:
-        found["integrity"] = True
+        found: dict = {"integrity": True}
         sizes = [int(m.group(1)) for line in outcome.logs("restic-stats") for m in [_STATS_SIZE.search(line)] if m]
         if sizes:
             found["size"] = format_bytes(sizes[-1])
-    elif outcome.diagnosis is not None and outcome.diagnosis.container == "restic-check" \
-            and outcome.diagnosis.category == "exit-code":
-        found["integrity"] = False  # restic check found errors
-    return found
+        return found
+    diagnosis = outcome.diagnosis
+    if diagnosis is not None and diagnosis.container == "restic-check" and diagnosis.category == "exit-code":
+        errors = [line for line in outcome.logs("restic-check") if line.strip()][-5:]
+        return {"integrity": False, "code": "repository-corrupt",
+                "error": "restic check found errors in the repository" + (": " + " / ".join(errors) if errors else "")}
+    reason = diagnosis.summary() if diagnosis else outcome.phase
+    return {"integrity": None, "code": "repository-check-failed",
+            "error": f"the repository could not be checked after the backup: {reason}"}

@@ -13,6 +13,7 @@ from stashflow.addons.errors import ClusterError, RunError
 from stashflow.addons.model import RetentionPolicy
 from stashflow.addons.render import ExecutionPlan
 from stashflow.addons.retention import Decision, Item, apply, parse_time
+from stashflow.addons.template import kube_escape
 
 from . import resources
 from .kube import Kube, current
@@ -29,11 +30,12 @@ def items_of(snapshots: list[dict[str, Any]]) -> list[Item]:
 
 def forget_job(plan: ExecutionPlan, component_path: str, ids: list[str]) -> dict[str, Any]:
     """The backup Job's pod running ``restic forget --prune`` on one component repository."""
-    container = restic_container(plan, "restic-forget", ["forget", "--prune", *ids])
-    own_path = plan.snapshot["status"]["components"][plan.component]["path"] if plan.snapshot else ""
+    # ids and paths come from Snapshot objects: data, escaped against Kubernetes' $(VAR) expansion
+    container = restic_container(plan, "restic-forget", ["forget", "--prune", *map(kube_escape, ids)])
+    own_path = kube_escape(plan.snapshot["status"]["components"][plan.component]["path"] if plan.snapshot else "")
     for env in container.get("env", []):
         if env.get("name") == "RESTIC_REPOSITORY" and own_path and env["value"].endswith(own_path):
-            env["value"] = env["value"][: -len(own_path)] + component_path
+            env["value"] = env["value"][: -len(own_path)] + kube_escape(component_path)
     suffix = "forget-" + hashlib.sha256(component_path.encode()).hexdigest()[:6]
     return helper_job(plan, suffix, "retention", [container], deadline=1800)
 

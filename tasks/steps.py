@@ -32,7 +32,8 @@ from stashflow.addons.render import (
 )
 from stashflow.addons.resolve import Value
 
-from . import resources
+from . import claim, resources
+from .claim import Claim
 from .kube import current
 from .repository import ensure_repository, wants_verify
 from .repository import verify_repository as check_repository
@@ -164,6 +165,19 @@ async def resolve_parameters(spec: RunSpec, catalog: Catalog) -> ExecutionPlan:
     return plan
 
 
+@task(name="claim-target", **STEP)
+async def claim_target(plan: ExecutionPlan) -> Claim:
+    """Hold the target in the cluster for this run (one run per target, whatever started it)."""
+    logger = get_run_logger()
+    held = await claim.claim_target(current(), plan)
+    if held.taken_over_from:
+        logger.warning("took %s over from run %s, which stopped without releasing it", plan.target,
+                       held.taken_over_from)
+    for name in held.orphans_failed:
+        logger.warning("Snapshot %s had no run behind it any more: marked Failed", name)
+    return held
+
+
 @task(name="provision-volumes", **STEP)
 async def provision_volumes(plan: ExecutionPlan) -> list[str]:
     """Create (or adopt) the PVCs of the task's volumeClaimTemplates; initialise the restic
@@ -261,7 +275,15 @@ async def record_snapshot(plan: ExecutionPlan, outcome: JobOutcome, started: flo
                                "namespace": plan.namespace, "target": str(plan.target)}
     if plan.snapshot is None:
         return summary
-    existing = await resources.read(kube, "Snapshot", plan.namespace, plan.snapshot_name)
+    try:
+        existing = await resources.read(kube, "Snapshot", plan.namespace, plan.snapshot_name)
+    except ClusterError as exc:
+        if exc.status != 404:
+            raise
+        # deleted while the run went on: the data is in the repository, so record it again
+        logger.warning("Snapshot %s was deleted during the run; creating it again", plan.snapshot_name)
+        existing, _ = await resources.create_or_adopt(kube, plan.snapshot)
+        summary["recreated"] = True
     components, channel = components_of(plan, outcome, existing.get("status"))
     base = plan.snapshot["status"]["components"][plan.component]
     duration = f"{time.time() - started:.3f}s"
@@ -280,7 +302,18 @@ async def record_snapshot(plan: ExecutionPlan, outcome: JobOutcome, started: flo
                            "reason": "BackupExecutorTerminatedBeforeCompletion",
                            "message": f"Failed to complete backup. Reason: {reason}",
                            "lastTransitionTime": now_rfc3339()})
-    if verified and plan.component in components and outcome.succeeded:
+    if verified and verified.get("error") and outcome.succeeded:
+        # the data went in, but the repository fails its check: not a backup anyone can trust
+        error = verified["error"]
+        components = {**components, plan.component: {**base, **components.get(plan.component, {}),
+                                                     "phase": "Failed", "integrity": verified.get("integrity"),
+                                                     "error": error}}
+        components[plan.component] = {k: v for k, v in components[plan.component].items() if v is not None}
+        conditions.append({"type": "SnapshotVerified", "status": "False",
+                           "reason": "RepositoryCorrupt" if verified.get("integrity") is False
+                           else "RepositoryCheckFailed", "message": error, "lastTransitionTime": now_rfc3339()})
+        summary.update(error_code=verified["code"], error=error)
+    elif verified and plan.component in components and outcome.succeeded:
         components[plan.component] = {**verified, **components[plan.component]}  # the container's word first
     prefix = base["path"].rsplit("/", 1)[0]  # repository/v1/<session>
     components = {name: {"path": f"{prefix}/{name}", "driver": base["driver"], "duration": duration, **c}

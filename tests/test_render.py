@@ -20,6 +20,7 @@ from stashflow.addons.render import (
     render_plan,
     snapshot_name,
 )
+from localkube.expansion import expand
 from support import DATA, run_cli
 
 NOW = datetime(2026, 11, 24, 2, 0, 0, tzinfo=timezone.utc)
@@ -197,17 +198,19 @@ def test_render_is_deterministic_given_time_and_id(catalog: Catalog) -> None:
     assert render_plan(catalog, request()).objects() == render_plan(catalog, request()).objects()
 
 
-def test_parameter_values_reach_the_job_verbatim_through_the_cli() -> None:
-    nasty = 'it\'s "quoted" \\back\\slash $HOME ${namespace} $$ `id`; rm -rf /\nsecond line'
-    rc, out, err = run_cli("render", "demo-addon", "logical-backup", "--catalog", str(DATA / "catalog"),
-                           "--namespace", "demo", "--target", "pvc/data", "--param", f"paths={nasty}", "-o", "json")
-    assert rc == 0, err
-    job = next(o for o in json.loads(out) if o["kind"] == "Job")
-    assert f"--paths={nasty}" in job["spec"]["template"]["spec"]["containers"][0]["args"]
-    rc, out, _ = run_cli("render", "demo-addon", "logical-backup", "--catalog", str(DATA / "catalog"),
-                         "--namespace", "demo", "--target", "pvc/data", "--param", f"paths={nasty}")
-    job = next(o for o in yaml.safe_load_all(out) if o["kind"] == "Job")
-    assert f"--paths={nasty}" in job["spec"]["template"]["spec"]["containers"][0]["args"]
+def test_parameter_values_reach_the_program_verbatim_through_the_cli() -> None:
+    """What the container's program receives, after Kubernetes' own $(VAR) expansion, is the value."""
+    nasty = 'it\'s "quoted" \\back\\slash $HOME ${namespace} $$ $(RESTIC_PASSWORD) $( `id`; rm -rf /\nsecond $'
+    env = {"RESTIC_PASSWORD": "the-secret", "HOME": "/root"}
+    for output in ("json", "yaml"):
+        rc, out, err = run_cli("render", "demo-addon", "logical-backup", "--catalog", str(DATA / "catalog"),
+                               "--namespace", "demo", "--target", "pvc/data", "--param", f"paths={nasty}", "-o", output)
+        assert rc == 0, err
+        objects = json.loads(out) if output == "json" else list(yaml.safe_load_all(out))
+        job = next(o for o in objects if o["kind"] == "Job")
+        received = [expand(a, env) for a in job["spec"]["template"]["spec"]["containers"][0]["args"]]
+        assert f"--paths={nasty}" in received
+        assert not any("the-secret" in a for a in received)
 
 
 def test_names_helpers() -> None:

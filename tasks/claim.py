@@ -1,0 +1,186 @@
+"""One run per target at a time, decided in the cluster itself.
+
+Prefect's per-target concurrency limit keeps a deployment's runs apart, but it cannot see a
+run of another Prefect server, an ad-hoc ``stashflow run``, or a run killed with its Job still
+going. So before a run touches the repository it claims its target: a ``coordination.k8s.io``
+Lease named for the target, created atomically (a second creator gets 409). The Lease names its
+holder, the run's identity (session, task, attempt); the same identity claims it again (a rerun
+adopting its Job). A Lease is released at the end of the run, and taken over only when it is
+stale: no Job of its holder is active and the holder has not renewed it for ``grace`` seconds
+(a run between its Jobs renews it). Snapshots that a stale holder left ``Pending`` or
+``Running`` end ``Failed`` with the reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from kubernetes_asyncio import client
+
+from stashflow.addons.errors import ClusterError, RunError
+from stashflow.addons.names import label_value, valid_name
+from stashflow.addons.render import LABEL_PREFIX, MANAGED_BY, ExecutionPlan
+
+from . import resources
+from .kube import Kube
+from .results import now_rfc3339
+
+HOLDER_ANNOTATION = LABEL_PREFIX + "holder-job"
+GRACE_SECONDS = 120
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A held target: the Lease's name and namespace, and whether it was taken from a stale run."""
+
+    namespace: str
+    lease: str
+    holder: str
+    taken_over_from: str | None = None
+    orphans_failed: tuple[str, ...] = ()
+
+
+def lease_name(plan: ExecutionPlan) -> str:
+    return valid_name("stashflow-target", plan.target.kind.lower(), plan.target.name)
+
+
+def holder_of(plan: ExecutionPlan) -> str:
+    """The run's identity: what names its Job. The same identity may claim again (adoption)."""
+    return f"{plan.session}/{plan.resolved.task.name}/{plan.labels.get(LABEL_PREFIX + 'attempt', '1')}"
+
+
+def _micro_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def now_micro_rfc3339() -> str:
+    """A Lease's MicroTime, always with its six digits (the API parses exactly that)."""
+    return _micro_now().strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _lease_body(plan: ExecutionPlan, holder: str) -> client.V1Lease:
+    now = now_micro_rfc3339()
+    return client.V1Lease(
+        metadata=client.V1ObjectMeta(name=lease_name(plan), namespace=plan.namespace, labels=dict(plan.labels),
+                                     annotations={HOLDER_ANNOTATION: plan.job_name,
+                                                  LABEL_PREFIX + "target": str(plan.target)}),
+        spec=client.V1LeaseSpec(holder_identity=holder, acquire_time=now, renew_time=now,
+                                lease_duration_seconds=GRACE_SECONDS))
+
+
+async def _holder_active(kube: Kube, namespace: str, lease: Any) -> bool:
+    """Is any Job of the Lease's holder (its main Job or a helper: init, verify, retention) still active?"""
+    labels = lease.metadata.labels or {}
+    session = labels.get(LABEL_PREFIX + "session")
+    if not session:
+        return False
+    found = await kube.call("list Jobs", kube.batch.list_namespaced_job, namespace,
+                            label_selector=f"app.kubernetes.io/managed-by={MANAGED_BY},"
+                                           f"{LABEL_PREFIX}session={session}")
+    return any(not any(c.type in ("Complete", "Failed") and c.status == "True" for c in (j.status.conditions or []))
+               and j.metadata.deletion_timestamp is None for j in found.items)
+
+
+def _renewed_within(lease: Any, seconds: float) -> bool:
+    renewed = lease.spec.renew_time or lease.spec.acquire_time
+    if renewed is None:
+        return False
+    if renewed.tzinfo is None:
+        renewed = renewed.replace(tzinfo=timezone.utc)
+    return (_micro_now() - renewed).total_seconds() < seconds
+
+
+async def claim_target(kube: Kube, plan: ExecutionPlan) -> Claim:
+    """Hold the target for this run, or raise ``RunError`` (``target-busy``) naming who holds it."""
+    coord = client.CoordinationV1Api(kube.api)
+    name, ns, holder = lease_name(plan), plan.namespace, holder_of(plan)
+    try:
+        await kube.call(f"create Lease {ns}/{name}", coord.create_namespaced_lease, ns, _lease_body(plan, holder))
+        return Claim(ns, name, holder, orphans_failed=tuple(await fail_orphans(kube, plan)))
+    except ClusterError as exc:
+        if exc.status != 409:
+            raise
+    lease = await kube.call(f"read Lease {ns}/{name}", coord.read_namespaced_lease, name, ns)
+    theirs = lease.spec.holder_identity or ""
+    if theirs != holder and (await _holder_active(kube, ns, lease) or _renewed_within(lease, GRACE_SECONDS)):
+        job = (lease.metadata.annotations or {}).get(HOLDER_ANNOTATION, "?")
+        raise RunError(
+            f"{plan.target} in {ns} is busy: run {theirs} holds it (Job {job}); one run per target at a time",
+            code="target-busy",
+            hint=f"wait for that run to end, or if it is gone for good delete its Job: kubectl -n {ns} delete job {job}")
+    body = _lease_body(plan, holder)
+    body.metadata.resource_version = lease.metadata.resource_version  # replace only what we read: atomic
+    try:
+        await kube.call(f"take over Lease {ns}/{name}", coord.replace_namespaced_lease, name, ns, body)
+    except ClusterError as exc:
+        if exc.status == 409:
+            raise RunError(f"{plan.target} in {ns} was claimed by another run at the same moment",
+                           code="target-busy", hint="one run per target at a time; this one did nothing") from None
+        raise
+    orphans = await fail_orphans(kube, plan)
+    return Claim(ns, name, holder, taken_over_from=theirs if theirs != holder else None,
+                 orphans_failed=tuple(orphans))
+
+
+async def renew(kube: Kube, claim: Claim) -> None:
+    """Say the run is alive between its Jobs (before verification, recording, retention)."""
+    coord = client.CoordinationV1Api(kube.api)
+    await kube.call(f"renew Lease {claim.namespace}/{claim.lease}", coord.patch_namespaced_lease, claim.lease,
+                    claim.namespace, {"spec": {"renewTime": now_micro_rfc3339()}})
+
+
+async def delete_leases(kube: Kube, namespace: str, label_selector: str) -> list[str]:
+    """Release the claims of a run found by its labels (from a cancel or crash hook)."""
+    coord = client.CoordinationV1Api(kube.api)
+    found = await kube.call("list Leases", coord.list_namespaced_lease, namespace, label_selector=label_selector)
+    deleted = []
+    for lease in found.items:
+        try:
+            await kube.call(f"delete Lease {namespace}/{lease.metadata.name}", coord.delete_namespaced_lease,
+                            lease.metadata.name, namespace)
+            deleted.append(f"Lease/{lease.metadata.name}")
+        except ClusterError as exc:
+            if exc.status != 404:
+                raise
+    return deleted
+
+
+async def release(kube: Kube, claim: Claim) -> None:
+    """Give the target back (only if this run still holds it)."""
+    coord = client.CoordinationV1Api(kube.api)
+    try:
+        lease = await kube.call(f"read Lease {claim.namespace}/{claim.lease}", coord.read_namespaced_lease,
+                                claim.lease, claim.namespace)
+        if lease.spec.holder_identity != claim.holder:
+            return
+        await kube.call(f"delete Lease {claim.namespace}/{claim.lease}", coord.delete_namespaced_lease, claim.lease,
+                        claim.namespace, body=client.V1DeleteOptions(
+                            preconditions=client.V1Preconditions(resource_version=lease.metadata.resource_version)))
+    except ClusterError as exc:
+        if exc.status not in (404, 409):
+            raise
+
+
+async def fail_orphans(kube: Kube, plan: ExecutionPlan) -> list[str]:
+    """With the target held, a stashflow Snapshot of it still Pending/Running from another session has
+    no run behind it any more: mark it Failed, saying so. Returns their names."""
+    selector = (f"app.kubernetes.io/managed-by={MANAGED_BY},kubestash.com/app-ref-kind={label_value(plan.target.kind)},"
+                f"kubestash.com/app-ref-name={label_value(plan.target.name)}")
+    failed = []
+    for snap in await resources.list_snapshots(kube, plan.namespace, selector):
+        status = snap.get("status") or {}
+        name = snap["metadata"]["name"]
+        if status.get("phase") not in (None, "Pending", "Running") or name == plan.snapshot_name:
+            continue
+        reason = ("orphaned: the run that made this Snapshot stopped before recording a result, and its Job is "
+                  "no longer running")
+        components = {c: {**v, "phase": "Failed", "error": reason} for c, v in (status.get("components") or {}).items()}
+        await resources.patch_snapshot_status(kube, plan.namespace, name, {
+            "phase": "Failed", "components": components, "lastUpdateTime": now_rfc3339(),
+            "conditions": [*(status.get("conditions") or []),
+                           {"type": "BackupIncomplete", "status": "True", "reason": "BackupRunOrphaned",
+                            "message": reason, "lastTransitionTime": now_rfc3339()}]})
+        failed.append(name)
+    return failed
