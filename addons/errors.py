@@ -15,6 +15,11 @@ Tree (every layer raises these; none defines its own base):
     │   ├── CatalogError      Addons/Functions that do not fit together
     │   └── ResolutionError   a task's parameters cannot be resolved
     ├── ClusterError          the Kubernetes API refused or failed (``status``)
+    │   ├── NotFound          404
+    │   ├── Conflict          409
+    │   ├── Forbidden         401, 403
+    │   ├── Invalid           422
+    │   └── Unavailable       no answer, 429, 5xx (after retries)
     └── RunError              a backup or restore run failed (``diagnosis``)
     Problems                  several of the above at once (``.problems``)
 """
@@ -160,6 +165,36 @@ class ClusterError(StashflowError):
     def __init__(self, message: str, *, status: int = 0, **kwargs) -> None:  # type: ignore[no-untyped-def]
         self.status = status
         super().__init__(message, **kwargs)
+
+
+class NotFound(ClusterError):
+    """404: the namespace, object or resource type does not exist."""
+
+    default_code = "api-not-found"
+
+
+class Conflict(ClusterError):
+    """409: the object exists already, or changed since it was read."""
+
+    default_code = "api-conflict"
+
+
+class Forbidden(ClusterError):
+    """401/403: the identity stashflow runs as may not do this."""
+
+    default_code = "api-forbidden"
+
+
+class Invalid(ClusterError):
+    """422: the API server rejected the object; its message names the field."""
+
+    default_code = "api-invalid"
+
+
+class Unavailable(ClusterError):
+    """No answer, 429 or 5xx after retries: the cluster, not the request, is the problem."""
+
+    default_code = "api-unavailable"
 
 
 class RunError(StashflowError):

@@ -51,8 +51,9 @@ RUN_OPTIONS: list[tuple[str, Any, Any, str]] = [
     ("encryption_secret", str | None, None, "Secret in the namespace whose key RESTIC_PASSWORD encrypts the data."),
     ("snapshot", str | None, None, "Restores: the Snapshot to restore, or 'latest' (of `repository`)."),
     ("timeout", str | None, "6h", "Deadline of the run (Job activeDeadlineSeconds), e.g. 30m, 6h; empty: none."),
-    ("session", str | None, None, "Backup/restore session name (names the Job and Snapshot); "
-                                  "default: the target and the run's scheduled time."),
+    ("session", str | None, None, "The run's name (KubeStash's BackupSession/RestoreSession): it names the Job and "
+                                  "the Snapshot, and a run with the same name adopts that run's Job instead of "
+                                  "starting a second; default: the target and the run's scheduled time."),
     ("plan_session", str | None, None, "The plan's session name (repository path); default: the task name."),
     ("db_version", str | None, None, "Database version, mapped onto the Function's availableVersions."),
     ("variables", dict[str, str] | None, None, "Other built-in variables (e.g. POD_ORDINAL)."),

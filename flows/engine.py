@@ -10,7 +10,9 @@ PVCs and marks its Snapshot Failed; a failed run keeps its Job only within the h
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import signal
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -80,6 +82,7 @@ async def execute(spec: RunSpec, catalog: Catalog, connection: Connection,
     async with connection.connect() as kube:
         plan = await resolve_parameters(spec, catalog)
         held = await claim_target(plan)
+        _fault_point("claim-target")
         try:
             return await _run(kube, spec, plan, held, started, retention)
         finally:
@@ -94,11 +97,15 @@ async def _run(kube: Kube, spec: RunSpec, plan: ExecutionPlan, held: claim.Claim
     secrets = [plan.resolved.inputs[k] for k in plan.resolved.secret_inputs]
     try:
         pvcs = await provision_volumes(plan)
+        _fault_point("provision-volumes")
         await launch_job(plan, pvcs)
+        _fault_point("launch-job")
         outcome = await wait_for_job(plan, timeout, spec.stuck_after, secrets)
+        _fault_point("wait-for-job")
         await claim.renew(kube, held)
         verified = await verify_repository(plan) if outcome.succeeded and plan.snapshot is not None else {}
         result = await record_snapshot(plan, outcome, started, verified)
+        _fault_point("record-snapshot")
     except BaseException as exc:  # cancelled, interrupted, or the API failed mid-way
         reason = "the run was cancelled" if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)) \
             else f"the run stopped: {exc}"
@@ -114,8 +121,9 @@ async def _run(kube: Kube, spec: RunSpec, plan: ExecutionPlan, held: claim.Claim
             logger.error("retention failed: %s", exc)
             retention_error = exc
     if outcome.succeeded and "error_code" not in result:
+        # a limit of 0 keeps nothing, not even this run's Job
         deleted = await resources.prune_history(kube, plan.namespace, plan.labels, spec.history_limit,
-                                                plan.job_name)
+                                                plan.job_name if spec.history_limit > 0 else None)
         if deleted:
             logger.info("history limit %d: removed %s", spec.history_limit, ", ".join(deleted))
         await publish_success(plan, result)
@@ -123,6 +131,13 @@ async def _run(kube: Kube, spec: RunSpec, plan: ExecutionPlan, held: claim.Claim
             raise retention_error
         return result
     return await _failed(kube, spec, plan, outcome, result)
+
+
+def _fault_point(step: str) -> None:
+    """The test suite's fault matrix kills a run right after ``step`` (``STASHFLOW_FAULT_KILL_AFTER``):
+    SIGKILL, so nothing of the run can clean up, as when a node or a worker dies. Unset in real use."""
+    if os.environ.get("STASHFLOW_FAULT_KILL_AFTER") == step:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 async def _failed(kube: Kube, spec: RunSpec, plan: ExecutionPlan, outcome: JobOutcome, result: dict[str, Any]

@@ -13,13 +13,14 @@ stale: no Job of its holder is active and the holder has not renewed it for ``gr
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 from kubernetes_asyncio import client
 
-from stashflow.addons.errors import ClusterError, RunError
+from stashflow.addons.errors import Conflict, NotFound, RunError
 from stashflow.addons.names import label_value, valid_name
 from stashflow.addons.render import LABEL_PREFIX, MANAGED_BY, ExecutionPlan
 
@@ -99,9 +100,8 @@ async def claim_target(kube: Kube, plan: ExecutionPlan) -> Claim:
     try:
         await kube.call(f"create Lease {ns}/{name}", coord.create_namespaced_lease, ns, _lease_body(plan, holder))
         return Claim(ns, name, holder, orphans_failed=tuple(await fail_orphans(kube, plan)))
-    except ClusterError as exc:
-        if exc.status != 409:
-            raise
+    except Conflict:
+        pass  # held: by this run (adoption), by a live run (busy) or by a stale one (take over)
     lease = await kube.call(f"read Lease {ns}/{name}", coord.read_namespaced_lease, name, ns)
     theirs = lease.spec.holder_identity or ""
     if theirs != holder and (await _holder_active(kube, ns, lease) or _renewed_within(lease, GRACE_SECONDS)):
@@ -114,11 +114,9 @@ async def claim_target(kube: Kube, plan: ExecutionPlan) -> Claim:
     body.metadata.resource_version = lease.metadata.resource_version  # replace only what we read: atomic
     try:
         await kube.call(f"take over Lease {ns}/{name}", coord.replace_namespaced_lease, name, ns, body)
-    except ClusterError as exc:
-        if exc.status == 409:
-            raise RunError(f"{plan.target} in {ns} was claimed by another run at the same moment",
-                           code="target-busy", hint="one run per target at a time; this one did nothing") from None
-        raise
+    except Conflict:
+        raise RunError(f"{plan.target} in {ns} was claimed by another run at the same moment",
+                       code="target-busy", hint="one run per target at a time; this one did nothing") from None
     orphans = await fail_orphans(kube, plan)
     return Claim(ns, name, holder, taken_over_from=theirs if theirs != holder else None,
                  orphans_failed=tuple(orphans))
@@ -137,13 +135,10 @@ async def delete_leases(kube: Kube, namespace: str, label_selector: str) -> list
     found = await kube.call("list Leases", coord.list_namespaced_lease, namespace, label_selector=label_selector)
     deleted = []
     for lease in found.items:
-        try:
+        with contextlib.suppress(NotFound):
             await kube.call(f"delete Lease {namespace}/{lease.metadata.name}", coord.delete_namespaced_lease,
                             lease.metadata.name, namespace)
             deleted.append(f"Lease/{lease.metadata.name}")
-        except ClusterError as exc:
-            if exc.status != 404:
-                raise
     return deleted
 
 
@@ -158,9 +153,8 @@ async def release(kube: Kube, claim: Claim) -> None:
         await kube.call(f"delete Lease {claim.namespace}/{claim.lease}", coord.delete_namespaced_lease, claim.lease,
                         claim.namespace, body=client.V1DeleteOptions(
                             preconditions=client.V1Preconditions(resource_version=lease.metadata.resource_version)))
-    except ClusterError as exc:
-        if exc.status not in (404, 409):
-            raise
+    except (NotFound, Conflict):
+        pass  # gone already, or taken over: nothing of ours to give back
 
 
 async def fail_orphans(kube: Kube, plan: ExecutionPlan) -> list[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from stashflow.addons.errors import ClusterError
+from stashflow.addons.errors import Conflict
 from stashflow.addons.rbac import rbac_objects
 
 from .kube import Kube
@@ -24,9 +24,8 @@ async def _apply(kube: Kube, obj: dict[str, Any]) -> str:
     try:
         await kube.call(f"create {kind} {name}", create, *scope, obj)
         return f"{kind}/{name} created"
-    except ClusterError as exc:
-        if exc.status != 409:
-            raise
+    except Conflict:
+        pass  # it exists: replace or keep it below
     if replace is None:
         return f"{kind}/{name} unchanged"
     await kube.call(f"update {kind} {name}", replace, name, *scope, obj)

@@ -19,7 +19,7 @@ import aiohttp
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from stashflow.addons.errors import ClusterError
+from stashflow.addons.errors import ClusterError, Conflict, Forbidden, Invalid, NotFound, Unavailable
 
 log = logging.getLogger("stashflow.kube")
 T = TypeVar("T")
@@ -42,25 +42,25 @@ def classify(exc: BaseException, what: str) -> ClusterError:
     if isinstance(exc, ApiException):
         status, message = exc.status or 0, api_message(exc)
         if status == 401:
-            return ClusterError(f"{what}: unauthorized: {message}", status=status, code="api-forbidden",
+            return Forbidden(f"{what}: unauthorized: {message}", status=status,
                                 hint="the kubeconfig's credentials are not accepted; refresh them")
         if status == 403:
-            return ClusterError(f"{what}: forbidden: {message}", status=status, code="api-forbidden",
+            return Forbidden(f"{what}: forbidden: {message}", status=status,
                                 hint="grant the verbs of `stashflow install --print` to the identity stashflow runs as")
         if status == 404:
-            return ClusterError(f"{what}: not found: {message}", status=status, code="api-not-found",
+            return NotFound(f"{what}: not found: {message}", status=status,
                                 hint="check that the namespace exists and `stashflow install` has run")
         if status == 409:
-            return ClusterError(f"{what}: conflict: {message}", status=status, code="api-conflict")
+            return Conflict(f"{what}: conflict: {message}", status=status)
         if status == 422:
-            return ClusterError(f"{what}: invalid: {message}", status=status, code="api-invalid",
+            return Invalid(f"{what}: invalid: {message}", status=status,
                                 hint="the API server named the field above; fix the plan or the Addon")
         if status in TRANSIENT_STATUS:
-            return ClusterError(f"{what}: the API answered {status} repeatedly: {message}", status=status,
-                                code="api-unavailable", hint="check the cluster's health and try again")
+            return Unavailable(f"{what}: the API answered {status} repeatedly: {message}", status=status,
+                               hint="check the cluster's health and try again")
         return ClusterError(f"{what}: {status} {message}", status=status, code="api-error")
-    return ClusterError(f"{what}: no answer from the API: {exc.__class__.__name__}: {exc}", status=0,
-                        code="api-unavailable", hint="is the cluster reachable from here? (kubectl cluster-info)")
+    return Unavailable(f"{what}: no answer from the API: {exc.__class__.__name__}: {exc}", status=0,
+                       hint="is the cluster reachable from here? (kubectl cluster-info)")
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -107,7 +107,7 @@ async def load_configuration(kubeconfig: str | None = None, context: str | None 
     try:
         await config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=configuration)
     except (config.ConfigException, FileNotFoundError, OSError) as exc:
-        raise ClusterError(f"cannot load a kubeconfig: {exc}", code="api-unavailable",
+        raise Unavailable(f"cannot load a kubeconfig: {exc}",
                            hint="set KUBECONFIG or pass --kubeconfig; inside a Pod the service account is used") from None
     return configuration
 

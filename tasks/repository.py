@@ -11,11 +11,12 @@ repository it costs nothing, and a new directory or storage is always initialise
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import re
 from typing import Any, Callable
 
-from stashflow.addons.errors import ClusterError, RunError
+from stashflow.addons.errors import NotFound, RunError
 from stashflow.addons.names import valid_name
 from stashflow.addons.render import LABEL_PREFIX, REPOSITORY_LOCATION_LABEL, ExecutionPlan
 
@@ -73,12 +74,9 @@ async def run_helper_job(kube: Kube, plan: ExecutionPlan, job: dict[str, Any], o
         return await JobWaiter(kube, plan.namespace, name, timeout=job["spec"]["activeDeadlineSeconds"] + 30,
                                stuck_after=stuck_after, on_log=on_log).wait()
     finally:
-        try:
+        with contextlib.suppress(NotFound):
             await kube.call(f"delete Job {plan.namespace}/{name}", kube.batch.delete_namespaced_job, name,
                             plan.namespace, propagation_policy="Foreground")
-        except ClusterError as exc:
-            if exc.status != 404:
-                raise
 
 
 def init_job(plan: ExecutionPlan) -> dict[str, Any]:

@@ -9,11 +9,12 @@ objects by label, so it also works from a cancel or crash hook that has only the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
 from stashflow.addons import crd
-from stashflow.addons.errors import ClusterError
+from stashflow.addons.errors import Conflict, Forbidden, NotFound, Unavailable
 from stashflow.addons.render import LABEL_PREFIX, MANAGED_BY
 
 from .kube import Kube
@@ -67,18 +68,16 @@ async def create_or_adopt(kube: Kube, obj: dict[str, Any]) -> tuple[dict[str, An
     try:
         created = await _create(kube, obj)
         return kube.api.sanitize_for_serialization(created), False
-    except ClusterError as exc:
-        if exc.status != 409:
-            raise
+    except Conflict:
+        pass  # it exists: adopt it below if it is this run's
     meta = obj["metadata"]
     existing = await read(kube, obj["kind"], meta["namespace"], meta["name"])
     theirs = identity((existing.get("metadata") or {}).get("labels") or {})
     if theirs != identity(meta.get("labels") or {}) or (existing["metadata"].get("deletionTimestamp")):
-        raise ClusterError(
+        raise Conflict(
             f'{obj["kind"]} {meta["namespace"]}/{meta["name"]} exists and belongs to another run '
             f"({', '.join(f'{k}={v}' for k, v in theirs.items() if v) or 'not made by stashflow'})",
-            status=409, code="api-conflict",
-            hint="pick another session name (--var backupSession=...) or delete the old object",
+            status=409, hint="give the run another name (--run NAME) or delete the old object",
         )
     log.info("adopted existing %s %s/%s", obj["kind"], meta["namespace"], meta["name"])
     return existing, True
@@ -139,16 +138,12 @@ async def ensure_snapshot_crd(kube: Kube, timeout: float = 30.0) -> str:
     try:
         await kube.call("read CRD", kube.extensions.read_custom_resource_definition, crd.CRD_NAME)
         return "present"
-    except ClusterError as exc:
-        if exc.status == 403:
-            return "unknown"
-        if exc.status != 404:
-            raise
-    try:
+    except Forbidden:
+        return "unknown"
+    except NotFound:
+        pass  # none: install stashflow's below
+    with contextlib.suppress(Conflict):  # another run installed it at the same moment
         await kube.call("create Snapshot CRD", kube.extensions.create_custom_resource_definition, crd.snapshot_crd())
-    except ClusterError as exc:
-        if exc.status != 409:
-            raise
     loop = asyncio.get_running_loop()
     end = loop.time() + timeout
     while loop.time() < end:
@@ -156,17 +151,15 @@ async def ensure_snapshot_crd(kube: Kube, timeout: float = 30.0) -> str:
         if any(c.type == "Established" and c.status == "True" for c in (found.status.conditions or [])):
             return "installed"
         await asyncio.sleep(0.1)
-    raise ClusterError("the Snapshot CRD was created but did not become Established", code="api-unavailable")
+    raise Unavailable("the Snapshot CRD was created but did not become Established")
 
 
 async def snapshot_schema(kube: Kube) -> str:
     """Whose Snapshot CRD the cluster has: ``"stashflow"``, ``"kubestash"`` or ``"unknown"`` (no read access)."""
     try:
         found = await kube.call("read CRD", kube.extensions.read_custom_resource_definition, crd.CRD_NAME)
-    except ClusterError as exc:
-        if exc.status in (403, 404):
-            return "unknown"
-        raise
+    except (Forbidden, NotFound):
+        return "unknown"
     return "stashflow" if (found.metadata.labels or {}).get("app.kubernetes.io/managed-by") == MANAGED_BY else "kubestash"
 
 
@@ -177,23 +170,17 @@ async def delete_run_objects(kube: Kube, namespace: str, label_selector: str, *,
     if jobs:
         found = await kube.call("list Jobs", kube.batch.list_namespaced_job, namespace, label_selector=label_selector)
         for job in found.items:
-            try:
+            with contextlib.suppress(NotFound):
                 await kube.call(f"delete Job {namespace}/{job.metadata.name}", kube.batch.delete_namespaced_job,
                                 job.metadata.name, namespace, propagation_policy="Foreground")
                 deleted.append(f"Job/{job.metadata.name}")
-            except ClusterError as exc:
-                if exc.status != 404:
-                    raise
     found = await kube.call("list PVCs", kube.core.list_namespaced_persistent_volume_claim, namespace,
                             label_selector=label_selector)
     for pvc in found.items:
-        try:
+        with contextlib.suppress(NotFound):
             await kube.call(f"delete PVC {namespace}/{pvc.metadata.name}",
                             kube.core.delete_namespaced_persistent_volume_claim, pvc.metadata.name, namespace)
             deleted.append(f"PersistentVolumeClaim/{pvc.metadata.name}")
-        except ClusterError as exc:
-            if exc.status != 404:
-                raise
     if wait and jobs:
         loop = asyncio.get_running_loop()
         end = loop.time() + wait

@@ -3,13 +3,14 @@ restic repositories stashflow manages, their data too, by a Job like the backup'
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from datetime import datetime, timezone
 from typing import Any, Callable
 
 from prefect import get_run_logger, task
 
-from stashflow.addons.errors import ClusterError, RunError
+from stashflow.addons.errors import NotFound, RunError
 from stashflow.addons.model import RetentionPolicy
 from stashflow.addons.render import ExecutionPlan
 from stashflow.addons.retention import Decision, Item, apply, parse_time
@@ -69,12 +70,9 @@ async def apply_retention(plan: ExecutionPlan, policy: dict[str, Any]) -> dict[s
         for path, ids in ids_by_path.items():
             await _forget(kube, plan, path, ids, lambda source, line: logger.info("%s | %s", source, line))
     for name in decision.delete:
-        try:
+        with contextlib.suppress(NotFound):
             await kube.call(f"delete Snapshot {name}", kube.custom.delete_namespaced_custom_object,
                             "storage.kubestash.com", "v1alpha1", plan.namespace, "snapshots", name)
-        except ClusterError as exc:
-            if exc.status != 404:
-                raise
         logger.info("retention: deleted Snapshot %s (%s)", name, "; ".join(decision.reasons[name]))
     logger.info("retention: kept %d Snapshot(s) of repository %s, deleted %d", len(decision.keep), plan.repository,
                 len(decision.delete))

@@ -18,7 +18,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from stashflow.addons.catalog import Catalog
-from stashflow.addons.errors import ClusterError, InputError, RunError
+from stashflow.addons.errors import InputError, NotFound, RunError
 from stashflow.addons.model import AddonInfo, AddonVolumeInfo, BackupStorage
 from stashflow.addons.render import (
     FLOW_RUN_LABEL,
@@ -100,9 +100,7 @@ async def _restore_source(spec: RunSpec) -> tuple[dict[str, Any], str]:
     else:
         try:
             found = await resources.read(kube, "Snapshot", spec.namespace, spec.snapshot)
-        except ClusterError as exc:
-            if exc.status != 404:
-                raise
+        except NotFound:
             raise RunError(f'no Snapshot "{spec.snapshot}" in namespace {spec.namespace}', code="snapshot-not-found",
                            hint="list them with `stashflow snapshots -n NAMESPACE`") from None
     status = found.get("status") or {}
@@ -277,9 +275,7 @@ async def record_snapshot(plan: ExecutionPlan, outcome: JobOutcome, started: flo
         return summary
     try:
         existing = await resources.read(kube, "Snapshot", plan.namespace, plan.snapshot_name)
-    except ClusterError as exc:
-        if exc.status != 404:
-            raise
+    except NotFound:
         # deleted while the run went on: the data is in the repository, so record it again
         logger.warning("Snapshot %s was deleted during the run; creating it again", plan.snapshot_name)
         existing, _ = await resources.create_or_adopt(kube, plan.snapshot)

@@ -59,3 +59,21 @@ def prefect_env(prefect_api) -> dict[str, str]:  # type: ignore[no-untyped-def]
 
     return {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value()), "PREFECT_RUNNER_POLL_FREQUENCY": "1",
             "PREFECT_LOGGING_LEVEL": "INFO"}
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The fault matrix as a table, when its tests ran (tests/runs/test_fault_matrix.py)."""
+    import sys
+
+    matrix = sys.modules.get(__package__ + ".test_fault_matrix" if __package__ else "test_fault_matrix")
+    rows = getattr(matrix, "ROWS", None)
+    if not rows:
+        return
+    tr = terminalreporter
+    tr.section("fault matrix")
+    head = ("fault", "end state", "code", "Snapshot", "Jobs left", "PVCs left", "duplicate Pods")
+    table = [head] + [(r.fault, r.state, r.code, r.snapshot, str(r.jobs_left), str(r.pvcs_left), str(r.duplicates))
+                      for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
+    for row in table:
+        tr.write_line("  ".join(cell.ljust(w) for cell, w in zip(row, widths)))
