@@ -25,7 +25,7 @@ from stashflow.addons.errors import RunError, StashflowError
 from stashflow.addons.render import FLOW_RUN_LABEL, ExecutionPlan
 from stashflow.tasks import claim, resources
 from stashflow.tasks.kube import Kube, connect
-from stashflow.tasks.results import now_rfc3339
+from stashflow.tasks.results import failed_status, now_rfc3339
 from stashflow.tasks.retention import apply_retention
 from stashflow.tasks.steps import (
     RunSpec,
@@ -215,14 +215,7 @@ async def abort(kube: Kube, namespace: str, label_selector: str, reason: str) ->
     for snapshot in await resources.list_snapshots(kube, namespace, label_selector):
         if (snapshot.get("status") or {}).get("phase") in (None, "Pending", "Running"):
             name = snapshot["metadata"]["name"]
-            components = {c: {**v, "phase": "Failed", "error": reason}
-                          for c, v in ((snapshot.get("status") or {}).get("components") or {}).items()}
-            await resources.patch_snapshot_status(kube, namespace, name, {
-                "phase": "Failed", "components": components, "lastUpdateTime": now_rfc3339(),
-                "conditions": [{"type": "BackupIncomplete", "status": "True",
-                                "reason": "BackupExecutorTerminatedBeforeCompletion",
-                                "message": f"Failed to complete backup. Reason: {reason}",
-                                "lastTransitionTime": now_rfc3339()}]})
+            await resources.patch_snapshot_status(kube, namespace, name, failed_status(snapshot.get("status"), reason))
             deleted.append(f"Snapshot/{name} marked Failed")
     return deleted
 

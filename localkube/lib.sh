@@ -51,9 +51,11 @@ apt_install() { # packages...: install the missing ones, idempotently
   done
   [ ${#missing[@]} -eq 0 ] && return 0
   [ "$(id -u)" = 0 ] || die "need root to apt-get install ${missing[*]}"
-  if [ $apt_updated = 0 ]; then apt-get update -qq; apt_updated=1; fi
+  # Another apt (a second test run, an unattended upgrade) may hold the lock: wait for it.
+  local wait=(-o DPkg::Lock::Timeout=600)
+  if [ $apt_updated = 0 ]; then apt-get "${wait[@]}" update -qq; apt_updated=1; fi
   say "apt-get install ${missing[*]}"
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  apt-get "${wait[@]}" install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
 pid_alive() { # pidfile

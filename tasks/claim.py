@@ -26,7 +26,7 @@ from stashflow.addons.render import LABEL_PREFIX, MANAGED_BY, ExecutionPlan
 
 from . import resources
 from .kube import Kube
-from .results import now_rfc3339
+from .results import failed_status
 
 HOLDER_ANNOTATION = LABEL_PREFIX + "holder-job"
 GRACE_SECONDS = 120
@@ -170,11 +170,7 @@ async def fail_orphans(kube: Kube, plan: ExecutionPlan) -> list[str]:
             continue
         reason = ("orphaned: the run that made this Snapshot stopped before recording a result, and its Job is "
                   "no longer running")
-        components = {c: {**v, "phase": "Failed", "error": reason} for c, v in (status.get("components") or {}).items()}
-        await resources.patch_snapshot_status(kube, plan.namespace, name, {
-            "phase": "Failed", "components": components, "lastUpdateTime": now_rfc3339(),
-            "conditions": [*(status.get("conditions") or []),
-                           {"type": "BackupIncomplete", "status": "True", "reason": "BackupRunOrphaned",
-                            "message": reason, "lastTransitionTime": now_rfc3339()}]})
+        await resources.patch_snapshot_status(kube, plan.namespace, name,
+                                              failed_status(status, reason, reason="BackupRunOrphaned"))
         failed.append(name)
     return failed

@@ -146,3 +146,21 @@ def aggregate(components: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 def now_rfc3339() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def failure_condition(message: str, *, reason: str = "BackupExecutorTerminatedBeforeCompletion",
+                      type_: str = "BackupIncomplete") -> dict[str, Any]:
+    """The Snapshot condition KubeStash writes when a backup does not complete (§5)."""
+    return {"type": type_, "status": "True" if type_ == "BackupIncomplete" else "False", "reason": reason,
+            "message": message, "lastTransitionTime": now_rfc3339()}
+
+
+def failed_status(status: dict[str, Any] | None, error: str, *,
+                  reason: str = "BackupExecutorTerminatedBeforeCompletion") -> dict[str, Any]:
+    """A status patch that ends an unfinished Snapshot Failed: each component Failed with ``error``,
+    and a ``BackupIncomplete`` condition after the ones it had."""
+    status = status or {}
+    components = {c: {**v, "phase": "Failed", "error": error} for c, v in (status.get("components") or {}).items()}
+    return {"phase": "Failed", "components": components, "lastUpdateTime": now_rfc3339(),
+            "conditions": [*(status.get("conditions") or []),
+                           failure_condition(f"Failed to complete backup. Reason: {error}", reason=reason)]}

@@ -37,8 +37,8 @@ from .claim import Claim
 from .kube import current
 from .repository import ensure_repository, wants_verify
 from .repository import verify_repository as check_repository
-from .results import aggregate, component_from_restic, from_termination_message, nested_restic_stats, now_rfc3339, \
-    restic_snapshot_id, restic_summary
+from .results import aggregate, component_from_restic, failure_condition, from_termination_message, \
+    nested_restic_stats, now_rfc3339, restic_snapshot_id, restic_summary
 from .wait import JobOutcome, JobWaiter
 
 STEP = dict(cache_policy=NO_CACHE, persist_result=False)
@@ -294,10 +294,7 @@ async def record_snapshot(plan: ExecutionPlan, outcome: JobOutcome, started: flo
         reason = outcome.diagnosis.summary() if outcome.diagnosis else outcome.phase
         failed = {**base, **components.get(plan.component, {}), "phase": "Failed", "error": reason}
         components = {**components, plan.component: failed}
-        conditions.append({"type": "BackupIncomplete", "status": "True",
-                           "reason": "BackupExecutorTerminatedBeforeCompletion",
-                           "message": f"Failed to complete backup. Reason: {reason}",
-                           "lastTransitionTime": now_rfc3339()})
+        conditions.append(failure_condition(f"Failed to complete backup. Reason: {reason}"))
     if verified and verified.get("error") and outcome.succeeded:
         # the data went in, but the repository fails its check: not a backup anyone can trust
         error = verified["error"]
@@ -305,9 +302,8 @@ async def record_snapshot(plan: ExecutionPlan, outcome: JobOutcome, started: flo
                                                      "phase": "Failed", "integrity": verified.get("integrity"),
                                                      "error": error}}
         components[plan.component] = {k: v for k, v in components[plan.component].items() if v is not None}
-        conditions.append({"type": "SnapshotVerified", "status": "False",
-                           "reason": "RepositoryCorrupt" if verified.get("integrity") is False
-                           else "RepositoryCheckFailed", "message": error, "lastTransitionTime": now_rfc3339()})
+        conditions.append(failure_condition(error, type_="SnapshotVerified", reason="RepositoryCorrupt"
+                                            if verified.get("integrity") is False else "RepositoryCheckFailed"))
         summary.update(error_code=verified["code"], error=error)
     elif verified and plan.component in components and outcome.succeeded:
         components[plan.component] = {**verified, **components[plan.component]}  # the container's word first

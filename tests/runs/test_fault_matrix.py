@@ -225,7 +225,7 @@ def test_damaged_repository(kube_cluster, namespace, node_agent, prefect_api, ho
     common = dict(target="PersistentVolumeClaim/data", namespace=namespace, kubeconfig=str(kube_cluster.kubeconfig),
                   storage=storage, encryption_secret="pw", history_limit=0)
     assert run_flow("stashflow-pvc", "logical-backup", session="data-1", **common).is_completed()
-    next(p for p in host_tmp.rglob("data/*/*") if p.is_file()).unlink()
+    max((p for p in host_tmp.rglob("data/*/*") if p.is_file()), key=lambda p: p.stat().st_size).unlink()
     state = run_flow("stashflow-pvc", "logical-backup", session="data-2", **common)
     row = _record("damaged repository (a pack deleted)", state.type.value.title(), _code(state.message or ""),
                   kube_cluster, namespace, node_agent, snapshot_name="data-data-2", expected_pods=2)

@@ -9,7 +9,8 @@ import yaml
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from localkube.helpers import KUBESTASH_CRDS, install_crds, wait_until
+from localkube.helpers import KUBESTASH_CRDS, apt_install, create_pvc, install_crds, pvc_host_path, wait_until
+from localkube.nodeagent import run as run_for_real
 from localkube.nodeagent import succeed
 from support import HAVE_SHARED, run_cli
 
@@ -56,7 +57,8 @@ async def _service_account_kubeconfig(c: client.ApiClient, namespace: str, serve
         "contexts": [{"name": "sa", "context": {"cluster": "local", "user": "sa", "namespace": namespace}}]}))
 
 
-def test_install_then_a_run_as_the_service_account(kube_cluster, namespace, node_agent, prefect_api, tmp_path) -> None:
+def test_install_then_a_run_as_the_service_account(kube_cluster, namespace, node_agent, prefect_api, tmp_path,
+                                                  host_tmp) -> None:
     admin = yaml.safe_load(kube_cluster.kubeconfig.read_text())
     cluster_entry = admin["clusters"][0]["cluster"]
     ca = cluster_entry.get("certificate-authority-data") or base64.b64encode(
@@ -79,6 +81,34 @@ def test_install_then_a_run_as_the_service_account(kube_cluster, namespace, node
         # stashflow's own CRD keeps the report exactly, in the flat form the container wrote
         assert status["components"]["backup"]["resticStats"] == REPORT["components"]["backup"]["resticStats"]
         assert status["size"] == "3.000 MiB" and status["integrity"] is True
+
+        # everything a real backup does, as the ServiceAccount: claim, init, backup, verify, retention
+        # (restic forget and Snapshot deletion), history; then a restore of latest
+        apt_install("restic")
+        node_agent.default = run_for_real()
+
+        async def setup(c: client.ApiClient) -> tuple:
+            await create_pvc(c, namespace, "files")
+            await create_pvc(c, namespace, "back")
+            await client.CoreV1Api(c).create_namespaced_secret(namespace, {
+                "metadata": {"name": "pw"}, "data": {"RESTIC_PASSWORD": base64.b64encode(b"pw").decode()}})
+            return await pvc_host_path(c, namespace, "files"), await pvc_host_path(c, namespace, "back")
+
+        files, back = api(kube_cluster, setup)
+        (files / "a.txt").write_text("as the service account\n")
+        storage = {"apiVersion": "storage.kubestash.com/v1alpha1", "kind": "BackupStorage", "metadata": {"name": "s"},
+                   "spec": {"storage": {"provider": "local", "local": {"mountPath": "/r",
+                                                                       "hostPath": {"path": str(host_tmp)}}}}}
+        common = dict(target="PersistentVolumeClaim/files", namespace=namespace, kubeconfig=str(sa_config),
+                      storage=storage, encryption_secret="pw", retention={"successfulSnapshots": {"last": 1}})
+        for session in ("files-1", "files-2"):
+            state = run_flow("stashflow-pvc", "logical-backup", session=session, **common)
+            assert state.is_completed(), state.message
+        assert state.result()["retention"]["delete"] == ["files-files-1"]
+        state = run_flow("stashflow-pvc", "logical-backup-restore", target="PersistentVolumeClaim/back",
+                         namespace=namespace, kubeconfig=str(sa_config), snapshot="latest", repository="files")
+        assert state.is_completed(), state.message
+        assert (back / "a.txt").read_text() == "as the service account\n"
     finally:
         if HAVE_SHARED:  # give the rest of the session KubeStash's CRD back
             api(kube_cluster, _delete_snapshot_crd)
