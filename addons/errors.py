@@ -84,6 +84,9 @@ CODES: dict[str, str] = {
     "repository-corrupt": "restic check found errors in the repository after the backup: the backup is not good",
     "repository-check-failed": "the repository could not be checked after the backup: the backup is not known good",
     "target-busy": "another run of the same target is under way in the cluster (its Job is still active)",
+    "namespace-not-found": "the run's namespace does not exist (found before anything was created)",
+    "pvc-not-found": "a PersistentVolumeClaim the run needs does not exist (found before anything was created)",
+    "secret-not-found": "a Secret the run needs does not exist (found before anything was created)",
 }
 
 

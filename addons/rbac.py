@@ -14,6 +14,9 @@ RULES: list[dict[str, Any]] = [
     {"apiGroups": ["storage.kubestash.com"], "resources": ["snapshots"],
      "verbs": ["create", "get", "list", "patch", "delete"]},
     {"apiGroups": ["storage.kubestash.com"], "resources": ["snapshots/status"], "verbs": ["patch"]},
+    # the pre-flight check reads Secrets as metadata only (PartialObjectMetadata): their values never
+    # reach stashflow, but RBAC cannot grant less than get
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
     # one Lease per target: one run per target at a time (tasks/claim.py)
     {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
      "verbs": ["create", "get", "list", "update", "patch", "delete"]},

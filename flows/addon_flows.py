@@ -24,6 +24,7 @@ from typing import Any
 
 from prefect import Flow, flow, get_run_logger
 from prefect.runtime import flow_run as current_flow_run
+from prefect.states import Failed
 
 from stashflow.addons.catalog import BUILTIN_CATALOG, Catalog
 from stashflow.addons.durations import parse_duration
@@ -141,6 +142,15 @@ def _spec_from_parameters(addon: Addon, task: Task, list_name: str, values: dict
     )
 
 
+def state_message(exc: StashflowError, limit: int = 160) -> str:
+    """A failed run's state message: the stable code and the reason, short enough for the UI's one line
+    (the flow and run names already say which task and target; the logs and artifact have the rest)."""
+    diagnosis = getattr(exc, "diagnosis", None)
+    reason = diagnosis.summary() if diagnosis is not None else exc.message
+    text = " ".join(f"{exc.code}: {reason}".split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def make_flow(catalog: Catalog, addon: Addon, list_name: str, task: Task) -> Flow:
     """The flow of one Addon task, its signature built from the task's parameters."""
     pyname = python_name(addon.name, task.name)
@@ -175,13 +185,14 @@ def make_flow(catalog: Catalog, addon: Addon, list_name: str, task: Task) -> Flo
                 return await execute(spec, catalog, connection, values.get("retention"))
         except policies.Skip as skip:
             return policies.skipped(skip.reason)
-        except StashflowError:
+        except StashflowError as exc:
+            get_run_logger().error("%s", exc.format())  # the whole line, once; no traceback for a known failure
             if list_name == "backupTasks":
                 note = await policies.schedule_retry(dict(current_flow_run.parameters), spec.request.attempt,
                                                      int(values.get("max_retry") or 0), values.get("retry_delay"))
                 if note:
                     get_run_logger().warning("backup failed; %s", note)
-            raise
+            return Failed(message=state_message(exc), data=exc)
 
     run.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
     run.__annotations__ = {prm.name: prm.annotation for prm in parameters} | {"return": Any}

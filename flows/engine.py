@@ -25,12 +25,15 @@ from stashflow.addons.errors import RunError, StashflowError
 from stashflow.addons.render import FLOW_RUN_LABEL, ExecutionPlan
 from stashflow.tasks import claim, resources
 from stashflow.tasks.kube import Kube, connect
+from stashflow.tasks.diagnose import Category
 from stashflow.tasks.results import failed_status, now_rfc3339
 from stashflow.tasks.retention import apply_retention
 from stashflow.tasks.steps import (
+    JobFailed,
     RunSpec,
     claim_target,
     launch_job,
+    preflight,
     provision_volumes,
     record_snapshot,
     resolve_parameters,
@@ -54,7 +57,7 @@ RESULT_FAILURES = {
 REPOSITORY_FAILURES = {"repository-corrupt", "repository-check-failed"}
 WAIT_GRACE_SECONDS = 30  # past activeDeadlineSeconds, the run's own deadline stops the wait
 STOPPED_PHASES = {"TimedOut", "Stuck", "Gone"}  # the Job did not end by itself: always removed
-STOPPED_CATEGORIES = {"deadline-exceeded"}
+STOPPED_CATEGORIES = {Category.DEADLINE_EXCEEDED}
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,7 @@ async def execute(spec: RunSpec, catalog: Catalog, connection: Connection,
     started = time.time()
     async with connection.connect() as kube:
         plan = await resolve_parameters(spec, catalog)
+        await preflight(plan)
         held = await claim_target(plan)
         _fault_point("claim-target")
         try:
@@ -100,7 +104,10 @@ async def _run(kube: Kube, spec: RunSpec, plan: ExecutionPlan, held: claim.Claim
         _fault_point("provision-volumes")
         await launch_job(plan, pvcs)
         _fault_point("launch-job")
-        outcome = await wait_for_job(plan, timeout, spec.stuck_after, secrets)
+        try:
+            outcome = await wait_for_job(plan, timeout, spec.stuck_after, secrets)
+        except JobFailed as failed:  # the step is Failed; the run goes on to record why
+            outcome = failed.outcome
         _fault_point("wait-for-job")
         await claim.renew(kube, held)
         verified = await verify_repository(plan) if outcome.succeeded and plan.snapshot is not None else {}
@@ -152,18 +159,25 @@ async def _failed(kube: Kube, spec: RunSpec, plan: ExecutionPlan, outcome: JobOu
     if deleted:
         logger.info("removed %s", ", ".join(deleted))
     title = f"{plan.resolved.flow_name} failed for {plan.target} in {plan.namespace}"
+    kept = not any(d == f"Job/{plan.job_name}" for d in deleted)
+    facts = [("Job", f"`{plan.job_name}`" + (" (kept for debugging)" if kept else " (removed)")),
+             ("attempt", str(spec.request.attempt))]
+    if plan.snapshot_name:
+        facts.append(("Snapshot", f"`{plan.snapshot_name}` (Failed)"))
+    key = artifact_key("failure", plan.namespace, plan.target.kind, plan.target.name)
     code = result.get("error_code")
     if code in RESULT_FAILURES:
         message, hint = RESULT_FAILURES[code]
         error = RunError(f"{title}: {result.get('error') or message}", code=code, hint=hint)
         await acreate_markdown_artifact(
-            markdown=f"# {code}: {title}\n\n{error.message}\n\n- Job: `{plan.job_name}`\n"
-                     f"- Snapshot: `{plan.snapshot_name}` (Failed)\n\n**What to do:** {error.hint}",
+            key=key, markdown="\n".join([f"# {code}: {title}", "", result.get("error") or message, "",
+                                          *[f"- {k}: {v}" for k, v in facts], "", f"**What to do:** {hint}"]),
             description="why the run failed")
         raise error
     assert diagnosis is not None
     code = "run-timeout" if outcome.phase == "TimedOut" else diagnosis.code
-    await acreate_markdown_artifact(markdown=diagnosis.markdown(title), description="why the run failed")
+    await acreate_markdown_artifact(key=key, markdown=diagnosis.markdown(title, facts),
+                                    description="why the run failed")
     raise RunError(f"{title}: {diagnosis.summary()}", code=code, diagnosis=diagnosis, hint=diagnosis.hint)
 
 

@@ -26,6 +26,7 @@ from stashflow.addons.render import LABEL_PREFIX, MANAGED_BY, ExecutionPlan
 
 from . import resources
 from .kube import Kube
+from .preflight import namespace_missing
 from .results import failed_status
 
 HOLDER_ANNOTATION = LABEL_PREFIX + "holder-job"
@@ -100,6 +101,8 @@ async def claim_target(kube: Kube, plan: ExecutionPlan) -> Claim:
     try:
         await kube.call(f"create Lease {ns}/{name}", coord.create_namespaced_lease, ns, _lease_body(plan, holder))
         return Claim(ns, name, holder, orphans_failed=tuple(await fail_orphans(kube, plan)))
+    except NotFound:  # only the namespace can be missing when creating
+        raise namespace_missing(ns) from None
     except Conflict:
         pass  # held: by this run (adoption), by a live run (busy) or by a stale one (take over)
     lease = await kube.call(f"read Lease {ns}/{name}", coord.read_namespaced_lease, name, ns)

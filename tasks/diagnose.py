@@ -7,46 +7,68 @@ from the test cluster and on recorded ones alike. The category becomes the error
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Iterable
 
 IMAGE_PULL_REASONS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull", "RegistryUnavailable"}
 CONFIG_REASONS = {"CreateContainerConfigError", "CreateContainerError", "RunContainerError"}
 
+
+class Category(StrEnum):
+    """Why a Job failed. Stable: each value is also the error code ``job-<value>``."""
+
+    EXIT_CODE = "exit-code"
+    OOM_KILLED = "oom-killed"
+    IMAGE_PULL = "image-pull"
+    UNSCHEDULABLE = "unschedulable"
+    DEADLINE_EXCEEDED = "deadline-exceeded"
+    EVICTED = "evicted"
+    CONFIG_ERROR = "config-error"
+    FAILED = "failed"
+
+
 HINTS = {
-    "exit-code": "read the log lines above; the Function's container reported the failure",
-    "oom-killed": "raise the memory limit: addon.containerRuntimeSettings.resources.limits.memory in the plan",
-    "image-pull": "check the image name and tag, and imagePullSecrets in addon.jobTemplate.spec for private registries",
-    "unschedulable": "no node fits the Pod: check resources requests, nodeSelector, tolerations and PVC binding",
-    "deadline-exceeded": "the Job ran past its deadline: raise backupTimeout (or --timeout) or back up less at once",
-    "evicted": "the node ran short of a resource and evicted the Pod; set requests so it is scheduled where it fits",
-    "config-error": "a Secret, ConfigMap or volume the container needs is missing; create it or fix the reference",
-    "failed": "inspect the Job's events: kubectl describe job",
+    Category.EXIT_CODE: "read the container's last log lines (below, and in the run's logs): the Function reported "
+                        "the failure",
+    Category.OOM_KILLED: "raise the memory limit: addon.containerRuntimeSettings.resources.limits.memory in the plan",
+    Category.IMAGE_PULL: "check the image name and tag, and imagePullSecrets in addon.jobTemplate.spec for private "
+                         "registries",
+    Category.UNSCHEDULABLE: "no node fits the Pod: check resources requests, nodeSelector, tolerations and PVC "
+                            "binding",
+    Category.DEADLINE_EXCEEDED: "the Job ran past its deadline: raise backupTimeout (or --timeout) or back up less "
+                                "at once",
+    Category.EVICTED: "the node ran short of a resource and evicted the Pod; set requests so it is scheduled where "
+                      "it fits",
+    Category.CONFIG_ERROR: "a Secret, ConfigMap or volume the container needs is missing; create it or fix the "
+                           "reference",
+    Category.FAILED: "inspect the Job's events: kubectl describe job",
 }
 
 
-@dataclass
+@dataclass(frozen=True)
 class Diagnosis:
-    """One failure, classified."""
+    """One failure, classified: what the run reports, the artifact shows and the error code names."""
 
-    category: str
+    category: Category
     reason: str
     message: str = ""
     container: str | None = None
     exit_code: int | None = None
-    log_tail: list[str] = field(default_factory=list)
+    log_tail: tuple[str, ...] = ()
 
     @property
     def code(self) -> str:
-        return f"job-{self.category}"
+        return f"job-{self.category.value}"
 
     @property
     def hint(self) -> str:
-        return HINTS.get(self.category, HINTS["failed"])
+        return HINTS[self.category]
 
     def summary(self) -> str:
         """One line: category, reason, container, exit code, message."""
-        parts = [f"{self.category}: {self.reason}"]
+        parts = [f"{self.category.value}: {self.reason}"]
         if self.container:
             parts.append(f"container {self.container}")
         if self.exit_code is not None:
@@ -55,13 +77,17 @@ class Diagnosis:
         message = self.message.strip().splitlines()[-1] if self.message.strip() else ""
         return f"{text}: {message}" if message else text
 
-    def markdown(self, title: str) -> str:
-        lines = [f"# {title}", "", f"**{self.category}**: {self.reason}", ""]
+    def markdown(self, title: str, facts: Iterable[tuple[str, str]] = ()) -> str:
+        """The failure artifact: the code and the reason first, then the run's facts (Job, Snapshot,
+        attempt, what happens next), what to do, and the last log lines."""
+        lines = [f"# {self.code}: {title}", "", f"**{self.reason}**" + (f": {self.message.strip().splitlines()[-1]}"
+                                                                         if self.message.strip() else ""), ""]
+        lines += [f"- {name}: {value}" for name, value in facts]
         if self.container:
             lines.append(f"- container: `{self.container}`")
         if self.exit_code is not None:
             lines.append(f"- exit code: `{self.exit_code}`")
-        if self.message:
+        if self.message and len(self.message.strip().splitlines()) > 1:
             lines.append(f"- message: {self.message.strip()[:2000]}")
         lines += ["", f"**What to do:** {self.hint}", ""]
         if self.log_tail:
@@ -94,27 +120,27 @@ def pod_problem(pod: dict[str, Any]) -> Diagnosis | None:
     """A Pod that cannot progress (or has failed), classified; None if it looks healthy."""
     status = pod.get("status") or {}
     if status.get("reason") == "Evicted":
-        return Diagnosis("evicted", "Evicted", status.get("message") or "")
+        return Diagnosis(Category.EVICTED, "Evicted", status.get("message") or "")
     for condition in status.get("conditions") or []:
         if condition.get("type") == "PodScheduled" and condition.get("status") == "False" \
                 and condition.get("reason") == "Unschedulable":
-            return Diagnosis("unschedulable", "Unschedulable", condition.get("message") or "")
+            return Diagnosis(Category.UNSCHEDULABLE, "Unschedulable", condition.get("message") or "")
     statuses = (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or [])
     for cs in statuses:
         state = cs.get("state") or {}
         waiting, terminated = state.get("waiting") or {}, state.get("terminated") or {}
         if waiting.get("reason") in IMAGE_PULL_REASONS:
-            return Diagnosis("image-pull", waiting["reason"], waiting.get("message") or "", cs.get("name"))
+            return Diagnosis(Category.IMAGE_PULL, waiting["reason"], waiting.get("message") or "", cs.get("name"))
         if waiting.get("reason") in CONFIG_REASONS:
-            return Diagnosis("config-error", waiting["reason"], waiting.get("message") or "", cs.get("name"))
+            return Diagnosis(Category.CONFIG_ERROR, waiting["reason"], waiting.get("message") or "", cs.get("name"))
         if terminated.get("reason") == "OOMKilled":
-            return Diagnosis("oom-killed", "OOMKilled", terminated.get("message") or "", cs.get("name"),
+            return Diagnosis(Category.OOM_KILLED, "OOMKilled", terminated.get("message") or "", cs.get("name"),
                              terminated.get("exitCode"))
         if terminated and terminated.get("exitCode", 0) != 0:
-            return Diagnosis("exit-code", terminated.get("reason") or "Error", terminated.get("message") or "",
+            return Diagnosis(Category.EXIT_CODE, terminated.get("reason") or "Error", terminated.get("message") or "",
                              cs.get("name"), terminated.get("exitCode"))
     if status.get("phase") == "Failed":
-        return Diagnosis("failed", status.get("reason") or "PodFailed", status.get("message") or "")
+        return Diagnosis(Category.FAILED, status.get("reason") or "PodFailed", status.get("message") or "")
     return None
 
 
@@ -125,7 +151,7 @@ def diagnose(job: dict[str, Any] | None, pods: Iterable[dict[str, Any]], log_tai
     ordered = sorted(pods, key=lambda p: (p.get("metadata") or {}).get("creationTimestamp") or "", reverse=True)
     found: Diagnosis | None = None
     if condition and condition.get("reason") == "DeadlineExceeded":
-        found = Diagnosis("deadline-exceeded", "DeadlineExceeded", condition.get("message") or "")
+        found = Diagnosis(Category.DEADLINE_EXCEEDED, "DeadlineExceeded", condition.get("message") or "")
     else:
         for pod in ordered:
             found = pod_problem(pod)
@@ -133,12 +159,12 @@ def diagnose(job: dict[str, Any] | None, pods: Iterable[dict[str, Any]], log_tai
                 break
     if found is None:
         reason = (condition or {}).get("reason") or "Unknown"
-        found = Diagnosis("failed", reason, (condition or {}).get("message") or "")
+        found = Diagnosis(Category.FAILED, reason, (condition or {}).get("message") or "")
     if log_tails:
         pod_names = [(p.get("metadata") or {}).get("name") for p in ordered]
         for key, tail in log_tails.items():
             pod_name, _, container = key.partition("/")
             if (found.container is None or container == found.container) and (not pod_names or pod_name == pod_names[0]):
-                found.log_tail = list(tail)[-20:]
+                found = dataclasses.replace(found, log_tail=tuple(tail)[-20:])
                 break
     return found

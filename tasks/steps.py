@@ -33,6 +33,7 @@ from stashflow.addons.render import (
 from stashflow.addons.resolve import Value
 
 from . import claim, resources
+from . import preflight as preflight_check
 from .claim import Claim
 from .kube import current
 from .repository import ensure_repository, wants_verify
@@ -163,6 +164,15 @@ async def resolve_parameters(spec: RunSpec, catalog: Catalog) -> ExecutionPlan:
     return plan
 
 
+@task(name="preflight", **STEP)
+async def preflight(plan: ExecutionPlan) -> None:
+    """What the Job will need (the target PVC, Secrets) is there: fail in seconds, before creating anything."""
+    unchecked = await preflight_check.check(current(), plan)
+    if unchecked:
+        get_run_logger().info("not checked (no permission): %s",
+                              ", ".join(f"{n.kind}/{n.name}" for n in unchecked))
+
+
 @task(name="claim-target", **STEP)
 async def claim_target(plan: ExecutionPlan) -> Claim:
     """Hold the target in the cluster for this run (one run per target, whatever started it)."""
@@ -231,7 +241,19 @@ async def wait_for_job(plan: ExecutionPlan, timeout: float, stuck_after: float, 
     outcome = await waiter.wait()
     logger.info("Job %s ended: %s%s", plan.job_name, outcome.phase,
                 f" ({outcome.diagnosis.summary()})" if outcome.diagnosis else "")
+    if not outcome.succeeded:
+        raise JobFailed(outcome)  # this step is where the run failed: it ends Failed in the run's graph
     return outcome
+
+
+class JobFailed(Exception):
+    """``wait-for-job`` saw the Job fail. The step ends Failed (so the Prefect UI shows where the run
+    failed); the flow catches it and goes on with ``outcome`` to record the Failed Snapshot."""
+
+    def __init__(self, outcome: JobOutcome) -> None:
+        self.outcome = outcome
+        diagnosis = outcome.diagnosis
+        super().__init__(f"{diagnosis.code}: {diagnosis.summary()}" if diagnosis else f"the Job ended {outcome.phase}")
 
 
 @task(name="verify-repository", **STEP)

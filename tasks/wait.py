@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -21,12 +22,12 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from stashflow.addons.errors import ClusterError
 
-from .diagnose import Diagnosis, diagnose, job_phase, pod_problem
+from .diagnose import Category, Diagnosis, diagnose, job_phase, pod_problem
 from .kube import Kube, classify, is_transient
 
 log = logging.getLogger("stashflow.wait")
 
-STUCK_CATEGORIES = {"image-pull", "config-error", "unschedulable"}
+STUCK_CATEGORIES = {Category.IMAGE_PULL, Category.CONFIG_ERROR, Category.UNSCHEDULABLE}
 WATCH_CHUNK_SECONDS = 240  # the server closes a watch after this; we resume from the last resourceVersion
 
 
@@ -112,13 +113,12 @@ class JobWaiter:
         if outcome.phase != "Complete":
             found = diagnose(outcome.job, outcome.pods, outcome.log_tails)
             if outcome.phase == "Stuck" and outcome.diagnosis is not None:
-                found = Diagnosis(outcome.diagnosis.category, outcome.diagnosis.reason, outcome.diagnosis.message,
-                                  outcome.diagnosis.container, outcome.diagnosis.exit_code, found.log_tail)
+                found = dataclasses.replace(outcome.diagnosis, log_tail=found.log_tail)
             elif outcome.phase == "TimedOut":
-                found = Diagnosis("deadline-exceeded", "Timeout",
+                found = Diagnosis(Category.DEADLINE_EXCEEDED, "Timeout",
                                   "the run's deadline passed before the Job finished", log_tail=found.log_tail)
             elif outcome.phase == "Gone":
-                found = Diagnosis("failed", "JobDeleted", "the Job was deleted while the run waited for it")
+                found = Diagnosis(Category.FAILED, "JobDeleted", "the Job was deleted while the run waited for it")
             outcome.diagnosis = found
         return outcome
 
