@@ -29,7 +29,7 @@ def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         raise InputError("the plan files hold no BackupConfiguration", code="missing-field",
                          location=Location(flows_cli.COMMAND_LINE, flows_cli.positional_position(args.argv, args.plans[0])),
                          field="PLAN", hint="give the files that define the BackupConfigurations to deploy")
-    specs = plan_deployments(catalog, work_pool=args.work_pool,
+    specs = plan_deployments(catalog, work_pool=args.work_pool, checked=True,
                              kubeconfig=os.path.abspath(args.kubeconfig) if args.kubeconfig else None)
     return specs, {plan_tag(p) for p in plans}
 

@@ -75,13 +75,14 @@ def _lookup(catalog: Catalog, model: type, ref: Any, default_ns: str, plan: Back
     return found
 
 
-def plan_deployments(catalog: Catalog, *, work_pool: str | None = None, kubeconfig: str | None = None
-                     ) -> list[DeploymentSpec]:
+def plan_deployments(catalog: Catalog, *, work_pool: str | None = None, kubeconfig: str | None = None,
+                     checked: bool = False) -> list[DeploymentSpec]:
     """Every deployment the catalog's BackupConfigurations ask for; all problems raised together.
 
     The plans are checked by ``check_plans``, the check ``stashflow validate`` runs: what
     validates deploys, and what does not, does not."""
-    raise_all(check_plans(catalog))
+    if not checked:  # the catalog of `deploy` is checked by the same function as it is loaded
+        raise_all(check_plans(catalog))
     problems: list[StashflowError] = []
     specs: list[DeploymentSpec] = []
     for plan in catalog.of_kind(BackupConfiguration):

@@ -121,6 +121,9 @@ def _argument_positions(argv: Sequence[str], flag: str) -> list[int]:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     catalog = load_checked(args.paths)
+    if (catalog.of_kind(BackupConfiguration) or catalog.of_kind(RestoreSession)) and not catalog.addons:
+        # plans alone: check them against the catalog deploy/restore would use
+        catalog = load_checked([*catalog_paths(args.catalog), *args.paths])
     for problem in catalog.problems:
         print(problem.format())
     if catalog.problems:
@@ -452,6 +455,9 @@ def build_parser(extensions: Sequence[Callable[[Any], None]] = ()) -> argparse.A
     p = sub.add_parser("validate", help="check Addon, Function and plan files")
     p.add_argument("paths", nargs="+", metavar="PATH", help="files or folders (YAML, multi-document)")
     p.add_argument("--quiet", "-q", action="store_true", help="print nothing when all is well")
+    p.add_argument("--catalog", action="extend", nargs="+", metavar="PATH",
+                   help="for plans given without their Addons: the catalog deploy and restore use "
+                        f"(default: ${CATALOG_ENV}, else the built-in catalog)")
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("render", help="print the objects a run would create (PVCs, Job, Snapshot)")

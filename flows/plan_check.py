@@ -14,6 +14,7 @@ will run it.
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from functools import lru_cache
 from typing import Any
 
 from stashflow.addons.catalog import Catalog
@@ -47,8 +48,10 @@ def next_fires(cron: str, tz: str, count: int = 2) -> list[datetime]:
     return [it.get_next(datetime) for _ in range(count)]
 
 
+@lru_cache(maxsize=1024)
 def cron_problem(cron: str, tz: str) -> str | None:
-    """Why Prefect would refuse this schedule or never run it, or None."""
+    """Why Prefect would refuse this schedule or never run it, or None (cached: Prefect's time
+    zone check lists the zone files each time)."""
     from prefect.client.schemas.schedules import CronSchedule
     from pydantic import ValidationError
 
@@ -223,11 +226,10 @@ def check_backup_plan(plan: BackupConfiguration, catalog: Catalog) -> list[Stash
             if list_name != "backupTasks":
                 c.add(f'"{ref.name}" is a restore task; a BackupConfiguration runs backup tasks', tpath + ("name",))
                 continue
-            before = len(c.problems)
             params = _params(c, ref.params, tpath + ("params",))
             variables = _variables(c, ref.variables, tpath + ("variables",))
-            if len(c.problems) > before:
-                continue
+            if c.problems:
+                continue  # render only a plan that is otherwise right: one cause, one line
             request = RenderRequest(
                 addon=info.name, task=ref.name, namespace=target_ns, target=target, params=params, builtins=variables,
                 session=valid_name(target.name, str(int(SAMPLE_TIME.timestamp()))), plan_session=session.name,
@@ -310,8 +312,9 @@ def check_plans(catalog: Catalog) -> list[StashflowError]:
         problems += check_backup_plan(plan, catalog)
     for session in catalog.of_kind(RestoreSession):
         problems += check_restore_session(session, catalog)
-    problems.sort(key=lambda p: (p.location.file, p.location.line) if p.location else ("", 0))
-    return problems
+    unique = list({p.format(): p for p in problems}.values())  # two sessions sharing a backend: one line
+    unique.sort(key=lambda p: (p.location.file, p.location.line) if p.location else ("", 0))
+    return unique
 
 
 __all__ = ["check_plans", "check_backup_plan", "check_restore_session", "cron_problem", "late_after", "split_schedule"]
