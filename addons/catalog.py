@@ -48,6 +48,8 @@ def _error_code(error_type: str) -> str:
         return "missing-field"
     if error_type in ("literal_error", "enum"):
         return "invalid-value"
+    if error_type == "invalid_duration":
+        return "invalid-duration"
     if error_type.endswith("_type") or error_type in ("model_attributes_type", "is_instance_of"):
         return "invalid-type"
     return "invalid-value"
@@ -95,7 +97,12 @@ class Catalog:
                     LoadError("no such file or folder", code="read-error", location=Location(str(raw), 0))
                 )
                 continue
-            for file in yaml_files(path):
+            files = yaml_files(path)
+            if not files:
+                self.problems.append(LoadError("the folder holds no .yaml or .yml file", code="read-error",
+                                               location=Location(str(raw), 0),
+                                               hint="give the files themselves, or the folder that holds them"))
+            for file in files:
                 self.files.append(str(file))
                 try:
                     docs = read_documents(file)
@@ -140,10 +147,12 @@ class Catalog:
             ref = f'{kind} "{name}"' if name else kind
             for err in exc.errors():
                 path: FieldPath = tuple(err["loc"])
+                msg = err["msg"].removeprefix("Value error, ")
                 self.problems.append(
                     LoadError(
-                        f"{err['msg'][0].lower()}{err['msg'][1:]}"
-                        + (f", got {_describe(err['input'])}" if err["type"] != "missing" else ""),
+                        f"{msg[0].lower()}{msg[1:]}"
+                        + (f", got {_describe(err['input'])}" if err["type"] not in ("missing", "invalid_duration")
+                           else ""),
                         code=_error_code(err["type"]),
                         location=doc.location(path),
                         obj=ref,
@@ -166,6 +175,12 @@ class Catalog:
             )
             return
         problem = name_problem(obj.name)
+        if not problem and obj.NAMESPACED and obj.namespace is not None:
+            problem = name_problem(obj.namespace, max_len=63, label=True)
+            if problem:
+                self.problems.append(LoadError(problem, code="invalid-name", location=obj.location(("metadata", "namespace")),
+                                               obj=obj.ref, field="metadata.namespace"))
+                return
         if problem:
             self.problems.append(
                 LoadError(problem, code="invalid-name", location=obj.location(("metadata", "name")), obj=obj.ref, field="metadata.name")

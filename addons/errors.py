@@ -26,6 +26,7 @@ Tree (every layer raises these; none defines its own base):
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
@@ -62,6 +63,12 @@ CODES: dict[str, str] = {
     "invalid-parameter": "a parameter value that is not a string, number or boolean",
     "no-matching-version": "no availableVersions entry fits the database version",
     "invalid-argument": "a command-line argument that cannot be used",
+    "invalid-path": "a directory or session name that would leave the storage (.., empty segment, control character)",
+    "invalid-duration": "a duration or retention period that cannot be read, is negative or too long",
+    "write-error": "an output file cannot be written (missing folder, a directory, disk full)",
+    "prefect-unavailable": "the Prefect API did not answer",
+    "interrupted": "the command was stopped by a signal (SIGINT, SIGTERM)",
+    "internal-error": "an unexpected error inside stashflow (a bug: report it with the output of -v)",
     # the Kubernetes API (stashflow.tasks.kube)
     "api-forbidden": "the API refused for lack of RBAC permission (403)",
     "api-not-found": "the namespace, object or resource type does not exist (404)",
@@ -88,6 +95,15 @@ CODES: dict[str, str] = {
     "pvc-not-found": "a PersistentVolumeClaim the run needs does not exist (found before anything was created)",
     "secret-not-found": "a Secret the run needs does not exist (found before anything was created)",
 }
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _one_line(text: str) -> str:
+    """Control characters written as ``\\n``, ``\\x1b``...: an error is one line, and a name holding
+    ESC or NUL never reaches the terminal raw."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 @dataclass(frozen=True)
@@ -136,7 +152,7 @@ class StashflowError(Exception):
         subject = " ".join(p for p in (self.obj, self.field) if p)
         subject = f"{subject}: " if subject else ""
         hint = f" ({self.hint})" if self.hint else ""
-        return f"{where}{self.code}: {subject}{self.message}{hint}"
+        return _one_line(f"{where}{self.code}: {subject}{self.message}{hint}")
 
     def __str__(self) -> str:
         return self.format()

@@ -66,3 +66,46 @@ def ulid(now: float | None = None, randomness: bytes | None = None) -> str:
         chars.append(_CROCKFORD[value & 31])
         value >>= 5
     return "".join(reversed(chars))
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def has_control(text: str) -> bool:
+    """Whether ``text`` holds a control character (newline, ESC, NUL, ...)."""
+    return bool(_CONTROL.search(text))
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with control characters written as ``\\n``, ``\\x1b``...: one line, nothing a terminal acts on."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+def path_problem(text: str, *, segment: bool = False) -> str | None:
+    """Why ``text`` cannot be a path inside a storage (or, with ``segment``, one component of one), or None.
+
+    A path is relative to the storage: one leading ``/`` is allowed (KubeStash writes
+    ``directory: /demo``), but no ``..`` or ``.``, no empty segment (``a//b``), no backslash
+    and no control character, so that it cannot leave the storage or mean two places."""
+    if has_control(text):
+        return f'"{escape_controls(text)}" holds a control character'
+    if "\\" in text:
+        return f'"{text}" holds a backslash'
+    if segment:
+        if not text:
+            return "the name is empty"
+        if "/" in text:
+            return f'"{text}" holds "/": it is one path segment'
+        if text in (".", ".."):
+            return f'"{text}" is not a name: it would leave its folder'
+        return None
+    body = text[1:] if text.startswith("/") else text
+    if not body:
+        return None
+    if body.endswith("/"):
+        body = body[:-1]
+    for part in body.split("/"):
+        if part in ("", ".", ".."):
+            what = "an empty segment" if part == "" else f'"{part}"'
+            return f'"{text}" has {what}: a directory stays inside the storage (e.g. demo/data)'
+    return None

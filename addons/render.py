@@ -161,9 +161,10 @@ class ExecutionPlan:
 
 
 def _check_name(value: str, what: str, *, label: bool = False) -> None:
+    """A name the API server would refuse; the caller (the CLI) locates it by ``what``."""
     problem = name_problem(value, max_len=63 if label else 253, label=label)
     if problem:
-        raise InputError(problem, code="invalid-name", location=Location("<command line>", 0), field=what)
+        raise InputError(problem, code="invalid-name", field=what)
 
 
 def snapshot_name(repository: str, session: str) -> str:
@@ -502,16 +503,145 @@ def _snapshot(request: RenderRequest, resolved: ResolvedTask, name: str, reposit
     }
 
 
-def check_objects(objects: list[dict[str, Any]]) -> None:
-    """Every name ≤63 and DNS-1123, every label value valid: what the API server would demand."""
-    problems = []
+INT32 = 2**31 - 1
+INT64 = 2**63 - 1
+_LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+_ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+_CONFIG_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
+
+
+def _qualified_name_problem(key: Any) -> str | None:
+    """Why ``key`` is not a label/annotation key (``[prefix/]name``), or None."""
+    if not isinstance(key, str):
+        return f"the key {key!r} is not a string"
+    prefix, _, name = key.rpartition("/")
+    if prefix and name_problem(prefix):
+        return f'the key "{key}" has an invalid prefix: {name_problem(prefix)}'
+    if not name or len(name) > 63 or not _LABEL_NAME.match(name):
+        return f'"{key}" is not a valid key (at most 63 letters, digits, "-", "_", "." after an optional prefix/)'
+    return None
+
+
+class _Checker:
+    """Collects what the API server would refuse in rendered objects."""
+
+    def __init__(self, location: Location | None) -> None:
+        self.location = location
+        self.problems: list[InputError] = []
+        self.obj = ""
+
+    def bad(self, message: str, field: str, code: str = "invalid-name") -> None:
+        self.problems.append(InputError(message, code=code, location=self.location, obj=self.obj, field=field,
+                                        hint="the API server would refuse the object"))
+
+    def name(self, value: Any, field: str, *, label: bool = False, max_len: int | None = None) -> None:
+        if not isinstance(value, str):
+            self.bad(f"the name must be a string, not {type(value).__name__}", field, "invalid-type")
+            return
+        problem = name_problem(value, max_len=max_len or (63 if label else 253), label=label)
+        if problem:
+            self.bad(problem, field)
+
+    def integer(self, value: Any, field: str, low: int, high: int) -> None:
+        if value is None:
+            return
+        if not isinstance(value, int) or isinstance(value, bool):
+            self.bad(f"must be a whole number, not {type(value).__name__} {value!r}", field, "invalid-type")
+        elif not low <= value <= high:
+            self.bad(f"{value} is outside {low}..{high}", field, "invalid-value")
+
+    def labels(self, labels: Any, field: str, *, values: bool = True) -> None:
+        if labels is None:
+            return
+        if not isinstance(labels, dict):
+            self.bad("must be a mapping", field, "invalid-type")
+            return
+        for key, value in labels.items():
+            problem = _qualified_name_problem(key)
+            if problem:
+                self.bad(problem, f"{field}.{key}")
+            if not isinstance(value, str):
+                self.bad(f"the value must be a string, not {type(value).__name__}", f"{field}.{key}", "invalid-type")
+            elif values and label_value(value) != value:
+                self.bad(f'label value "{value}" is not valid (at most 63 letters, digits, "-", "_", ".")',
+                         f"{field}.{key}")
+
+    def job(self, job: dict[str, Any]) -> None:
+        spec = job.get("spec") or {}
+        self.integer(spec.get("activeDeadlineSeconds"), "spec.activeDeadlineSeconds", 1, INT64)
+        for key in ("backoffLimit", "completions", "parallelism", "ttlSecondsAfterFinished"):
+            self.integer(spec.get(key), f"spec.{key}", 0, INT32)
+        template = spec.get("template") or {}
+        self.labels((template.get("metadata") or {}).get("labels"), "spec.template.metadata.labels")
+        self.pod(template.get("spec") or {}, "spec.template.spec")
+
+    def pod(self, pod: dict[str, Any], base: str) -> None:
+        self.integer(pod.get("activeDeadlineSeconds"), f"{base}.activeDeadlineSeconds", 1, INT64)
+        self.integer(pod.get("terminationGracePeriodSeconds"), f"{base}.terminationGracePeriodSeconds", 0, INT64)
+        if pod.get("serviceAccountName") is not None:
+            self.name(pod["serviceAccountName"], f"{base}.serviceAccountName")
+        volumes: set[str] = set()
+        for i, volume in enumerate(pod.get("volumes") or []):
+            where = f"{base}.volumes[{i}]"
+            if not isinstance(volume, dict):
+                self.bad("a volume must be a mapping", where, "invalid-type")
+                continue
+            self.name(volume.get("name"), f"{where}.name", label=True)
+            if volume.get("name") in volumes:
+                self.bad(f'volume "{volume.get("name")}" is defined twice', f"{where}.name", "duplicate-volume")
+            volumes.add(volume.get("name"))
+            for source, key in (("persistentVolumeClaim", "claimName"), ("secret", "secretName"), ("configMap", "name")):
+                if isinstance(volume.get(source), dict) and key in volume[source]:
+                    self.name(volume[source][key], f"{where}.{source}.{key}")
+        for i, container in enumerate(pod.get("containers") or []):
+            self.container(container, f"{base}.containers[{i}]", volumes)
+
+    def container(self, container: dict[str, Any], base: str, volumes: set[str]) -> None:
+        self.name(container.get("name"), f"{base}.name", label=True)
+        image = container.get("image")
+        if not isinstance(image, str) or not image.strip() or image != image.strip():
+            self.bad(f"the image {image!r} is empty or has surrounding spaces", f"{base}.image", "invalid-value")
+        for i, env in enumerate(container.get("env") or []):
+            where = f"{base}.env[{i}]"
+            name = env.get("name") if isinstance(env, dict) else None
+            if not isinstance(name, str) or not _ENV_NAME.match(name):
+                self.bad(f"{name!r} is not a valid environment variable name", f"{where}.name", "invalid-name")
+            value_from = env.get("valueFrom") if isinstance(env, dict) else None
+            if isinstance(env, dict) and "value" in env and not isinstance(env["value"], str):
+                self.bad(f"the value must be a string, not {type(env['value']).__name__}", f"{where}.value",
+                         "invalid-type")
+            for ref in ("secretKeyRef", "configMapKeyRef"):
+                if isinstance(value_from, dict) and isinstance(value_from.get(ref), dict):
+                    self.name(value_from[ref].get("name"), f"{where}.valueFrom.{ref}.name")
+                    key = value_from[ref].get("key")
+                    if not isinstance(key, str) or len(key) > 253 or not _CONFIG_KEY.match(key):
+                        self.bad(f"{key!r} is not a valid key", f"{where}.valueFrom.{ref}.key")
+        for i, source in enumerate(container.get("envFrom") or []):
+            for ref in ("secretRef", "configMapRef"):
+                if isinstance(source, dict) and isinstance(source.get(ref), dict):
+                    self.name(source[ref].get("name"), f"{base}.envFrom[{i}].{ref}.name")
+        for i, mount in enumerate(container.get("volumeMounts") or []):
+            if isinstance(mount, dict) and mount.get("name") not in volumes:
+                self.bad(f'volumeMount "{mount.get("name")}" names no volume of the pod',
+                         f"{base}.volumeMounts[{i}].name", "unknown-volume")
+            if isinstance(mount, dict) and not mount.get("mountPath"):
+                self.bad("a volumeMount needs a mountPath", f"{base}.volumeMounts[{i}].mountPath", "missing-field")
+
+
+def check_objects(objects: list[dict[str, Any]], location: Location | None = None) -> None:
+    """What the API server would refuse, checked offline: every object's name (≤63, DNS-1123) and
+    namespace, label keys and values, and in the Job every referenced Secret, ConfigMap and PVC
+    name, environment variable names and the integer ranges (activeDeadlineSeconds int64 > 0...).
+    ``location`` is where the request came from, for errors that cannot point into a file."""
+    checker = _Checker(location)
     for obj in objects:
         meta = obj["metadata"]
-        problem = name_problem(meta["name"], max_len=63)
-        if problem:
-            problems.append(InputError(problem, code="invalid-name", obj=f'{obj["kind"]} "{meta["name"]}"', field="metadata.name"))
-        for key, value in (meta.get("labels") or {}).items():
-            if label_value(value) != value:
-                problems.append(InputError(f'label value "{value}" is not valid', code="invalid-name",
-                                           obj=f'{obj["kind"]} "{meta["name"]}"', field=f"metadata.labels.{key}"))
-    raise_all(problems)
+        checker.obj = f'{obj["kind"]} "{meta["name"]}"'
+        checker.name(meta["name"], "metadata.name", max_len=63)
+        if meta.get("namespace") is not None:
+            checker.name(meta["namespace"], "metadata.namespace", label=True)
+        checker.labels(meta.get("labels"), "metadata.labels")
+        checker.labels(meta.get("annotations"), "metadata.annotations", values=False)
+        if obj["kind"] == "Job":
+            checker.job(obj)
+    raise_all(checker.problems)  # type: ignore[arg-type]

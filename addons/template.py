@@ -66,7 +66,11 @@ def _is_name_char(ch: str) -> bool:
     return ch == "_" or ch.isalnum()
 
 
-def _parse(text: str, pos: int, nested: bool) -> tuple[Template, int]:
+#: Deepest ``${x:=${y:=...}}`` nesting parsed (evaluation recurses once per level).
+MAX_NESTING = 32
+
+
+def _parse(text: str, pos: int, nested: bool, depth: int = 0) -> tuple[Template, int]:
     """Parse from ``pos``; in a default (``nested``) stop at the closing ``}``."""
     parts: list[Part] = []
     literal: list[str] = []
@@ -83,7 +87,7 @@ def _parse(text: str, pos: int, nested: bool) -> tuple[Template, int]:
             if literal:
                 parts.append("".join(literal))
                 literal = []
-            var, pos = _parse_var(text, pos)
+            var, pos = _parse_var(text, pos, depth + 1)
             parts.append(var)
             continue
         literal.append(ch)
@@ -93,7 +97,9 @@ def _parse(text: str, pos: int, nested: bool) -> tuple[Template, int]:
     return tuple(parts), pos
 
 
-def _parse_var(text: str, start: int) -> tuple[Var, int]:
+def _parse_var(text: str, start: int, depth: int = 1) -> tuple[Var, int]:
+    if depth > MAX_NESTING:
+        raise TemplateSyntaxError(f"${{...}} defaults are nested more than {MAX_NESTING} deep", start)
     pos = start + 2
     n = len(text)
     length = False
@@ -114,7 +120,7 @@ def _parse_var(text: str, start: int) -> tuple[Var, int]:
         raise TemplateSyntaxError(f"missing closing brace after ${{#{name}", start)
     for op in _DEFAULT_OPS + _ALT_OPS:
         if text.startswith(op, pos):
-            default, end = _parse(text, pos + len(op), nested=True)
+            default, end = _parse(text, pos + len(op), nested=True, depth=depth)
             if end >= n:
                 raise TemplateSyntaxError(f"missing closing brace in ${{{name}{op}...", start)
             return Var(name, op, default), end + 1

@@ -119,7 +119,10 @@ def write_prefect_yaml(specs: list[DeploymentSpec], path: Path, *, work_pool: st
               "# `prefect deploy --all`. Per-target locks (global concurrency limits named in each run's\n"
               "# `exclusive` lock) are made by `stashflow deploy`; with `prefect deploy` alone, create them:\n"
               + "".join(f"#   prefect gcl create {lock} --limit 1\n" for lock in sorted({s.lock for s in specs})))
-    path.write_text(header + yaml.safe_dump(prefect_yaml(specs, work_pool=work_pool), sort_keys=False, width=1000))
+    text = header + yaml.safe_dump(prefect_yaml(specs, work_pool=work_pool), sort_keys=False, width=1000)
+    with open(path, "w", encoding="utf-8") as out:  # an OSError (missing folder, a directory, disk full) goes up
+        out.write(text)
+        out.flush()
 
 
 def serve(specs: list[DeploymentSpec], *, limit: int | None = None) -> None:

@@ -18,18 +18,18 @@ def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     """Addon catalog + plan files → deployment specs (the flows see the same catalog)."""
     catalog_paths = flows_cli.catalog_paths(args.catalog)
     os.environ[flows_cli.CATALOG_ENV] = os.pathsep.join(os.path.abspath(p) for p in catalog_paths)
-    from stashflow.addons.catalog import Catalog
+    from stashflow.addons.errors import InputError, Location
     from stashflow.addons.model import BackupConfiguration
 
     from .plans import plan_deployments, plan_tag
 
-    catalog = Catalog().add_paths([*catalog_paths, *args.plans]).check().raise_for_problems()
+    catalog = flows_cli.load_checked([*catalog_paths, *args.plans]).raise_for_problems()
     plans = catalog.of_kind(BackupConfiguration)
     if not plans:
-        from stashflow.addons.errors import InputError
-
-        raise InputError("the plan files hold no BackupConfiguration", code="missing-field", field="PLAN")
-    specs = plan_deployments(catalog, work_pool=args.work_pool,
+        raise InputError("the plan files hold no BackupConfiguration", code="missing-field",
+                         location=Location(flows_cli.COMMAND_LINE, flows_cli.positional_position(args.argv, args.plans[0])),
+                         field="PLAN", hint="give the files that define the BackupConfigurations to deploy")
+    specs = plan_deployments(catalog, work_pool=args.work_pool, checked=True,
                              kubeconfig=os.path.abspath(args.kubeconfig) if args.kubeconfig else None)
     return specs, {plan_tag(p) for p in plans}
 
@@ -39,9 +39,17 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     from .apply import deploy, write_prefect_yaml
 
     if args.write:
-        write_prefect_yaml(specs, Path(args.write), work_pool=args.work_pool or "stashflow")
+        from stashflow.addons.errors import InputError, Location
+
+        try:
+            write_prefect_yaml(specs, Path(args.write), work_pool=args.work_pool or "stashflow")
+        except OSError as exc:
+            raise InputError(f"cannot write {args.write}: {exc.strerror or exc}", code="write-error",
+                             location=Location(flows_cli.COMMAND_LINE, flows_cli.argument_position(args.argv, "--write")),
+                             field="--write", hint="give a file in a folder that exists and can be written") from None
         print(f"wrote {len(specs)} deployment(s) to {args.write}")
         return 0
+    flows_cli.quiet_prefect_tracebacks(args.verbose)
     done = asyncio.run(deploy(specs, plan_tags=tags, prune=not args.no_prune))
     for spec in specs:
         state = "paused" if spec.paused else f"{spec.cron} ({spec.timezone})"
@@ -55,6 +63,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     specs, _ = _load(args)
     from .apply import serve
 
+    flows_cli.quiet_prefect_tracebacks(args.verbose)
     serve(specs, limit=args.limit)
     return 0
 

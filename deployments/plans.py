@@ -10,21 +10,21 @@ plan names must be in the plan files; a missing one is an error with its file an
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from stashflow.addons.catalog import Catalog
+from stashflow.addons.durations import deadline_seconds
 from stashflow.addons.errors import CatalogError, StashflowError, raise_all
 from stashflow.addons.model import BackupConfiguration, BackupStorage, RetentionPolicy
 from stashflow.addons.names import label_value
 from stashflow.addons.source import format_path
 from stashflow.addons.render import Target
 from stashflow.flows.addon_flows import entrypoint, form_parameter
+from stashflow.flows.plan_check import check_plans, cron_problem, late_after, split_schedule
 from stashflow.flows.policies import lock_name
 
 MANAGED_TAG = "stashflow"
-_TZ = re.compile(r"^\s*(?:CRON_TZ|TZ)=(\S+)\s+(.*)$")
 
 
 @dataclass
@@ -52,35 +52,9 @@ class DeploymentSpec:
         return f"{self.flow}/{self.name}"
 
 
-def split_schedule(schedule: str) -> tuple[str, str]:
-    """``"CRON_TZ=Europe/Berlin 0 2 * * *"`` → (``"0 2 * * *"``, ``"Europe/Berlin"``)."""
-    match = _TZ.match(schedule)
-    return (match.group(2).strip(), match.group(1)) if match else (schedule.strip(), "UTC")
-
-
-def late_after(cron: str, timezone: str) -> float:
-    """How late a scheduled run may start and still count as on time: half the schedule's
-    interval, at most 60 s (a 5-minute schedule: 60 s; an every-10-seconds one: 5 s)."""
-    from datetime import datetime
-    from zoneinfo import ZoneInfo
-
-    from cronsim import CronSim  # what Prefect's CronSchedule uses
-
-    it = CronSim(cron, datetime.now(ZoneInfo(timezone)))
-    first, second = next(it), next(it)
-    return min(60.0, (second - first).total_seconds() / 2)
-
-
 def schedule_problem(cron: str, timezone: str) -> str | None:
-    """Why Prefect would refuse this schedule, or None."""
-    from prefect.client.schemas.schedules import CronSchedule
-    from pydantic import ValidationError
-
-    try:
-        CronSchedule(cron=cron, timezone=timezone)
-    except ValidationError as exc:
-        return "; ".join(e["msg"] for e in exc.errors())
-    return None
+    """Why Prefect would refuse this schedule or never run it, or None (the shared check's rule)."""
+    return cron_problem(cron, timezone)
 
 
 def plan_tag(plan: BackupConfiguration) -> str:
@@ -101,9 +75,14 @@ def _lookup(catalog: Catalog, model: type, ref: Any, default_ns: str, plan: Back
     return found
 
 
-def plan_deployments(catalog: Catalog, *, work_pool: str | None = None, kubeconfig: str | None = None
-                     ) -> list[DeploymentSpec]:
-    """Every deployment the catalog's BackupConfigurations ask for; all problems raised together."""
+def plan_deployments(catalog: Catalog, *, work_pool: str | None = None, kubeconfig: str | None = None,
+                     checked: bool = False) -> list[DeploymentSpec]:
+    """Every deployment the catalog's BackupConfigurations ask for; all problems raised together.
+
+    The plans are checked by ``check_plans``, the check ``stashflow validate`` runs: what
+    validates deploys, and what does not, does not."""
+    if not checked:  # the catalog of `deploy` is checked by the same function as it is loaded
+        raise_all(check_plans(catalog))
     problems: list[StashflowError] = []
     specs: list[DeploymentSpec] = []
     for plan in catalog.of_kind(BackupConfiguration):
@@ -184,8 +163,8 @@ def plan_deployments(catalog: Catalog, *, work_pool: str | None = None, kubeconf
                 }
                 if repo.encryption_secret:
                     params["encryption_secret"] = repo.encryption_secret.name
-                if session.backup_timeout:
-                    params["timeout"] = session.backup_timeout
+                if session.backup_timeout:  # whole seconds, rounded up: 0.1s is 1 s, never "no deadline"
+                    params["timeout"] = f"{deadline_seconds(session.backup_timeout)}s"
                 if retry:
                     params["max_retry"] = retry.max_retry if retry.max_retry is not None else 1
                     if retry.delay:

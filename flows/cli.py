@@ -1,26 +1,32 @@
 """The ``stashflow`` command.
 
 Exit codes: 0 success, 1 a problem with the input or the run (one line per problem,
-``FILE:LINE: CODE: message``), 2 a usage error. Prefect and the Kubernetes client are
-imported only by the commands that need them, so ``validate`` and ``render`` start fast.
-For values given on the command line, LINE is the argument's position.
+``FILE:LINE: CODE: message``), 2 a usage error, 130/143 stopped by SIGINT/SIGTERM. Prefect
+and the Kubernetes client are imported only by the commands that need them, so ``validate``
+and ``render`` start fast. For values given on the command line, FILE is ``<command line>``
+and LINE the argument's position (1-based). Tracebacks are printed only with ``-v``: without
+it, a failure is its one coded line, and Prefect's console logging keeps its messages but
+not its tracebacks (the Prefect API's logs still get them).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import yaml
 
 from stashflow.addons.catalog import BUILTIN_CATALOG, Catalog
-from stashflow.addons.durations import parse_duration
-from stashflow.addons.errors import InputError, Location, RunError, StashflowError
-from stashflow.addons.model import BackupStorage
+from stashflow.addons.durations import deadline_seconds
+from stashflow.addons.errors import InputError, Location, Problems, RunError, StashflowError
+from stashflow.addons.model import BackupConfiguration, BackupStorage, RestoreSession
+from stashflow.addons.names import name_problem, path_problem
 from stashflow.addons.render import RenderRequest, RepositoryContext, Target, check_objects, render_plan
 from stashflow.addons.resolve import Value
 from stashflow.addons.source import read_documents
@@ -38,8 +44,41 @@ def catalog_paths(given: Sequence[str] | None) -> list[str]:
     return [str(BUILTIN_CATALOG)]
 
 
+COMMAND_LINE = "<command line>"
+
+
 def load_catalog(paths: Sequence[str]) -> Catalog:
     return Catalog().add_paths(paths).check().raise_for_problems()
+
+
+def load_checked(paths: Sequence[str]) -> Catalog:
+    """Files → a catalog with every problem found, plans included: the one check that
+    ``validate``, ``restore``, ``deploy`` and ``serve`` share (``Catalog.problems``)."""
+    catalog = Catalog().add_paths(paths).check()
+    if catalog.of_kind(BackupConfiguration) or catalog.of_kind(RestoreSession):
+        from stashflow.flows.plan_check import check_plans
+
+        catalog.problems.extend(check_plans(catalog))
+        catalog.problems.sort(key=lambda p: (p.location.file, p.location.line) if p.location else ("", 0))
+    return catalog
+
+
+def argument_position(argv: Sequence[str], flag: str, index: int = 0) -> int:
+    """1-based position of the ``index``-th value of ``flag`` in ``argv`` (1 when it is not there)."""
+    positions = _argument_positions(argv, flag)
+    return positions[index] if index < len(positions) else 1
+
+
+def positional_position(argv: Sequence[str], value: str) -> int:
+    """1-based position of a positional argument's value (1 when it is not found)."""
+    for i, arg in enumerate(argv):
+        if arg == value and (i == 0 or not argv[i - 1].startswith("-") or "=" in argv[i - 1]):
+            return i + 1
+    return 1
+
+
+def _at(argv: Sequence[str], flag: str, index: int = 0) -> Location:
+    return Location(COMMAND_LINE, argument_position(argv, flag, index))
 
 
 def _pairs(args: Sequence[str], flag: str, argv: Sequence[str] = ()) -> dict[str, Value]:
@@ -47,7 +86,7 @@ def _pairs(args: Sequence[str], flag: str, argv: Sequence[str] = ()) -> dict[str
     out: dict[str, Value] = {}
     positions = _argument_positions(argv, flag)
     for i, raw in enumerate(args):
-        position = positions[i] if i < len(positions) else 0
+        position = positions[i] if i < len(positions) else 1
         name, sep, value = raw.partition("=")
         if not sep or not name:
             raise InputError(f'"{raw}" is not NAME=VALUE', code="invalid-argument",
@@ -81,7 +120,10 @@ def _argument_positions(argv: Sequence[str], flag: str) -> list[int]:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    catalog = Catalog().add_paths(args.paths).check()
+    catalog = load_checked(args.paths)
+    if (catalog.of_kind(BackupConfiguration) or catalog.of_kind(RestoreSession)) and not catalog.addons:
+        # plans alone: check them against the catalog deploy/restore would use
+        catalog = load_checked([*catalog_paths(args.catalog), *args.paths])
     for problem in catalog.problems:
         print(problem.format())
     if catalog.problems:
@@ -101,12 +143,7 @@ def build_request(args: argparse.Namespace, catalog: Catalog) -> RenderRequest:
         params.update(_values_file(path))
     params.update(_pairs(args.param or [], "--param", args.argv))
     builtins = _pairs(args.var or [], "--var", args.argv)
-    timeout = None
-    if args.timeout:
-        try:
-            timeout = int(parse_duration(args.timeout))
-        except ValueError as exc:
-            raise InputError(str(exc), code="invalid-argument", field="--timeout") from None
+    timeout = _timeout(args)
     repository = None
     if args.repository or args.storage:
         storage = None
@@ -114,22 +151,78 @@ def build_request(args: argparse.Namespace, catalog: Catalog) -> RenderRequest:
             storage = catalog.get(BackupStorage, args.storage)
             if storage is None:
                 raise InputError(f'no BackupStorage "{args.storage}" in the catalog paths', code="unknown-object",
-                                 field="--storage", hint="add the file that defines it with --catalog")
+                                 location=_at(args.argv, "--storage"), field="--storage",
+                                 hint="add the file that defines it with --catalog")
         repository = RepositoryContext(name=args.repository or args.target.name, storage=storage,
                                        directory=args.directory or "", encryption_secret=args.encryption_secret)
     return RenderRequest(
-        addon=args.addon, task=args.task, namespace=args.namespace, target=args.target, params=params,
+        addon=args.addon, task=args.task, namespace=args.namespace, target=_parse_target(args), params=params,
         builtins=builtins, session=args.run_name, plan_session=args.plan_session, attempt=args.attempt,
         timeout_seconds=timeout,
         repository=repository,
     )
 
 
+def _timeout(args: argparse.Namespace) -> int | None:
+    """``--timeout`` in whole seconds; a fraction rounds UP (0.1s → 1 s), never to "no deadline"."""
+    if not args.timeout:
+        return None
+    try:
+        return deadline_seconds(args.timeout)
+    except ValueError as exc:
+        raise InputError(str(exc), code="invalid-duration", location=_at(args.argv, "--timeout"), field="--timeout",
+                         hint="e.g. --timeout 30m or 1h30m") from None
+
+
+def _parse_target(args: argparse.Namespace) -> Target:
+    try:
+        target = Target.parse(args.target)
+    except InputError as exc:
+        raise InputError(exc.message, code=exc.code, location=_at(args.argv, "--target"), field="--target",
+                         hint=exc.hint) from None
+    problem = name_problem(target.name)
+    if problem:
+        raise InputError(problem, code="invalid-name", location=_at(args.argv, "--target"), field="--target",
+                         hint="the target is a Kubernetes object: lowercase letters, digits, - and .")
+    return target
+
+
+def check_run_options(args: argparse.Namespace) -> None:
+    """The options of ``render`` and ``run`` that the cluster would refuse, each at its position.
+
+    Names become object names and label values; ``--directory`` and ``--plan-session`` become
+    the repository's path inside the storage, so neither may leave it."""
+    argv = args.argv
+    _parse_target(args)
+    namespace_flag = "--namespace" if _argument_positions(argv, "--namespace") else "-n"
+    checks: list[tuple[str, str | None, str | None]] = [
+        (namespace_flag, args.namespace, name_problem(args.namespace or "", max_len=63, label=True)),
+        ("--repository", args.repository, args.repository and name_problem(args.repository)),
+        ("--run", args.run_name, args.run_name and name_problem(args.run_name, max_len=63, label=True)),
+        ("--storage", args.storage, args.storage and name_problem(args.storage)),
+        ("--encryption-secret", args.encryption_secret,
+         args.encryption_secret and name_problem(args.encryption_secret)),
+        ("--snapshot", getattr(args, "snapshot", None),
+         getattr(args, "snapshot", None) not in (None, "latest") and name_problem(args.snapshot)),
+    ]
+    for flag, value, problem in checks:
+        if value is not None and problem:
+            raise InputError(problem, code="invalid-name", location=_at(argv, flag), field=flag)
+    for flag, value, segment in (("--directory", args.directory, False),
+                                 ("--plan-session", args.plan_session, True)):
+        problem = path_problem(value, segment=segment) if value is not None else None
+        if problem:
+            raise InputError(problem, code="invalid-path", location=_at(argv, flag), field=flag,
+                             hint="a path inside the storage: no .., no empty segment, no control character")
+    _timeout(args)
+
+
 def cmd_render(args: argparse.Namespace) -> int:
+    check_run_options(args)
     catalog = load_catalog(catalog_paths(args.catalog))
     plan = render_plan(catalog, build_request(args, catalog))
     objects = plan.objects()
-    check_objects(objects)
+    check_objects(objects, Location(COMMAND_LINE, positional_position(args.argv, args.addon)))
     if args.output == "json":
         json.dump(objects if len(objects) != 1 else objects[0], sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -154,7 +247,7 @@ def _run_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     from stashflow.flows.addon_flows import flow_for, form_parameter
 
     flow_for(args.addon, args.task)  # unknown-addon / unknown-task before anything else
-    kwargs: dict[str, Any] = {"target": str(args.target), "namespace": args.namespace}
+    kwargs: dict[str, Any] = {"target": str(_parse_target(args)), "namespace": args.namespace}
     values: dict[str, Any] = {}
     for path in args.values or []:
         values.update({k: v.value for k, v in _values_file(path).items()})
@@ -175,11 +268,13 @@ def _run_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         kwargs["snapshot"] = variables.pop("snapshot")
     if variables:
         kwargs["variables"] = variables
-    for option in ("storage", "repository", "directory", "encryption_secret", "snapshot", "timeout",
+    for option in ("storage", "repository", "directory", "encryption_secret", "snapshot",
                    "kubeconfig", "context", "history_limit", "attempt"):
         value = getattr(args, option, None)
         if value not in (None, ""):
             kwargs[option] = value
+    if args.timeout:
+        kwargs["timeout"] = f"{_timeout(args)}s"  # whole seconds: the flow reads no fraction
     if args.plan_session:  # the plan's session name (repository path), not the run's name
         kwargs["plan_session"] = args.plan_session
     return kwargs
@@ -209,11 +304,28 @@ def _run_flow(addon: str, task: str, params: dict[str, Any]) -> Any:
     raise RunError(f"the flow run ended {state.name}: {state.message}")
 
 
+def _check_kubeconfig(args: argparse.Namespace) -> None:
+    """A ``--kubeconfig`` that cannot be read is an input error before Prefect or the cluster is touched."""
+    path = getattr(args, "kubeconfig", None)
+    if path is None:
+        return
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise InputError(f"cannot read the kubeconfig: {exc.strerror or exc}", code="read-error",
+                         location=_at(args.argv, "--kubeconfig"), field="--kubeconfig") from None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Run one Addon task as its Prefect flow against the current kube context."""
+    check_run_options(args)
+    _check_kubeconfig(args)
     if args.catalog:
         os.environ[CATALOG_ENV] = os.pathsep.join(args.catalog)
-    state = _run_flow(args.addon, args.task, _run_kwargs(args))
+    kwargs = _run_kwargs(args)
+    quiet_prefect_tracebacks(args.verbose)
+    state = _run_flow(args.addon, args.task, kwargs)
     if state.name == "Skipped":
         print(f"skipped: {state.message}", file=sys.stderr)
         return 0
@@ -244,14 +356,17 @@ def cmd_restore(args: argparse.Namespace) -> int:
     """Run the restore tasks of RestoreSession files, one after another; stop at the first failure."""
     paths = catalog_paths(args.catalog)
     os.environ[CATALOG_ENV] = os.pathsep.join(os.path.abspath(p) for p in paths)
-    from stashflow.addons.model import RestoreSession
     from stashflow.flows.restore import restore_runs
 
-    catalog = Catalog().add_paths([*paths, *args.files]).check().raise_for_problems()
+    catalog = load_checked([*paths, *args.files]).raise_for_problems()
     sessions = catalog.of_kind(RestoreSession)
     if not sessions:
-        raise InputError("the files hold no RestoreSession", code="missing-field", field="FILE")
+        raise InputError("the files hold no RestoreSession", code="missing-field",
+                         location=Location(COMMAND_LINE, positional_position(args.argv, args.files[0])), field="FILE",
+                         hint="give the files that define the RestoreSessions to run")
     runs = [run for session in sessions for run in restore_runs(catalog, session)]
+    _check_kubeconfig(args)
+    quiet_prefect_tracebacks(args.verbose)
     for addon, task, params in runs:
         if args.kubeconfig:
             params["kubeconfig"] = os.path.abspath(args.kubeconfig)
@@ -312,13 +427,6 @@ def _cluster_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--context", help="kubeconfig context")
 
 
-def _target(text: str) -> Target:
-    try:
-        return Target.parse(text)
-    except InputError as exc:
-        raise argparse.ArgumentTypeError(exc.message + (f" ({exc.hint})" if exc.hint else "")) from None
-
-
 def add_run_options(p: argparse.ArgumentParser) -> None:
     """Options that say what to run: shared by ``render`` and ``run``."""
     p.add_argument("addon", help="Addon name, e.g. pvc-addon")
@@ -326,7 +434,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--catalog", action="extend", nargs="+", metavar="PATH",
                    help=f"Addon/Function files or folders (default: ${CATALOG_ENV}, else the built-in catalog)")
     p.add_argument("--namespace", "-n", default="default", help="namespace of the run (default: default)")
-    p.add_argument("--target", required=True, type=_target, metavar="KIND/NAME",
+    p.add_argument("--target", required=True, metavar="KIND/NAME",
                    help="what to back up or restore, e.g. PersistentVolumeClaim/data")
     p.add_argument("--param", action="append", metavar="NAME=VALUE", help="a task parameter (repeatable)")
     p.add_argument("--values", action="append", metavar="FILE", help="a YAML file of NAME: VALUE parameters")
@@ -348,15 +456,19 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser(extensions: Sequence[Callable[[Any], None]] = ()) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="stashflow",
         description="KubeStash Addons and Functions, run as Prefect flows on any Kubernetes cluster.",
+        epilog="-v/--verbose anywhere: print tracebacks (Prefect's and stashflow's) with errors.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("validate", help="check Addon, Function and plan files")
     p.add_argument("paths", nargs="+", metavar="PATH", help="files or folders (YAML, multi-document)")
     p.add_argument("--quiet", "-q", action="store_true", help="print nothing when all is well")
+    p.add_argument("--catalog", action="extend", nargs="+", metavar="PATH",
+                   help="for plans given without their Addons: the catalog deploy and restore use "
+                        f"(default: ${CATALOG_ENV}, else the built-in catalog)")
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("render", help="print the objects a run would create (PVCs, Job, Snapshot)")
@@ -400,21 +512,115 @@ def build_parser(extensions: Sequence[Callable[[Any], None]] = ()) -> argparse.A
     return parser
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one coded line too (exit 2), never a usage block."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        line = InputError(message, code="invalid-argument", location=Location(COMMAND_LINE, 1),
+                          hint=f"see {self.prog} --help").format()
+        self.exit(2, line + "\n")
+
+
+class _NoTraceback(logging.Formatter):
+    """A console formatter that leaves the traceback out (the record keeps it for other handlers)."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        saved = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        try:
+            return self.inner.format(record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = saved
+
+
+def quiet_prefect_tracebacks(verbose: bool) -> None:
+    """Without ``-v``, Prefect's console handlers print log lines but not tracebacks; the
+    Prefect API's log handler is left alone, so the flow run's logs keep the full trace."""
+    import prefect  # noqa: F401 - configures Prefect's logging, which is what is changed here
+
+    if verbose:
+        return
+    loggers = [logging.getLogger(), *(lg for lg in logging.Logger.manager.loggerDict.values()
+                                      if isinstance(lg, logging.Logger))]
+    for logger in loggers:
+        for handler in logger.handlers:
+            if "APILogHandler" in type(handler).__name__ or not isinstance(handler, logging.StreamHandler):
+                continue
+            if not isinstance(handler.formatter, _NoTraceback):
+                handler.setFormatter(_NoTraceback(handler.formatter or logging.Formatter()))
+
+
+def _locate(exc: StashflowError, args: argparse.Namespace) -> None:
+    """Give an error without a location the position of the argument it is about."""
+    for problem in exc.problems if isinstance(exc, Problems) else [exc]:
+        if problem.location is not None and problem.location.line > 0:
+            continue
+        if problem.location is not None and not problem.location.file.startswith("<"):
+            continue  # a file as a whole (read-error): FILE:0
+        argv = args.argv
+        field = (problem.field or "").split(" ")[0]
+        position = 1
+        if field.startswith("-"):
+            position = argument_position(argv, field)
+        elif problem.code == "unknown-addon" and getattr(args, "addon", None):
+            position = positional_position(argv, args.addon)
+        elif problem.code == "unknown-task" and getattr(args, "task", None):
+            position = positional_position(argv, args.task)
+        elif field in ("backupSession", "restoreSession", "snapshot", "DB_VERSION"):
+            for i, raw in enumerate(getattr(args, "var", None) or []):
+                if raw.partition("=")[0] == field:
+                    position = argument_position(argv, "--var", i)
+        problem.location = Location(COMMAND_LINE, position)
+
+
+def _unexpected(exc: BaseException) -> tuple[str, str, int]:
+    """An exception that is not a StashflowError → (code, message, exit code)."""
+    name = type(exc).__name__
+    module = type(exc).__module__ or ""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else name
+    if name in ("TerminationSignal", "ExternalSignal") or isinstance(exc, KeyboardInterrupt):
+        signal_name = "SIGINT" if isinstance(exc, KeyboardInterrupt) else "SIGTERM"
+        return "interrupted", f"stopped by {signal_name}; the run's Job and PVCs are cleaned up by its hooks", \
+            130 if isinstance(exc, KeyboardInterrupt) else 143
+    if module.startswith(("httpx", "httpcore")) or "Failed to reach API" in str(exc) or name == "PrefectHTTPStatusError":
+        url = os.environ.get("PREFECT_API_URL") or "Prefect's local API"
+        return "prefect-unavailable", f"the Prefect API at {url} did not answer: {text}", 1
+    return "internal-error", f"{name}: {text}", 1
+
+
 def main(argv: Sequence[str] | None = None, extensions: Sequence[Callable[[Any], None]] = ()) -> int:
     """Run a command; ``extensions`` add subcommands (``stashflow.deployments.cli`` adds deploy/serve)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = any(a in ("-v", "--verbose") for a in argv)
     parser = build_parser(extensions)
-    args = parser.parse_args(argv)
+    args = parser.parse_args([a for a in argv if a not in ("-v", "--verbose")])
     args.argv = argv
+    args.verbose = verbose
     try:
         return int(args.func(args) or 0)
     except StashflowError as exc:
+        _locate(exc, args)
         print(exc.format(), file=sys.stderr)
+        if verbose:
+            traceback.print_exc()
         return 1
-    except KeyboardInterrupt:
-        return 130
     except BrokenPipeError:
         return 0
+    except SystemExit:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - one coded line; the traceback only with -v
+        code, message, status = _unexpected(exc)
+        hint = "run again with -v for the traceback" if not verbose else None
+        if code == "internal-error":
+            hint = "a bug in stashflow: please report it with the output of -v"
+        print(InputError(message, code=code, location=Location(COMMAND_LINE, 1), hint=hint).format(), file=sys.stderr)
+        if verbose:
+            traceback.print_exc()
+        return status
 
 
 if __name__ == "__main__":  # pragma: no cover

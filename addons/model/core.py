@@ -8,6 +8,7 @@ from pydantic import Field
 
 from .addon import ContainerRuntimeSettings, VolumeSource
 from .base import KubeDict, KubeObject, Model, ObjectReference, TypedObjectReference
+from .types import Count, Duration, Seconds
 
 CORE_API = "core.kubestash.com/v1alpha1"
 
@@ -49,37 +50,37 @@ class AddonInfo(Model):
 
 
 class JobTemplate(Model):
-    parallelism: int | None = None
-    completions: int | None = None
-    active_deadline_seconds: int | None = None
-    backoff_limit: int | None = None
+    parallelism: Count | None = None
+    completions: Count | None = None
+    active_deadline_seconds: Seconds | None = None
+    backoff_limit: Count | None = None
     template: PodTemplateSpec | None = None
-    ttl_seconds_after_finished: int | None = None
+    ttl_seconds_after_finished: Count | None = None
     completion_mode: str | None = None
     suspend: bool | None = None
 
 
 class SchedulerSpec(Model):
     schedule: str
-    starting_deadline_seconds: int | None = None
+    starting_deadline_seconds: Seconds | None = None
     concurrency_policy: Literal["Allow", "Forbid", "Replace"] | None = None
     suspend: bool | None = None
     job_template: JobTemplate | None = None
-    successful_jobs_history_limit: int | None = None
-    failed_jobs_history_limit: int | None = None
+    successful_jobs_history_limit: Count | None = None
+    failed_jobs_history_limit: Count | None = None
 
 
 class RetryConfig(Model):
-    max_retry: int | None = None
-    delay: str | None = None  # metav1.Duration: 30s, 2m, 1h
+    max_retry: Count | None = None
+    delay: Duration | None = None  # metav1.Duration: 30s, 2m, 1h
 
 
 class HookInfo(Model):
     name: str
     hook_template: ObjectReference | None = None
     params: dict[str, Any] | None = None
-    max_retry: int | None = None
-    timeout: str | None = None
+    max_retry: Count | None = None
+    timeout: Duration | None = None
     execution_policy: Literal["Always", "OnSuccess", "OnFailure"] | None = None
     variables: list[KubeDict] | None = None
     volumes: list[KubeDict] | None = None
@@ -106,8 +107,8 @@ class Session(Model):
     scheduler: SchedulerSpec | None = None
     hooks: BackupHooks | None = None
     retry_config: RetryConfig | None = None
-    backup_timeout: str | None = None
-    session_history_limit: int | None = None
+    backup_timeout: Duration | None = None
+    session_history_limit: Count | None = None
     addon: AddonInfo | None = None
     repositories: list[RepositoryInfo] | None = None
 
@@ -157,7 +158,7 @@ class RestoreSessionSpec(Model):
     data_source: RestoreDataSource | None = None
     addon: AddonInfo | None = None
     hooks: RestoreHooks | None = None
-    restore_timeout: str | None = None
+    restore_timeout: Duration | None = None
     manifest_options: KubeDict | None = None
 
 

@@ -6,6 +6,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
+from .types import Count, RetentionPeriod
 from .base import KubeDict, KubeObject, Model, ObjectReference, TypedObjectReference
 
 STORAGE_API = "storage.kubestash.com/v1alpha1"
@@ -95,20 +96,20 @@ class Repository(KubeObject):
 
 
 class SuccessfulSnapshotsKeep(Model):
-    last: int | None = None
-    hourly: int | None = None
-    daily: int | None = None
-    weekly: int | None = None
-    monthly: int | None = None
-    yearly: int | None = None
+    last: Count | None = None
+    hourly: Count | None = None
+    daily: Count | None = None
+    weekly: Count | None = None
+    monthly: Count | None = None
+    yearly: Count | None = None
 
 
 class FailedSnapshotsKeep(Model):
-    last: int | None = None
+    last: Count | None = None
 
 
 class RetentionPolicySpec(Model):
-    max_retention_period: str | None = None  # "1y2mo3w4d5h6m"
+    max_retention_period: RetentionPeriod | None = None  # "1y2mo3w4d5h6m"
     usage_policy: UsagePolicy | None = None
     successful_snapshots: SuccessfulSnapshotsKeep | None = None
     failed_snapshots: FailedSnapshotsKeep | None = None

@@ -49,7 +49,8 @@ ROWS: list[Row] = []
 
 def _code(text: str) -> str:
     for token in text.replace(":", " ").split():
-        if token.startswith(("job-", "run-", "repository-", "target-", "api-", "snapshot-", "no-result")):
+        if token.startswith(("job-", "run-", "repository-", "target-", "api-", "snapshot-", "no-result",
+                             "namespace-", "pvc-", "secret-")):
             return token
     return "-"
 
@@ -195,7 +196,10 @@ def test_missing_input_in_the_cluster(missing: str, kube_cluster, namespace, nod
                   namespace, node_agent, snapshot_name="data-data-m" if "data-data-m" in names else None,
                   expected_pods=0)
     assert state.is_failed()
-    assert row.code != "-", state.message
+    expected = {"Secret": "secret-not-found", "PVC": "pvc-not-found", "namespace": "namespace-not-found"}[missing]
+    assert row.code == expected, state.message
+    # found by the pre-flight check: nothing was created, no Pod ever ran
+    assert row.snapshot == "-" and not node_agent.records
     assert (row.jobs_left, row.pvcs_left, row.duplicates) == (0, 0, 0)
 
 
