@@ -61,7 +61,7 @@ async def _exists(kube: Kube, namespace: str, item: Needed) -> bool | None:
         await kube.call(f"read {item.kind} {namespace}/{item.name}", kube.api.call_api,
                         f"/api/v1/namespaces/{namespace}/{plural}/{item.name}", "GET",
                         header_params={"Accept": _METADATA_ONLY}, auth_settings=["BearerToken"],
-                        response_type="object", _return_http_data_only=True)
+                        response_types_map={200: "object"}, _return_http_data_only=True)
         return True
     except NotFound:
         return False
@@ -78,7 +78,7 @@ async def _namespace_exists(kube: Kube, namespace: str) -> bool | None:
     try:
         await kube.call(f"read Namespace {namespace}", kube.api.call_api, f"/api/v1/namespaces/{namespace}", "GET",
                         header_params={"Accept": _METADATA_ONLY}, auth_settings=["BearerToken"],
-                        response_type="object", _return_http_data_only=True)
+                        response_types_map={200: "object"}, _return_http_data_only=True)
         return True
     except NotFound:
         return False

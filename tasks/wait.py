@@ -186,8 +186,8 @@ class JobWaiter:
         def on_event(kind: str, job: dict[str, Any]) -> None:
             if job["metadata"]["name"] != self.name:
                 return
-            if kind == "DELETED":
-                self._finish("Gone")
+            if kind == "DELETED" or job["metadata"].get("deletionTimestamp"):
+                self._finish("Gone")  # deleted from under the run (a Foreground delete marks it first)
                 return
             self.job = job
             phase = job_phase(job)
