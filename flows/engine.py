@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import signal
 import time
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 from stashflow.addons.catalog import Catalog
 from stashflow.addons.errors import RunError, StashflowError
 from stashflow.addons.render import FLOW_RUN_LABEL, ExecutionPlan
+from stashflow.flows import artifacts
 from stashflow.tasks import claim, resources
 from stashflow.tasks.kube import Kube, connect
 from stashflow.tasks.diagnose import Category
@@ -70,11 +70,6 @@ class Connection:
 
     def connect(self):  # type: ignore[no-untyped-def]
         return connect(self.kubeconfig, self.context, self.credentials_block)
-
-
-def artifact_key(*parts: str) -> str:
-    """Prefect artifact keys: lowercase letters, digits and dashes."""
-    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", "-".join(parts).lower())).strip("-")[:100]
 
 
 async def execute(spec: RunSpec, catalog: Catalog, connection: Connection,
@@ -133,7 +128,7 @@ async def _run(kube: Kube, spec: RunSpec, plan: ExecutionPlan, held: claim.Claim
                                                 plan.job_name if spec.history_limit > 0 else None)
         if deleted:
             logger.info("history limit %d: removed %s", spec.history_limit, ", ".join(deleted))
-        await publish_success(plan, result)
+        await publish_success(kube, plan, result)
         if retention_error is not None:
             raise retention_error
         return result
@@ -164,8 +159,12 @@ async def _failed(kube: Kube, spec: RunSpec, plan: ExecutionPlan, outcome: JobOu
              ("attempt", str(spec.request.attempt))]
     if plan.snapshot_name:
         facts.append(("Snapshot", f"`{plan.snapshot_name}` (Failed)"))
-    key = artifact_key("failure", plan.namespace, plan.target.kind, plan.target.name)
+    key = artifacts.target_key("failure", plan.namespace, plan.target.kind, plan.target.name)
     code = result.get("error_code")
+    if plan.snapshot_name is not None:
+        final = code if code in RESULT_FAILURES else "run-timeout" if outcome.phase == "TimedOut" else \
+            diagnosis.code if diagnosis else "job-failed"
+        await publish_overview(kube, plan, "Failed", final)
     if code in RESULT_FAILURES:
         message, hint = RESULT_FAILURES[code]
         error = RunError(f"{title}: {result.get('error') or message}", code=code, hint=hint)
@@ -181,33 +180,45 @@ async def _failed(kube: Kube, spec: RunSpec, plan: ExecutionPlan, outcome: JobOu
     raise RunError(f"{title}: {diagnosis.summary()}", code=code, diagnosis=diagnosis, hint=diagnosis.hint)
 
 
-async def publish_success(plan: ExecutionPlan, result: dict[str, Any]) -> None:
-    """A table of the components for this run, and the target's "last backup" artifact (stable key)."""
-    rows = []
-    for name, component in (result.get("components") or {}).items():
-        stats = (component.get("resticStats") or [{}])[0]
-        rows.append({"component": name, "phase": component.get("phase"), "size": component.get("size", ""),
-                     "duration": component.get("duration", ""), "integrity": component.get("integrity"),
-                     "restic snapshot": stats.get("id") or (stats.get("summary") or {}).get("id", ""),
-                     "uploaded": stats.get("uploaded", "")})
+async def publish_success(kube: Kube, plan: ExecutionPlan, result: dict[str, Any]) -> None:
+    """A backup: its components (keyed per target), the target's last backup, its fleet row.
+    A restore: what was restored, from which Snapshot."""
+    target, ns = plan.target, plan.namespace
+    rows = artifacts.component_rows(result.get("components") or {})
     if plan.snapshot_name is None:
-        await acreate_markdown_artifact(markdown=f"# Restore of {plan.target} in {plan.namespace}\n\n"
-                                                 f"Job `{plan.job_name}` completed.", description="restore result")
+        source = plan.resolved.inputs.get("snapshot", "")
+        restic_id = plan.resolved.inputs.get("RESTIC_SNAPSHOT_ID", "latest")
+        await acreate_markdown_artifact(
+            key=artifacts.target_key("restore", ns, target.kind, target.name),
+            markdown="\n".join([f"# Restored {target} in {ns}", "",
+                                 f"- from Snapshot: `{source}` (component `{plan.component}`, restic snapshot "
+                                 f"`{restic_id}`)", f"- task: `{plan.resolved.flow_name}`",
+                                 f"- Job: `{plan.job_name}`", f"- finished: {now_rfc3339()}"]),
+            description=f"the last restore into {target} in {ns}")
         return
-    await acreate_table_artifact(table=rows, description=f"Snapshot {plan.snapshot_name}: components")
-    target = plan.target
-    await acreate_markdown_artifact(
-        key=artifact_key("last-backup", plan.namespace, target.kind, target.name),
-        markdown="\n".join([
-            f"# Last successful backup of {target} in {plan.namespace}", "",
-            f"- Snapshot: `{plan.snapshot_name}`", f"- time: {now_rfc3339()}",
-            f"- task: `{plan.resolved.flow_name}`", f"- size: {result.get('size') or 'not reported'}",
-            f"- integrity: {result.get('integrity') if result.get('integrity') is not None else 'not reported'}",
-            "", "| component | restic snapshot | size | uploaded |", "|---|---|---|---|",
-            *[f"| {r['component']} | `{r['restic snapshot']}` | {r['size']} | {r['uploaded']} |" for r in rows],
-        ]),
-        description=f"the last successful backup of {target} in {plan.namespace}",
-    )
+    await acreate_table_artifact(key=artifacts.target_key("components", ns, target.kind, target.name), table=rows,
+                                 description=f"Snapshot {plan.snapshot_name}: components")
+    await publish_overview(kube, plan, "Completed", "")
+
+
+async def publish_overview(kube: Kube, plan: ExecutionPlan, state: str, code: str) -> None:
+    """The target's last-backup artifact and its fleet row, from the cluster's newest Succeeded Snapshot.
+    Never fails the run: an overview that cannot be written is logged."""
+    target, ns, now = plan.target, plan.namespace, artifacts.now_utc()
+    try:
+        last = await resources.latest_snapshot(kube, ns, plan.repository) if plan.repository else None
+        attempt = {"state": state, "code": code, "time": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                   "snapshot": plan.snapshot_name or "-"}
+        await acreate_markdown_artifact(
+            key=artifacts.target_key("last-backup", ns, target.kind, target.name),
+            markdown=artifacts.last_backup_markdown(str(target), ns, last, attempt, now),
+            description=f"the last successful backup of {target} in {ns}")
+        row = artifacts.fleet_row(namespace=ns, target=str(target), task=plan.resolved.flow_name, state=state,
+                                  code=code, when=now, last_success=last,
+                                  next_run=await artifacts.next_scheduled_run())
+        await artifacts.publish_fleet(row)
+    except Exception as exc:  # noqa: BLE001 - the overview must never change a run's outcome
+        get_run_logger().warning("overview artifacts not updated: %s", exc)
 
 
 async def _shielded(coro: Any) -> None:

@@ -96,6 +96,20 @@ def _renewed_within(lease: Any, seconds: float) -> bool:
 
 async def claim_target(kube: Kube, plan: ExecutionPlan) -> Claim:
     """Hold the target for this run, or raise ``RunError`` (``target-busy``) naming who holds it."""
+    for _ in range(3):  # the holder may give the Lease back between our create and our read
+        try:
+            return await _claim(kube, plan)
+        except _Released:
+            continue
+    raise RunError(f"{plan.target} in {plan.namespace} changed hands three times while this run claimed it",
+                   code="target-busy", hint="another run is starting and stopping on this target; try again")
+
+
+class _Released(Exception):
+    """The Lease went away while this run looked at it: claim again."""
+
+
+async def _claim(kube: Kube, plan: ExecutionPlan) -> Claim:
     coord = client.CoordinationV1Api(kube.api)
     name, ns, holder = lease_name(plan), plan.namespace, holder_of(plan)
     try:
@@ -105,7 +119,10 @@ async def claim_target(kube: Kube, plan: ExecutionPlan) -> Claim:
         raise namespace_missing(ns) from None
     except Conflict:
         pass  # held: by this run (adoption), by a live run (busy) or by a stale one (take over)
-    lease = await kube.call(f"read Lease {ns}/{name}", coord.read_namespaced_lease, name, ns)
+    try:
+        lease = await kube.call(f"read Lease {ns}/{name}", coord.read_namespaced_lease, name, ns)
+    except NotFound:
+        raise _Released() from None
     theirs = lease.spec.holder_identity or ""
     if theirs != holder and (await _holder_active(kube, ns, lease) or _renewed_within(lease, GRACE_SECONDS)):
         job = (lease.metadata.annotations or {}).get(HOLDER_ANNOTATION, "?")
@@ -120,6 +137,8 @@ async def claim_target(kube: Kube, plan: ExecutionPlan) -> Claim:
     except Conflict:
         raise RunError(f"{plan.target} in {ns} was claimed by another run at the same moment",
                        code="target-busy", hint="one run per target at a time; this one did nothing") from None
+    except NotFound:
+        raise _Released() from None
     orphans = await fail_orphans(kube, plan)
     return Claim(ns, name, holder, taken_over_from=theirs if theirs != holder else None,
                  orphans_failed=tuple(orphans))

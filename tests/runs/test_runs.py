@@ -52,11 +52,15 @@ def test_success_records_what_the_container_reported(run, kube_cluster, namespac
     assert any(line.endswith("| uploading") for line in logs), logs[-20:]
     # artifacts: the components table of this run, and the target's "last backup" by a stable key
     artifacts = flow_run_artifacts(state.state_details.flow_run_id)
-    table = next(a for a in artifacts if a.type == "table")
+    table = next(a for a in artifacts if a.key == f"components-{namespace}-persistentvolumeclaim-data")
     rows = json.loads(table.data) if isinstance(table.data, str) else table.data
     assert rows[0]["component"] == "dump" and rows[0]["restic snapshot"].startswith("00f950cc")
     (last, *_) = artifacts_by_key(f"last-backup-{namespace}-persistentvolumeclaim-data")
-    assert "data-data-1" in last.data
+    assert "- Snapshot: `data-data-1`" in last.data and "- integrity: true" in last.data
+    # and the fleet overview has this target's row
+    fleet = json.loads(artifacts_by_key("stashflow-fleet")[0].data)
+    (row,) = [r for r in fleet if r["target"] == f"{namespace}/PersistentVolumeClaim/data"]
+    assert row["last attempt"].startswith("Completed") and row["size"] == status["size"]
 
 
 CASES = {

@@ -117,7 +117,8 @@ def test_a_damaged_repository_fails_the_backup(kube_cluster, namespace, node_age
     assert condition["status"] == "False" and condition["reason"] == "RepositoryCorrupt"
     assert "restic check" in condition["message"]
     latest = artifacts_by_key(f"last-backup-{namespace}-persistentvolumeclaim-data")[0]
-    assert "data-data-1" in latest.data and "data-data-2" not in latest.data
+    assert "- Snapshot: `data-data-1`" in latest.data  # still the good one
+    assert "**The last attempt failed**: repository-corrupt" in latest.data
 
 
 def test_a_new_directory_or_storage_is_initialised(kube_cluster, namespace, node_agent, prefect_api, tmp_path,
