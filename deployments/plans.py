@@ -20,7 +20,7 @@ from stashflow.addons.model import BackupConfiguration, BackupStorage, Retention
 from stashflow.addons.names import label_value
 from stashflow.addons.source import format_path
 from stashflow.addons.render import Target
-from stashflow.flows.addon_flows import entrypoint, form_parameter
+from stashflow.flows.addon_flows import entrypoint, form_parameter, target_tag
 from stashflow.flows.plan_check import check_plans, cron_problem, late_after, split_schedule
 from stashflow.flows.policies import lock_name
 
@@ -195,7 +195,7 @@ def plan_deployments(catalog: Catalog, *, work_pool: str | None = None, kubeconf
                     flow=flow, addon=session.addon.name, task=ref.name,
                     entrypoint=entrypoint(session.addon.name, ref.name), parameters=params, cron=cron,
                     timezone=timezone, paused=paused,
-                    tags=[MANAGED_TAG, tag, f"session:{session.name}", f"target:{target_ns}.{target}".lower().replace("/", "."),
+                    tags=[MANAGED_TAG, tag, f"session:{session.name}", target_tag(target_ns, target),
                           f"addon:{session.addon.name}", f"task:{ref.name}"],
                     lock=lock_name(target_ns, Target.parse(target)),
                     description=f"{flow} of {target} in {target_ns}, from BackupConfiguration {namespace}/{plan.name} "

@@ -11,11 +11,13 @@ A required task parameter has no default; an optional one without a default is `
 ("not given", which KubeStash treats differently from an empty string).
 
 The catalog is ``$STASHFLOW_CATALOG`` (folders and files, ``:``-separated) or the built-in
-one; it is loaded once, when this module is imported.
+one; it is loaded once, when a flow is first asked for (``flow_for``, or an attribute of this
+module such as the entrypoint ``stashflow.flows.addon_flows:stashflow_pvc__logical_backup``).
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import keyword
 import os
@@ -93,10 +95,31 @@ def form_parameter(name: str) -> bool:
     return name.isidentifier() and not keyword.iskeyword(name) and name not in RUN_OPTION_NAMES
 
 
+KIND_SHORT = {"PersistentVolumeClaim": "pvc", "Deployment": "deploy", "StatefulSet": "sts", "DaemonSet": "ds"}
+
+
+def short_target(namespace: str, target: str) -> str:
+    """``demo/pvc/data``: what a person reads in a run name or a tag (the UI cuts long ones)."""
+    try:
+        parsed = Target.parse(target)
+    except InputError:
+        return f"{namespace}/{target}"
+    return f"{namespace}/{KIND_SHORT.get(parsed.kind, parsed.kind.lower())}/{parsed.name}"
+
+
+def target_tag(namespace: str, target: str) -> str:
+    return f"target:{short_target(namespace, target)}"
+
+
 def _run_name() -> str:
+    """``demo/pvc/data 2026-11-28 02:00`` (the flow's name is shown beside it already), or the run's
+    own name when it was given one (``--run``)."""
     p = current_flow_run.parameters
-    target = str(p.get("target", "")).rsplit("/", 1)[-1]
-    return f"{p.get('namespace', 'default')}.{target} {current_flow_run.flow_name}"
+    where = short_target(str(p.get("namespace") or "default"), str(p.get("target", "")))
+    if p.get("session"):
+        return f"{where} {p['session']}"
+    when = current_flow_run.scheduled_start_time
+    return f"{where} {when:%Y-%m-%d %H:%M}" if when else where
 
 
 def _spec_from_parameters(addon: Addon, task: Task, list_name: str, values: dict[str, Any]) -> RunSpec:
@@ -220,14 +243,23 @@ def build_flows(paths: list[str]) -> tuple[Catalog, dict[str, Flow]]:
     return catalog, flows
 
 
-CATALOG, FLOWS = build_flows(catalog_paths())
-globals().update(FLOWS)
+@functools.cache
+def loaded() -> tuple[Catalog, dict[str, Flow]]:
+    """The catalog of ``$STASHFLOW_CATALOG`` (or the built-in one) and its flows, loaded on first use,
+    not at import: modules that only map plans (restore, deployments) never pay for it, and a bad
+    catalog path fails the command that needs it, with its coded error."""
+    return build_flows(catalog_paths())
+
+
+def flows() -> dict[str, Flow]:
+    return loaded()[1]
 
 
 def flow_for(addon: str, task: str) -> Flow:
     """The flow of ``addon``/``task`` (an ``unknown-addon``/``unknown-task`` error if there is none)."""
-    CATALOG.task(addon, task)
-    return FLOWS[python_name(addon, task)]
+    catalog, found = loaded()
+    catalog.task(addon, task)
+    return found[python_name(addon, task)]
 
 
 def entrypoint(addon: str, task: str) -> str:
@@ -235,4 +267,13 @@ def entrypoint(addon: str, task: str) -> str:
     return f"{__name__}:{python_name(addon, task)}"
 
 
-__all__ = ["CATALOG", "FLOWS", "flow_for", "entrypoint", *FLOWS]
+def __getattr__(name: str) -> Flow:
+    """``stashflow.flows.addon_flows:stashflow_pvc__logical_backup``, the entrypoint a worker imports."""
+    found = flows().get(name) if not name.startswith("__") else None
+    if found is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return found
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *flows()])

@@ -286,12 +286,12 @@ def _run_flow(addon: str, task: str, params: dict[str, Any]) -> Any:
 
     from prefect import tags
 
-    from stashflow.flows.addon_flows import flow_for
+    from stashflow.flows.addon_flows import flow_for, target_tag
 
     target = Target.parse(params["target"])
     namespace = params.get("namespace", "default")
     with tags("stashflow", f"addon:{addon}", f"task:{task}",
-              f"target:{namespace}.{target.kind}.{target.name}".lower()):
+              target_tag(namespace, str(target))):
         state = asyncio.run(flow_for(addon, task)(**params, return_state=True))
     if state.is_completed():
         return state

@@ -46,7 +46,7 @@ def test_deploy_creates_updates_and_prunes(prefect_server, tmp_path) -> None:
     assert p["timeout"] == "1h" and p["history_limit"] == 3 and p["exclusive"] is True
     assert p["retention"] == {"successfulSnapshots": {"daily": 7}} and p["repository"] == "data-nightly"
     assert {"stashflow", "plan:shop.db-backup", "addon:scripted", "task:backup", "session:nightly",
-            "target:shop.persistentvolumeclaim.data"} <= set(nightly.tags)
+            "target:shop/pvc/data"} <= set(nightly.tags)
     # the flow's form: the task's parameters with their usage
     assert nightly.parameter_openapi_schema["properties"]["message"]["description"].startswith("A value passed")
 
