@@ -67,8 +67,35 @@ async def ensure_locks(specs: list[DeploymentSpec]) -> None:
                 pass
 
 
+async def check_server_and_pools(specs: list[DeploymentSpec]) -> list[str]:
+    """Before changing anything: the Prefect API answers, and every work pool named exists; a missing
+    one is created as a process pool (what `prefect worker start --pool NAME` serves). Returns the
+    pools created."""
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectNotFound
+
+    from stashflow.addons.errors import InputError
+
+    async with get_client() as client:
+        problem = await client.api_healthcheck()
+        if problem is not None:
+            raise InputError(f"the Prefect API at {client.api_url} does not answer: {problem}",
+                             code="prefect-unreachable", field="PREFECT_API_URL",
+                             hint="start it (prefect server start) or set PREFECT_API_URL to the server's /api URL; "
+                                  "nothing was changed")
+        created = []
+        for pool in sorted({s.work_pool for s in specs if s.work_pool}):
+            try:
+                await client.read_work_pool(pool)
+            except ObjectNotFound:
+                await client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+                created.append(pool)
+        return created
+
+
 async def deploy(specs: list[DeploymentSpec], *, plan_tags: set[str], prune: bool = True) -> dict[str, list[str]]:
     """Create or update ``specs``; delete this tool's deployments of ``plan_tags`` that are not among them."""
+    created = await check_server_and_pools(specs)
     await ensure_locks(specs)
     applied = []
     for spec in specs:
@@ -87,7 +114,7 @@ async def deploy(specs: list[DeploymentSpec], *, plan_tags: set[str], prune: boo
                     if (flow.name, d.name) not in wanted:
                         await client.delete_deployment(d.id)
                         pruned.append(f"{flow.name}/{d.name}")
-    return {"applied": applied, "pruned": pruned}
+    return {"applied": applied, "pruned": pruned, "pools": created}
 
 
 def prefect_yaml(specs: list[DeploymentSpec], *, work_pool: str, directory: str = ".") -> dict[str, Any]:

@@ -51,6 +51,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         return 0
     flows_cli.quiet_prefect_tracebacks(args.verbose)
     done = asyncio.run(deploy(specs, plan_tags=tags, prune=not args.no_prune))
+    for pool in done["pools"]:
+        print(f"created work pool {pool} (type process): run its flows with `prefect worker start --pool {pool}`")
     for spec in specs:
         state = "paused" if spec.paused else f"{spec.cron} ({spec.timezone})"
         print(f"deployed {spec.full_name}: {state}")

@@ -101,3 +101,28 @@ def test_the_repositorys_prefect_yaml_is_what_its_example_plan_gives(tmp_path) -
     subprocess.run([STASHFLOW, "deploy", str(REPO / "deployments" / "examples" / "pvc-backups.yaml"), "--write",
                     str(out), "--work-pool", "stashflow"], env=env, check=True, timeout=120)
     assert yaml.safe_load(out.read_text()) == yaml.safe_load((REPO / "prefect.yaml").read_text())
+
+
+def test_deploy_creates_the_work_pool_it_names_and_refuses_an_unreachable_api(prefect_server, tmp_path) -> None:
+    from prefect.client.orchestration import get_client
+
+    plan = write_plan(tmp_path / "plan.yaml", "pools", [session("nightly", "0 2 * * *")], name="p")
+    done = subprocess.run([STASHFLOW, "deploy", str(plan), "--work-pool", "fresh-pool"], env=prefect_server,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "created work pool fresh-pool (type process)" in done.stdout
+    assert "Traceback" not in done.stderr
+
+    async def pool():  # type: ignore[no-untyped-def]
+        async with get_client() as c:
+            return await c.read_work_pool("fresh-pool")
+    assert asyncio.run(pool()).type == "process"
+    again = subprocess.run([STASHFLOW, "deploy", str(plan), "--work-pool", "fresh-pool"], env=prefect_server,
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "created work pool" not in again.stdout
+
+    down = subprocess.run([STASHFLOW, "deploy", str(plan), "--work-pool", "fresh-pool"],
+                          env={**prefect_server, "PREFECT_API_URL": "http://127.0.0.1:9/api"}, capture_output=True,
+                          text=True, timeout=120)
+    assert down.returncode == 1 and "Traceback" not in down.stderr
+    assert "prefect-unreachable" in down.stderr and len(down.stderr.strip().splitlines()) == 1
