@@ -21,6 +21,7 @@ from stashflow.addons.names import label_value
 from stashflow.addons.source import format_path
 from stashflow.addons.render import Target
 from stashflow.flows.addon_flows import entrypoint, form_parameter, target_tag
+from stashflow.flows.parameters import RunParameters, Storage
 from stashflow.flows.plan_check import check_plans, cron_problem, late_after, split_schedule
 from stashflow.flows.policies import lock_name
 
@@ -148,46 +149,35 @@ def plan_deployments(catalog: Catalog, *, work_pool: str | None = None, kubeconf
                                                  obj=plan.ref, field=format_path(base + ("addon", "tasks", t_index, "name")),
                                                  hint=exc.hint))
                     continue
-                if ref.addon_volumes:
-                    addon_settings = {**addon_settings, "addonVolumes": [v.dump() for v in ref.addon_volumes]}
-                params: dict[str, Any] = {
-                    "target": target, "namespace": target_ns,
-                    "storage": {"apiVersion": storage.api_version, "kind": storage.kind,
-                                "metadata": {"name": storage.name, "namespace": storage.namespace or namespace},
-                                "spec": storage.spec.dump()},
-                    "repository": repo.name, "directory": (repo.directory or "").strip("/"),
-                    "plan_session": session.name,
-                    "history_limit": session.session_history_limit if session.session_history_limit is not None else 1,
-                    "exclusive": True,
-                    "invoker": {"kind": "BackupConfiguration", "name": plan.name},
-                }
-                if repo.encryption_secret:
-                    params["encryption_secret"] = repo.encryption_secret.name
-                if session.backup_timeout:  # whole seconds, rounded up: 0.1s is 1 s, never "no deadline"
-                    params["timeout"] = f"{deadline_seconds(session.backup_timeout)}s"
-                if retry:
-                    params["max_retry"] = retry.max_retry if retry.max_retry is not None else 1
-                    if retry.delay:
-                        params["retry_delay"] = retry.delay
-                if policy is not None:
-                    params["retention"] = policy.spec.dump()
-                params["late_after_seconds"] = late_after(cron, timezone)
-                if session.scheduler.starting_deadline_seconds is not None:
-                    params["starting_deadline_seconds"] = session.scheduler.starting_deadline_seconds
-                if addon_settings:
-                    params["addon"] = addon_settings
-                if kubeconfig:
-                    params["kubeconfig"] = kubeconfig
+                # each task its own settings: a later task never inherits an earlier one's addonVolumes
+                task_settings = {**addon_settings, **({"addonVolumes": [v.dump() for v in ref.addon_volumes]}
+                                                      if ref.addon_volumes else {})}
                 task_params = {k: ("true" if v is True else "false" if v is False else str(v))
                                for k, v in (ref.params or {}).items()}
-                for k, v in task_params.items():
-                    if form_parameter(k):
-                        params[k] = v
-                    else:
-                        params.setdefault("extra_params", {})[k] = v
-                variables = {v["name"]: v["value"] for v in ref.variables or [] if "value" in v}
-                if variables:
-                    params["variables"] = variables
+                schedule: dict[str, Any] = {"late_after_seconds": late_after(cron, timezone)}
+                if retry:
+                    schedule["max_retry"] = retry.max_retry if retry.max_retry is not None else 1
+                    if retry.delay:
+                        schedule["retry_delay"] = retry.delay
+                if session.scheduler.starting_deadline_seconds is not None:
+                    schedule["starting_deadline_seconds"] = session.scheduler.starting_deadline_seconds
+                limits: dict[str, Any] = {
+                    "history_limit": session.session_history_limit if session.session_history_limit is not None else 1}
+                if session.backup_timeout:  # whole seconds, rounded up: 0.1s is 1 s, never "no deadline"
+                    limits["timeout"] = f"{deadline_seconds(session.backup_timeout)}s"
+                run = RunParameters(
+                    target=target, namespace=target_ns,
+                    task_params={k: v for k, v in task_params.items() if form_parameter(k)},
+                    retention=policy.spec.dump() if policy is not None else None,
+                    repository={"name": repo.name, "storage": Storage.of(storage),
+                                "directory": (repo.directory or "").strip("/"),
+                                "encryption_secret": repo.encryption_secret.name if repo.encryption_secret else None},
+                    limits=limits, schedule=schedule, cluster={"kubeconfig": kubeconfig},
+                    advanced={"plan_session": session.name, "addon": task_settings,
+                              "extra_params": {k: v for k, v in task_params.items() if not form_parameter(k)},
+                              "variables": {v["name"]: v["value"] for v in ref.variables or [] if "value" in v},
+                              "invoker": {"kind": "BackupConfiguration", "name": plan.name}})
+                params = run.to_flow("backup")
                 flow = f"{session.addon.name}:{ref.name}"
                 tag = plan_tag(plan)
                 specs.append(DeploymentSpec(

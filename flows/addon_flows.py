@@ -38,46 +38,15 @@ from stashflow.addons.resolve import Value
 from stashflow.tasks.steps import RunSpec
 
 from stashflow.flows import policies
+from stashflow.flows.parameters import GROUPS, RESERVED, RunParameters
 from stashflow.flows.engine import Connection, cleanup_hook, execute
 
 CATALOG_ENV = "STASHFLOW_CATALOG"
 
-#: Run options every flow has, in form order: (name, type, default, description).
-RUN_OPTIONS: list[tuple[str, Any, Any, str]] = [
-    ("target", str, inspect.Parameter.empty,
-     "What to back up or restore, as KIND/NAME: PersistentVolumeClaim/data, Postgres.kubedb.com/prod-db."),
-    ("namespace", str, "default", "Namespace of the target and of everything the run creates."),
-    ("storage", str | dict | None, None,
-     "BackupStorage to back up into: its name (from the catalog paths) or the object itself."),
-    ("repository", str | None, None, "Repository name recorded in the Snapshot (default: the target's name)."),
-    ("directory", str, "", "The repository's directory inside the storage."),
-    ("encryption_secret", str | None, None, "Secret in the namespace whose key RESTIC_PASSWORD encrypts the data."),
-    ("snapshot", str | None, None, "Restores: the Snapshot to restore, or 'latest' (of `repository`)."),
-    ("timeout", str | None, "6h", "Deadline of the run (Job activeDeadlineSeconds), e.g. 30m, 6h; empty: none."),
-    ("session", str | None, None, "The run's name (KubeStash's BackupSession/RestoreSession): it names the Job and "
-                                  "the Snapshot, and a run with the same name adopts that run's Job instead of "
-                                  "starting a second; default: the target and the run's scheduled time."),
-    ("plan_session", str | None, None, "The plan's session name (repository path); default: the task name."),
-    ("db_version", str | None, None, "Database version, mapped onto the Function's availableVersions."),
-    ("variables", dict[str, str] | None, None, "Other built-in variables (e.g. POD_ORDINAL)."),
-    ("extra_params", dict[str, str] | None, None, "Task parameters whose names are not Python identifiers."),
-    ("history_limit", int, 1, "How many finished Jobs of this target and task stay for debugging."),
-    ("stuck_after", float, 180.0, "Seconds a Pod may be stuck (image pull, config, unschedulable) before failing."),
-    ("attempt", int, 1, "Attempt number (names the Job; retries are new attempts)."),
-    ("max_retry", int, 0, "After a failed backup, up to this many new attempts (each its own Job and Snapshot)."),
-    ("retry_delay", str | None, None, "Wait before a new attempt, e.g. 30s, 5m (retryConfig.delay)."),
-    ("retention", dict | None, None, "A RetentionPolicy spec applied to the repository's Snapshots after a backup."),
-    ("exclusive", bool, False, "Hold the target's lock: a run that finds it held is skipped, not queued."),
-    ("missed_runs", str, "latest", "After downtime, which missed scheduled runs run: latest, all or none."),
-    ("starting_deadline_seconds", int | None, None, "Skip a scheduled run that starts later than this."),
-    ("late_after_seconds", float | None, None, "A scheduled run later than this was missed (default 60 s)."),
-    ("addon", dict | None, None, "The plan's addon settings: jobTemplate, containerRuntimeSettings, addonVolumes."),
-    ("invoker", dict[str, str] | None, None, "The plan that invoked this run: {kind, name}."),
-    ("kubeconfig", str | None, None, "Kubeconfig file (default: in-cluster, then $KUBECONFIG, ~/.kube/config)."),
-    ("context", str | None, None, "Kubeconfig context."),
-    ("credentials_block", str | None, None, "Name of a prefect-kubernetes KubernetesCredentials block."),
-]
-RUN_OPTION_NAMES = {name for name, *_ in RUN_OPTIONS}
+TARGET_DOC = "What to back up or restore, as KIND/NAME: PersistentVolumeClaim/data, Postgres.kubedb.com/prod-db."
+NAMESPACE_DOC = "Namespace of the target and of everything the run creates."
+SNAPSHOT_DOC = "The Snapshot to restore, or latest (the newest Succeeded one of repository.name)."
+RETENTION_DOC = "A RetentionPolicy spec applied to the repository's Snapshots after each backup."
 
 
 def catalog_paths() -> list[str]:
@@ -92,7 +61,7 @@ def python_name(addon: str, task: str) -> str:
 
 def form_parameter(name: str) -> bool:
     """Whether a task parameter can be its own form field (else it goes in ``extra_params``)."""
-    return name.isidentifier() and not keyword.iskeyword(name) and name not in RUN_OPTION_NAMES
+    return name.isidentifier() and not keyword.iskeyword(name) and name not in RESERVED
 
 
 KIND_SHORT = {"PersistentVolumeClaim": "pvc", "Deployment": "deploy", "StatefulSet": "sts", "DaemonSet": "ds"}
@@ -116,52 +85,46 @@ def _run_name() -> str:
     own name when it was given one (``--run``)."""
     p = current_flow_run.parameters
     where = short_target(str(p.get("namespace") or "default"), str(p.get("target", "")))
-    if p.get("session"):
-        return f"{where} {p['session']}"
+    advanced = p.get("advanced") or {}
+    session = advanced.get("session") if isinstance(advanced, dict) else getattr(advanced, "session", None)
+    if session:
+        return f"{where} {session}"
     when = current_flow_run.scheduled_start_time
     return f"{where} {when:%Y-%m-%d %H:%M}" if when else where
 
 
-def _spec_from_parameters(addon: Addon, task: Task, list_name: str, values: dict[str, Any]) -> RunSpec:
-    """Flow parameters → a checked ``RunSpec``."""
+def _spec_from_parameters(addon: Addon, task: Task, run: RunParameters) -> RunSpec:
+    """The typed flow parameters → a checked ``RunSpec``."""
     try:
-        target = Target.parse(str(values["target"]))
+        target = Target.parse(run.target)
     except InputError as exc:
         raise InputError(exc.message, code=exc.code, field="target", hint=exc.hint) from None
-    params: dict[str, Value] = {}
-    for p in task.parameters or []:
-        if form_parameter(p.name) and values.get(p.name) is not None:
-            params[p.name] = Value(str(values[p.name]), Location("<flow parameters>", 0), p.name)
-    for name, value in (values.get("extra_params") or {}).items():
-        params[name] = Value(str(value), Location("<flow parameters>", 0), f"extra_params.{name}")
-    builtins = {k: Value(str(v), Location("<flow parameters>", 0), f"variables.{k}")
-                for k, v in (values.get("variables") or {}).items()}
-    if values.get("db_version"):
-        builtins["DB_VERSION"] = Value(str(values["db_version"]), Location("<flow parameters>", 0), "db_version")
-    timeout = None
-    if values.get("timeout"):
-        try:
-            timeout = int(parse_duration(str(values["timeout"])))
-        except ValueError as exc:
-            raise InputError(str(exc), code="invalid-argument", field="timeout") from None
+    where = Location("<flow parameters>", 0)
+    params: dict[str, Value] = {name: Value(value, where, name) for name, value in run.task_params.items()}
+    params.update({name: Value(value, where, f"advanced.extra_params.{name}")
+                   for name, value in run.advanced.extra_params.items()})
+    builtins = {k: Value(v, where, f"advanced.variables.{k}") for k, v in run.advanced.variables.items()}
+    if run.advanced.db_version:
+        builtins["DB_VERSION"] = Value(run.advanced.db_version, where, "advanced.db_version")
+    timeout = int(parse_duration(run.limits.timeout)) if run.limits.timeout else None
     run_id = current_flow_run.id
-    session = values.get("session")
+    session = run.advanced.session
     if not session:
         started = current_flow_run.scheduled_start_time
         session = valid_name(target.name, str(int(started.timestamp())) if started else "")
-    invoker = values.get("invoker") or {}
+    invoker = run.advanced.invoker
     request = RenderRequest(
-        addon=addon.name, task=task.name, namespace=values.get("namespace") or "default", target=target,
-        params=params, builtins=builtins, session=session, plan_session=values.get("plan_session"),
-        invoker_kind=invoker.get("kind"), invoker_name=invoker.get("name"), attempt=int(values.get("attempt") or 1),
-        timeout_seconds=timeout, labels={FLOW_RUN_LABEL: run_id} if run_id else {},
+        addon=addon.name, task=task.name, namespace=run.namespace, target=target, params=params, builtins=builtins,
+        session=session, plan_session=run.advanced.plan_session, invoker_kind=invoker.kind if invoker else None,
+        invoker_name=invoker.name if invoker else None, attempt=run.advanced.attempt, timeout_seconds=timeout,
+        labels={FLOW_RUN_LABEL: run_id} if run_id else {},
     )
+    repo = run.repository
     return RunSpec(
-        request=request, storage=values.get("storage"), repository=values.get("repository"),
-        directory=values.get("directory") or "", encryption_secret=values.get("encryption_secret"),
-        snapshot=values.get("snapshot"), stuck_after=float(values.get("stuck_after") or 180.0),
-        history_limit=int(values.get("history_limit") if values.get("history_limit") is not None else 1),
-        addon_info=values.get("addon"),
+        request=request, storage=repo.storage.to_object() if repo.storage else None, repository=repo.name,
+        directory=repo.directory, encryption_secret=repo.encryption_secret, snapshot=run.snapshot,
+        stuck_after=run.limits.stuck_after, history_limit=run.limits.history_limit,
+        addon_info=run.advanced.addon or None,
     )
 
 
@@ -177,42 +140,59 @@ def state_message(exc: StashflowError, limit: int = 160) -> str:
 def make_flow(catalog: Catalog, addon: Addon, list_name: str, task: Task) -> Flow:
     """The flow of one Addon task, its signature built from the task's parameters."""
     pyname = python_name(addon.name, task.name)
-    parameters = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
-                  for name, annotation, default, _ in RUN_OPTIONS]
-    docs = [f"    {name}: {description}" for name, _, _, description in RUN_OPTIONS]
+    kind = "backup" if list_name == "backupTasks" else "restore"
+    keyword_only = inspect.Parameter.KEYWORD_ONLY
+    parameters = [inspect.Parameter("target", keyword_only, annotation=str),
+                  inspect.Parameter("namespace", keyword_only, default="default", annotation=str)]
+    docs = [f"    target: {TARGET_DOC}", f"    namespace: {NAMESPACE_DOC}"]
+    task_names: set[str] = set()
     for p in task.parameters or []:
         if not form_parameter(p.name):
             continue
+        task_names.add(p.name)
         if p.required:
             default: Any = inspect.Parameter.empty
             annotation: Any = str
         else:
             default, annotation = (p.default, str) if p.default is not None else (None, str | None)
-        parameters.append(inspect.Parameter(p.name, inspect.Parameter.KEYWORD_ONLY, default=default,
-                                            annotation=annotation))
+        parameters.append(inspect.Parameter(p.name, keyword_only, default=default, annotation=annotation))
         docs.append(f"    {p.name}: {(p.usage or 'Addon task parameter.').strip()}"
                     + (" (required)" if p.required else ""))
-    # Prefect wants required parameters first in the form; keyword-only order is free.
-    parameters.sort(key=lambda prm: prm.default is not inspect.Parameter.empty)
-    kind = "Back up" if list_name == "backupTasks" else "Restore"
-    doc = (f"{kind} with KubeStash Addon task {addon.name}/{task.name} (Function {task.function}).\n\nArgs:\n"
-           + "\n".join(docs))
+    if kind == "restore":
+        parameters.append(inspect.Parameter("snapshot", keyword_only, default="latest", annotation=str))
+        docs.append(f"    snapshot: {SNAPSHOT_DOC}")
+    for name, model, kinds in GROUPS:
+        if kind in kinds:
+            parameters.append(inspect.Parameter(name, keyword_only, default=model(), annotation=model))
+            docs.append(f"    {name}: {(model.__doc__ or '').strip().splitlines()[0]}")
+        if name == "schedule" and kind == "backup":
+            parameters.append(inspect.Parameter("retention", keyword_only, default=None,
+                                                annotation=dict[str, Any] | None))
+            docs.append(f"    retention: {RETENTION_DOC}")
+    # Required task parameters have no default: Python wants them before the others only for positional
+    # parameters, and these are keyword-only, so the form keeps this order: target, namespace, the task's
+    # own parameters, then the run options.
+    doc = (f"{'Back up' if kind == 'backup' else 'Restore'} with KubeStash Addon task {addon.name}/{task.name} "
+           f"(Function {task.function}).\n\nArgs:\n" + "\n".join(docs))
 
     async def run(**values: Any) -> Any:
-        spec = _spec_from_parameters(addon, task, list_name, values)
-        connection = Connection(values.get("kubeconfig"), values.get("context"), values.get("credentials_block"))
+        params = RunParameters.from_flow(values, task_names)
+        spec = _spec_from_parameters(addon, task, params)
+        cluster = params.cluster
+        connection = Connection(cluster.kubeconfig, cluster.context, cluster.credentials_block)
+        schedule = params.schedule
         try:
-            await policies.check_missed(values.get("missed_runs") or "latest", values.get("starting_deadline_seconds"),
-                                        values.get("late_after_seconds"))
-            async with policies.target_lock(spec.namespace, spec.target, bool(values.get("exclusive"))):
-                return await execute(spec, catalog, connection, values.get("retention"))
+            await policies.check_missed(schedule.missed_runs.value, schedule.starting_deadline_seconds,
+                                        schedule.late_after_seconds)
+            async with policies.target_lock(spec.namespace, spec.target, kind == "backup" and schedule.exclusive):
+                return await execute(spec, catalog, connection, params.retention)
         except policies.Skip as skip:
             return policies.skipped(skip.reason)
         except StashflowError as exc:
             get_run_logger().error("%s", exc.format())  # the whole line, once; no traceback for a known failure
-            if list_name == "backupTasks":
+            if kind == "backup":
                 note = await policies.schedule_retry(dict(current_flow_run.parameters), spec.request.attempt,
-                                                     int(values.get("max_retry") or 0), values.get("retry_delay"))
+                                                     schedule.max_retry, schedule.retry_delay)
                 if note:
                     get_run_logger().warning("backup failed; %s", note)
             return Failed(message=state_message(exc), data=exc)

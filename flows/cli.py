@@ -242,42 +242,77 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Where a run parameter comes from on the command line (for errors).
+RUN_FLAGS = {"repository.encryption_secret": "--encryption-secret", "repository.directory": "--directory",
+             "repository.name": "--repository", "advanced.session": "--run", "advanced.plan_session": "--plan-session",
+             "advanced.attempt": "--attempt", "limits.timeout": "--timeout", "limits.history_limit": "--history-limit",
+             "target": "--target", "namespace": "--namespace"}
+
+
 def _run_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """``stashflow run`` options → the flow's parameters."""
-    from stashflow.flows.addon_flows import flow_for, form_parameter
+    """``stashflow run`` options → the flow's typed parameters (``RunParameters``), checked here, each
+    bad value at its argument's position, before anything is created."""
+    from pydantic import ValidationError
+
+    from stashflow.flows.addon_flows import flow_for, form_parameter, loaded
+    from stashflow.flows.parameters import RunParameters, Storage
 
     flow_for(args.addon, args.task)  # unknown-addon / unknown-task before anything else
-    kwargs: dict[str, Any] = {"target": str(_parse_target(args)), "namespace": args.namespace}
+    catalog = loaded()[0]
+    _, list_name, _, _ = catalog.task(args.addon, args.task)
+    # Render the run offline first, as `stashflow render` does: an unknown or missing parameter, a
+    # template that cannot resolve, a name the API would refuse fail here, at their argument, before
+    # Prefect or the cluster is reached. A restore's Snapshot is only known at run time: stand-ins.
+    request = build_request(args, catalog)
+    if list_name == "restoreTasks":
+        stand_ins = {"snapshot": Value("latest"), "RESTIC_SNAPSHOT_ID": Value("latest")}
+        request.builtins = {**stand_ins, **request.builtins}
+    check_objects(render_plan(catalog, request).objects(),
+                  Location(COMMAND_LINE, positional_position(args.argv, args.addon)))
     values: dict[str, Any] = {}
     for path in args.values or []:
         values.update({k: v.value for k, v in _values_file(path).items()})
     values.update({k: v.value for k, v in _pairs(args.param or [], "--param", args.argv).items()})
-    extra = {k: v for k, v in values.items() if not form_parameter(k)}
-    kwargs.update({k: v for k, v in values.items() if form_parameter(k)})
-    if extra:
-        kwargs["extra_params"] = extra
     variables = {k: v.value for k, v in _pairs(args.var or [], "--var", args.argv).items()}
+    advanced: dict[str, Any] = {"extra_params": {k: v for k, v in values.items() if not form_parameter(k)},
+                                "attempt": args.attempt}
     if "DB_VERSION" in variables:
-        kwargs["db_version"] = variables.pop("DB_VERSION")
+        advanced["db_version"] = variables.pop("DB_VERSION")
     for name in ("backupSession", "restoreSession"):  # the same thing as --run
         if name in variables:
-            kwargs["session"] = variables.pop(name)
+            advanced["session"] = variables.pop(name)
     if args.run_name:
-        kwargs["session"] = args.run_name
-    if "snapshot" in variables:
-        kwargs["snapshot"] = variables.pop("snapshot")
-    if variables:
-        kwargs["variables"] = variables
-    for option in ("storage", "repository", "directory", "encryption_secret", "snapshot",
-                   "kubeconfig", "context", "history_limit", "attempt"):
-        value = getattr(args, option, None)
-        if value not in (None, ""):
-            kwargs[option] = value
-    if args.timeout:
-        kwargs["timeout"] = f"{_timeout(args)}s"  # whole seconds: the flow reads no fraction
+        advanced["session"] = args.run_name
     if args.plan_session:  # the plan's session name (repository path), not the run's name
-        kwargs["plan_session"] = args.plan_session
-    return kwargs
+        advanced["plan_session"] = args.plan_session
+    snapshot = variables.pop("snapshot", None) or getattr(args, "snapshot", None)
+    advanced["variables"] = variables
+    storage = None
+    if args.storage:
+        found = catalog.get(BackupStorage, args.storage)
+        if found is None:
+            raise InputError(f'no BackupStorage "{args.storage}" in the catalog paths', code="unknown-object",
+                             location=_at(args.argv, "--storage"), field="--storage",
+                             hint="add the file that defines it with --catalog")
+        storage = Storage.of(found)
+    limits: dict[str, Any] = {}
+    if args.timeout:
+        limits["timeout"] = f"{_timeout(args)}s"  # whole seconds: the flow reads no fraction
+    if getattr(args, "history_limit", None) is not None:
+        limits["history_limit"] = args.history_limit
+    try:
+        run = RunParameters(
+            target=str(_parse_target(args)), namespace=args.namespace,
+            task_params={k: str(v) for k, v in values.items() if form_parameter(k)}, snapshot=snapshot,
+            repository={"name": args.repository, "storage": storage, "directory": args.directory or "",
+                        "encryption_secret": args.encryption_secret},
+            limits=limits, cluster={"kubeconfig": args.kubeconfig, "context": args.context}, advanced=advanced)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        flag = RUN_FLAGS.get(field, "--run")
+        raise InputError(first["msg"], code="invalid-argument", location=_at(args.argv, flag), field=flag) from None
+    return run.to_flow("backup" if list_name == "backupTasks" else "restore")
 
 
 def _run_flow(addon: str, task: str, params: dict[str, Any]) -> Any:

@@ -251,7 +251,8 @@ async def cleanup_hook(flow: Any, flow_run: Any, state: Any) -> None:
     Prefect runs this in the runner or worker after the flow-run process is gone, so it
     reconnects from the run's own parameters."""
     params = flow_run.parameters or {}
-    connection = Connection(params.get("kubeconfig"), params.get("context"), params.get("credentials_block"))
+    cluster = params.get("cluster") or {}
+    connection = Connection(cluster.get("kubeconfig"), cluster.get("context"), cluster.get("credentials_block"))
     namespace = params.get("namespace") or "default"
     reason = f"the flow run was {str(getattr(state, 'name', 'stopped')).lower()}"
     async with connection.connect() as kube:

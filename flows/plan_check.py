@@ -294,9 +294,10 @@ def check_restore_session(session: RestoreSession, catalog: Catalog) -> list[Sta
                       "snapshot": as_value(params["snapshot"] if params["snapshot"] != "latest" else "latest")},
             session=valid_name(session.name, str(int(SAMPLE_TIME.timestamp()))),
             invoker_kind="RestoreSession", invoker_name=session.name,
-            timeout_seconds=deadline_seconds(params["timeout"]) if params.get("timeout") else None,
-            repository=RepositoryContext(name=params.get("repository") or "repository",
-                                         encryption_secret=params.get("encryption_secret"),
+            timeout_seconds=deadline_seconds(params["limits"]["timeout"])
+            if (params.get("limits") or {}).get("timeout") else None,
+            repository=RepositoryContext(name=(params.get("repository") or {}).get("name") or "repository",
+                                         encryption_secret=(params.get("repository") or {}).get("encryption_secret"),
                                          component_path="repository/v1/session/component", restic_snapshot_id="latest"),
             addon_info=AddonInfo.model_validate({k: v for k, v in spec.addon.dump().items() if k != "tasks"}),
             addon_volumes=list(ref.addon_volumes or []) if ref else [], now=SAMPLE_TIME,

@@ -105,7 +105,10 @@ async def target_lock(namespace: str, target: Target, exclusive: bool) -> AsyncI
         await acquired.__aenter__()
     except (AcquireConcurrencySlotTimeoutError, ConcurrencySlotAcquisitionError, TimeoutError) as exc:
         if "do not exist" in str(exc) or "not found" in str(exc).lower():
-            raise
+            # an ad-hoc run (no `stashflow deploy` made the limit): the cluster's Lease still keeps
+            # runs of the target apart (tasks/claim.py), it just fails instead of skipping
+            yield
+            return
         raise Skip(f"another run of {target} in {namespace} is in progress (lock {name})") from None
     try:
         yield
@@ -123,7 +126,10 @@ async def schedule_retry(parameters: dict[str, Any], attempt: int, max_retry: in
 
     seconds = parse_duration(delay) if delay else 0.0
     when = datetime.now(timezone.utc) + timedelta(seconds=seconds)
-    again = {**parameters, "attempt": attempt + 1, "session": None}
+    advanced = dict(parameters.get("advanced") or {})
+    advanced.update(attempt=attempt + 1)
+    advanced.pop("session", None)  # a new attempt is a new run: its own name, Job and Snapshot
+    again = {**parameters, "advanced": advanced}
     run = await run_deployment(current_deployment.id, parameters=again, scheduled_time=when, timeout=0,
                                as_subflow=False, tags=[f"attempt:{attempt + 1}"])
     return f"attempt {attempt + 1} of {max_retry + 1} scheduled for {when:%H:%M:%S} (flow run {run.name})"

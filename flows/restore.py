@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import ValidationError
+
 from stashflow.addons.catalog import Catalog
 from stashflow.addons.errors import CatalogError, StashflowError, raise_all
 from stashflow.addons.model import RestoreSession
 from stashflow.addons.source import format_path
 
 from .addon_flows import form_parameter
+from .parameters import RunParameters
 
 
 def restore_runs(catalog: Catalog, session: RestoreSession) -> list[tuple[str, str, dict[str, Any]]]:
@@ -40,18 +43,7 @@ def restore_runs(catalog: Catalog, session: RestoreSession) -> list[tuple[str, s
     raise_all(problems)
     assert spec.target is not None and source is not None and spec.addon is not None
     group = f".{spec.target.api_group}" if spec.target.api_group else ""
-    base: dict[str, Any] = {
-        "target": f"{spec.target.kind or 'PersistentVolumeClaim'}{group}/{spec.target.name}",
-        "namespace": spec.target.namespace or namespace,
-        "snapshot": source.snapshot,
-        "invoker": {"kind": "RestoreSession", "name": session.name},
-    }
-    if source.repository:
-        base["repository"] = source.repository
-    if source.encryption_secret:
-        base["encryption_secret"] = source.encryption_secret.name
-    if spec.restore_timeout:
-        base["timeout"] = spec.restore_timeout
+    target = f"{spec.target.kind or 'PersistentVolumeClaim'}{group}/{spec.target.name}"
     info = spec.addon.dump()
     settings = {k: v for k, v in info.items() if k in ("jobTemplate", "containerRuntimeSettings")}
     runs = []
@@ -65,20 +57,26 @@ def restore_runs(catalog: Catalog, session: RestoreSession) -> list[tuple[str, s
         if list_name != "restoreTasks":
             problem(f'"{ref.name}" is a backup task; a RestoreSession runs restore tasks', path, "invalid-value")
             continue
-        params = dict(base)
-        task_settings = {**settings, **({"addonVolumes": [v.dump() for v in ref.addon_volumes]}
-                                        if ref.addon_volumes else {})}
-        if task_settings:
-            params["addon"] = task_settings
+        task_params: dict[str, str] = {}
+        extra: dict[str, str] = {}
         for name, value in (ref.params or {}).items():
             text = "true" if value is True else "false" if value is False else str(value)
-            if form_parameter(name):
-                params[name] = text
-            else:
-                params.setdefault("extra_params", {})[name] = text
-        variables = {v["name"]: v["value"] for v in ref.variables or [] if "value" in v}
-        if variables:
-            params["variables"] = variables
-        runs.append((spec.addon.name, ref.name, params))
+            (task_params if form_parameter(name) else extra)[name] = text
+        addon = {**settings, **({"addonVolumes": [v.dump() for v in ref.addon_volumes]} if ref.addon_volumes else {})}
+        try:
+            run = RunParameters(
+                target=target, namespace=spec.target.namespace or namespace, task_params=task_params,
+                snapshot=source.snapshot,
+                repository={"name": source.repository,
+                            "encryption_secret": source.encryption_secret.name if source.encryption_secret else None},
+                limits={"timeout": spec.restore_timeout} if spec.restore_timeout else {},
+                advanced={"extra_params": extra, "addon": addon,
+                          "variables": {v["name"]: v["value"] for v in ref.variables or [] if "value" in v},
+                          "invoker": {"kind": "RestoreSession", "name": session.name}})
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            problem(first["msg"], ("spec",), "invalid-value")
+            continue
+        runs.append((spec.addon.name, ref.name, run.to_flow("restore")))
     raise_all(problems)
     return runs

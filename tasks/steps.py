@@ -57,7 +57,7 @@ class RunSpec:
     to finish it (where the data goes, which Snapshot a restore reads, run limits)."""
 
     request: RenderRequest  # without repository and addon settings: resolve-parameters adds them
-    storage: str | dict[str, Any] | None = None
+    storage: BackupStorage | str | None = None  # the object (flows), or a name in the catalog
     repository: str | None = None
     directory: str = ""
     encryption_secret: str | None = None
@@ -75,9 +75,10 @@ class RunSpec:
         return self.request.target
 
 
-def _storage(catalog: Catalog, spec: RunSpec, name_or_object: str | dict[str, Any] | None) -> BackupStorage | None:
-    if name_or_object is None:
-        return None
+def _storage(catalog: Catalog, spec: RunSpec, name_or_object: str | dict[str, Any] | BackupStorage | None
+             ) -> BackupStorage | None:
+    if name_or_object is None or isinstance(name_or_object, BackupStorage):
+        return name_or_object
     if isinstance(name_or_object, dict):
         return BackupStorage.model_validate(name_or_object)
     found = catalog.get(BackupStorage, name_or_object, spec.namespace) or catalog.get(BackupStorage, name_or_object)

@@ -38,11 +38,38 @@ def prefect_api() -> Iterator[None]:
         yield
 
 
+#: The flat option names the tests use, and the group of the flow's typed parameters each belongs to
+#: (stashflow.flows.parameters): the tests say what they mean, the flow gets its real shape.
+GROUPED = {"repository": ("repository", "name"), "storage": ("repository", "storage"),
+           "directory": ("repository", "directory"), "encryption_secret": ("repository", "encryption_secret"),
+           "timeout": ("limits", "timeout"), "stuck_after": ("limits", "stuck_after"),
+           "history_limit": ("limits", "history_limit"), "exclusive": ("schedule", "exclusive"),
+           "max_retry": ("schedule", "max_retry"), "retry_delay": ("schedule", "retry_delay"),
+           "kubeconfig": ("cluster", "kubeconfig"), "context": ("cluster", "context"),
+           "session": ("advanced", "session"), "plan_session": ("advanced", "plan_session"),
+           "attempt": ("advanced", "attempt")}
+
+
+def flow_parameters(**flat: Any) -> dict[str, Any]:
+    """Flat test options → the flow's parameters (a BackupStorage object becomes ``repository.storage``)."""
+    out: dict[str, Any] = {}
+    for name, value in flat.items():
+        if name not in GROUPED:
+            out[name] = value
+            continue
+        group, field = GROUPED[name]
+        if name == "storage" and isinstance(value, dict) and "spec" in value:
+            value = {"name": value["metadata"]["name"], "namespace": value["metadata"].get("namespace"),
+                     "spec": value["spec"]}
+        out.setdefault(group, {})[field] = value
+    return out
+
+
 def run_flow(addon: str, task: str, **parameters: Any):  # type: ignore[no-untyped-def]
     """Run the flow of ``addon``/``task`` in-process; returns its final Prefect state."""
     from stashflow.flows.addon_flows import flow_for
 
-    return asyncio.run(flow_for(addon, task)(**parameters, return_state=True))
+    return asyncio.run(flow_for(addon, task)(**flow_parameters(**parameters), return_state=True))
 
 
 async def read_flow_run(flow_run_id: Any):  # type: ignore[no-untyped-def]

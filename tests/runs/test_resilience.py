@@ -65,8 +65,8 @@ def _try_run(deployment, namespace, cluster):  # type: ignore[no-untyped-def]
 
     try:
         return run_deployment(deployment, timeout=0, parameters={
-            "target": "PersistentVolumeClaim/data", "namespace": namespace, "kubeconfig": str(cluster.kubeconfig),
-            "session": "data-cancel"})
+            "target": "PersistentVolumeClaim/data", "namespace": namespace,
+            "cluster": {"kubeconfig": str(cluster.kubeconfig)}, "advanced": {"session": "data-cancel"}})
     except ObjectNotFound:
         return None
 
@@ -86,8 +86,9 @@ def test_cancelling_the_task_in_process_cleans_up(kube_cluster, namespace, node_
 
     async def scenario() -> None:
         run = asyncio.create_task(flow_for("scripted", "backup")(
-            target="PersistentVolumeClaim/data", namespace=namespace, kubeconfig=str(kube_cluster.kubeconfig),
-            session="data-int", return_state=True))
+            target="PersistentVolumeClaim/data", namespace=namespace,
+            cluster={"kubeconfig": str(kube_cluster.kubeconfig)}, advanced={"session": "data-int"},
+            return_state=True))
         for _ in range(300):
             if await asyncio.to_thread(jobs, kube_cluster, namespace):
                 break

@@ -42,9 +42,11 @@ def test_deploy_creates_updates_and_prunes(prefect_server, tmp_path) -> None:
     assert not nightly.paused and hourly.paused
     p = nightly.parameters
     assert p["target"] == "PersistentVolumeClaim/data" and p["namespace"] == "shop"
-    assert p["message"] == "it's \"quoted\"" and p["max_retry"] == 2 and p["retry_delay"] == "5m"
-    assert p["timeout"] == "1h" and p["history_limit"] == 3 and p["exclusive"] is True
-    assert p["retention"] == {"successfulSnapshots": {"daily": 7}} and p["repository"] == "data-nightly"
+    assert p["message"] == "it's \"quoted\""
+    assert p["schedule"]["max_retry"] == 2 and p["schedule"]["retry_delay"] == "5m"
+    assert p["limits"] == {"timeout": "3600s", "history_limit": 3}
+    assert p["retention"] == {"successfulSnapshots": {"daily": 7}} and p["repository"]["name"] == "data-nightly"
+    assert p["repository"]["storage"]["spec"]["storage"]["provider"] == "local"
     assert {"stashflow", "plan:shop.db-backup", "addon:scripted", "task:backup", "session:nightly",
             "target:shop/pvc/data"} <= set(nightly.tags)
     # the flow's form: the task's parameters with their usage

@@ -112,7 +112,7 @@ def test_fails_twice_then_succeeds_with_max_retry_2(kube_cluster, namespace, nod
                               [fail(1), fail(2), succeed(message=REPORT)])
     assert len(again) == 3
     assert [r.state.type.value for r in runs] == ["FAILED", "FAILED", "COMPLETED"]
-    assert [r.parameters.get("attempt", 1) for r in runs] == [1, 2, 3]
+    assert [(r.parameters.get("advanced") or {}).get("attempt", 1) for r in runs] == [1, 2, 3]
     assert len(jobs(kube_cluster, namespace)) == 3  # one Job per attempt, never the same Job re-run
     phases = sorted(s["status"]["phase"] for s in snapshots(kube_cluster, namespace))
     assert phases == ["Failed", "Failed", "Succeeded"]

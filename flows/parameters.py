@@ -1,0 +1,223 @@
+"""The typed run contract: what every Addon-task flow takes.
+
+The CLI (``stashflow run``), RestoreSession files, backup plans (deployments) and the Prefect form
+all build these same models, so a value is checked once, in one place, whatever it came from.
+A flow's parameters, in the order the Prefect form shows them:
+
+``target``, ``namespace``; the Addon task's own parameters (with their ``usage``, defaults and
+``required`` flags); ``snapshot`` (restores only); then the run options, grouped:
+``repository`` (where the data goes), ``limits`` (deadline, stuck Pods, history), ``schedule``
+and ``retention`` (backups only), ``cluster`` (how to reach it) and ``advanced`` (what plans and
+retries set: the run's name, attempt, plan session, the plan's addon settings).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from stashflow.addons.durations import parse_duration
+from stashflow.addons.model import BackupStorage
+from stashflow.addons.names import name_problem
+
+
+class Group(BaseModel):
+    """A group of run options: unknown fields are refused (a typo is an error, not ignored)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def _duration(value: str | None) -> str | None:
+    if value in (None, ""):
+        return None
+    parse_duration(str(value))  # raises ValueError with the reason
+    return str(value)
+
+
+def _k8s_name(value: str | None) -> str | None:
+    if value in (None, ""):
+        return None
+    problem = name_problem(str(value))
+    if problem:
+        raise ValueError(problem)
+    return str(value)
+
+
+class Storage(Group):
+    """A BackupStorage, carried whole so that a worker needs no file: its name and its spec
+    (``{"storage": {"provider": "local", "local": {"mountPath": ..., "hostPath": {...}}}}``)."""
+
+    name: str = Field(description="The BackupStorage's name (recorded on the Snapshot).")
+    namespace: str | None = Field(None, description="Its namespace, when it has one.")
+    spec: dict[str, Any] = Field(description="The BackupStorage's spec: storage.provider and its section.")
+
+    @field_validator("spec")
+    @classmethod
+    def _valid_spec(cls, spec: dict[str, Any]) -> dict[str, Any]:
+        BackupStorage.model_validate({"apiVersion": "storage.kubestash.com/v1alpha1", "kind": "BackupStorage",
+                                      "metadata": {"name": "check"}, "spec": spec})
+        return spec
+
+    def to_object(self) -> BackupStorage:
+        return BackupStorage.model_validate({
+            "apiVersion": "storage.kubestash.com/v1alpha1", "kind": "BackupStorage",
+            "metadata": {"name": self.name, **({"namespace": self.namespace} if self.namespace else {})},
+            "spec": self.spec})
+
+    @classmethod
+    def of(cls, storage: BackupStorage) -> "Storage":
+        return cls(name=storage.name, namespace=storage.namespace, spec=storage.spec.dump())
+
+
+class RepositoryOptions(Group):
+    """Where the data goes (backups) or comes from (restores, where the Snapshot says the rest)."""
+
+    name: str | None = Field(None, description="Repository name recorded in the Snapshot (default: the target's "
+                                               "name). Restores of latest read this repository's newest Snapshot.")
+    storage: Storage | None = Field(None, description="The BackupStorage to back up into.")
+    directory: str = Field("", description="The repository's directory inside the storage.")
+    encryption_secret: str | None = Field(None, description="Secret in the namespace whose key RESTIC_PASSWORD "
+                                                            "encrypts the data.")
+
+    @field_validator("encryption_secret")
+    @classmethod
+    def _secret(cls, value: str | None) -> str | None:
+        return _k8s_name(value)
+
+
+class Limits(Group):
+    """How long a run may take, when a stuck Pod fails it, and how many finished Jobs stay."""
+
+    timeout: str | None = Field("6h", description="Deadline of the run (the Job's activeDeadlineSeconds), e.g. "
+                                                   "30m, 6h; empty: none.")
+    stuck_after: float = Field(180.0, ge=1, description="Seconds a Pod may be stuck (image pull, config, "
+                                                        "unschedulable) before the run fails.")
+    history_limit: int = Field(1, ge=0, description="Finished Jobs of this target and task kept for debugging "
+                                                    "(sessionHistoryLimit); 0 keeps none.")
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, value: str | None) -> str | None:
+        return _duration(value)
+
+
+class MissedRuns(StrEnum):
+    LATEST = "latest"
+    ALL = "all"
+    NONE = "none"
+
+
+class SchedulePolicy(Group):
+    """How scheduled backups behave: overlap, retries, missed runs."""
+
+    exclusive: bool = Field(True, description="Hold the target's lock: a run that finds it held is Skipped, "
+                                              "not queued.")
+    max_retry: int = Field(0, ge=0, description="After a failed backup, up to this many new attempts, each its "
+                                                "own Job and Snapshot (retryConfig.maxRetry).")
+    retry_delay: str | None = Field(None, description="Wait before a new attempt, e.g. 30s, 5m (retryConfig.delay).")
+    missed_runs: MissedRuns = Field(MissedRuns.LATEST, description="After downtime, which missed scheduled runs "
+                                                                   "run: the latest only, all, or none.")
+    starting_deadline_seconds: int | None = Field(None, ge=0, description="Skip a scheduled run that starts later "
+                                                                          "than this.")
+    late_after_seconds: float | None = Field(None, ge=0, description="A scheduled run later than this was missed "
+                                                                     "(default: half the schedule's interval, "
+                                                                     "at most 60 s).")
+
+    @field_validator("retry_delay")
+    @classmethod
+    def _delay(cls, value: str | None) -> str | None:
+        return _duration(value)
+
+
+class Cluster(Group):
+    """How to reach the cluster (default: in-cluster, then $KUBECONFIG, then ~/.kube/config)."""
+
+    kubeconfig: str | None = Field(None, description="Kubeconfig file.")
+    context: str | None = Field(None, description="Kubeconfig context.")
+    credentials_block: str | None = Field(None, description="Name of a prefect-kubernetes KubernetesCredentials "
+                                                            "block.")
+
+
+class Invoker(Group):
+    kind: Literal["BackupConfiguration", "RestoreSession"]
+    name: str
+
+
+class Advanced(Group):
+    """What plans, RestoreSessions and retries set; rarely typed by hand."""
+
+    session: str | None = Field(None, description="The run's name (KubeStash's BackupSession/RestoreSession): it "
+                                                   "names the Job and the Snapshot; a run with the same name adopts "
+                                                   "that run's Job instead of starting a second. Default: the target "
+                                                   "and the run's scheduled time.")
+    plan_session: str | None = Field(None, description="The plan's session name (the repository path "
+                                                        "repository/v1/NAME/<component>); default: the task name.")
+    attempt: int = Field(1, ge=1, description="Attempt number (names the Job; retries are new attempts).")
+    db_version: str | None = Field(None, description="Database version, mapped onto the Function's "
+                                                     "availableVersions.")
+    variables: dict[str, str] = Field(default_factory=dict, description="Other built-in variables "
+                                                                        "(e.g. POD_ORDINAL).")
+    extra_params: dict[str, str] = Field(default_factory=dict, description="Task parameters whose names cannot be "
+                                                                           "form fields.")
+    addon: dict[str, Any] = Field(default_factory=dict, description="The plan's addon settings: jobTemplate, "
+                                                                    "containerRuntimeSettings, addonVolumes.")
+    invoker: Invoker | None = Field(None, description="The plan or RestoreSession that invoked this run.")
+
+    @field_validator("session")
+    @classmethod
+    def _session(cls, value: str | None) -> str | None:
+        return _k8s_name(value)
+
+
+#: The groups, in form order, and the kinds of task each applies to.
+GROUPS: list[tuple[str, type[Group], tuple[str, ...]]] = [
+    ("repository", RepositoryOptions, ("backup", "restore")),
+    ("limits", Limits, ("backup", "restore")),
+    ("schedule", SchedulePolicy, ("backup",)),
+    ("cluster", Cluster, ("backup", "restore")),
+    ("advanced", Advanced, ("backup", "restore")),
+]
+#: Top-level names besides the task's own parameters.
+TOP_LEVEL = ("target", "namespace", "snapshot", "retention")
+RESERVED = frozenset([*TOP_LEVEL, *(name for name, _, _ in GROUPS)])
+
+
+class RunParameters(BaseModel):
+    """One flow run's parameters, typed: what ``_spec_from_parameters`` reads."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    target: str
+    namespace: str = "default"
+    task_params: dict[str, str] = Field(default_factory=dict)
+    snapshot: str | None = None
+    retention: dict[str, Any] | None = None
+    repository: RepositoryOptions = Field(default_factory=RepositoryOptions)
+    limits: Limits = Field(default_factory=Limits)
+    schedule: SchedulePolicy = Field(default_factory=SchedulePolicy)
+    cluster: Cluster = Field(default_factory=Cluster)
+    advanced: Advanced = Field(default_factory=Advanced)
+
+    @classmethod
+    def from_flow(cls, values: dict[str, Any], task_param_names: set[str]) -> "RunParameters":
+        """The flow function's keyword arguments (groups already models, or dicts from the API)."""
+        task_params = {k: str(v) for k, v in values.items() if k in task_param_names and v is not None}
+        rest = {k: v for k, v in values.items() if k not in task_param_names and v is not None}
+        return cls.model_validate({**rest, "task_params": task_params})
+
+    def to_flow(self, kind: Literal["backup", "restore"]) -> dict[str, Any]:
+        """The keyword arguments of the flow (JSON-ready): task parameters at the top, groups as dicts,
+        only what applies to ``kind`` and differs from the defaults."""
+        out: dict[str, Any] = {"target": self.target, "namespace": self.namespace, **self.task_params}
+        if kind == "restore" and self.snapshot:
+            out["snapshot"] = self.snapshot
+        if kind == "backup" and self.retention:
+            out["retention"] = self.retention
+        for name, _, kinds in GROUPS:
+            group: Group = getattr(self, name)
+            data = group.model_dump(mode="json", exclude_defaults=True)
+            if kind in kinds and data:
+                out[name] = data
+        return out
