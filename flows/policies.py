@@ -99,16 +99,24 @@ async def target_lock(namespace: str, target: Target, exclusive: bool) -> AsyncI
     from prefect.concurrency._asyncio import AcquireConcurrencySlotTimeoutError, ConcurrencySlotAcquisitionError
     from prefect.concurrency.asyncio import concurrency
 
+    from prefect.exceptions import ObjectNotFound
+
     name = lock_name(namespace, target)
+    async with get_client() as client:
+        try:
+            await client.read_global_concurrency_limit_by_name(name)
+            exists = True
+        except ObjectNotFound:
+            exists = False
+    if not exists:
+        # no limit for this target (an ad-hoc run; `stashflow deploy` makes them): the cluster's Lease
+        # still keeps runs of the target apart (tasks/claim.py); it fails instead of skipping
+        yield
+        return
     acquired = concurrency(name, occupy=1, max_retries=0, strict=True)
     try:
         await acquired.__aenter__()
-    except (AcquireConcurrencySlotTimeoutError, ConcurrencySlotAcquisitionError, TimeoutError) as exc:
-        if "do not exist" in str(exc) or "not found" in str(exc).lower():
-            # an ad-hoc run (no `stashflow deploy` made the limit): the cluster's Lease still keeps
-            # runs of the target apart (tasks/claim.py), it just fails instead of skipping
-            yield
-            return
+    except (AcquireConcurrencySlotTimeoutError, ConcurrencySlotAcquisitionError, TimeoutError):
         raise Skip(f"another run of {target} in {namespace} is in progress (lock {name})") from None
     try:
         yield
