@@ -160,9 +160,9 @@ async def next_scheduled_run() -> datetime | None:
     )
     from prefect.client.schemas.objects import StateType
     from prefect.client.schemas.sorting import FlowRunSort
-    from prefect.runtime import flow_run
+    from prefect.runtime import deployment
 
-    deployment_id = flow_run.deployment_id
+    deployment_id = deployment.id
     if not deployment_id:
         return None
     async with get_client() as client:
