@@ -287,14 +287,8 @@ def _run_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         advanced["plan_session"] = args.plan_session
     snapshot = variables.pop("snapshot", None) or getattr(args, "snapshot", None)
     advanced["variables"] = variables
-    storage = None
-    if args.storage:
-        found = catalog.get(BackupStorage, args.storage)
-        if found is None:
-            raise InputError(f'no BackupStorage "{args.storage}" in the catalog paths', code="unknown-object",
-                             location=_at(args.argv, "--storage"), field="--storage",
-                             hint="add the file that defines it with --catalog")
-        storage = Storage.of(found)
+    found = request.repository.storage if request.repository else None  # build_request looked it up
+    storage = Storage.of(found) if found else None
     limits: dict[str, Any] = {}
     if args.timeout:
         limits["timeout"] = f"{_timeout(args)}s"  # whole seconds: the flow reads no fraction

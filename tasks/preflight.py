@@ -54,14 +54,12 @@ def needed(plan: ExecutionPlan, job: dict[str, Any] | None = None) -> Iterator[N
                 yield from once("Secret", ref.get("name"), f"envFrom of container {container['name']}")
 
 
-async def _exists(kube: Kube, namespace: str, item: Needed) -> bool | None:
-    """True/False, or None when this identity may not look (then the Pod's own status will tell)."""
-    plural = {"PersistentVolumeClaim": "persistentvolumeclaims", "Secret": "secrets"}[item.kind]
+async def _exists(kube: Kube, what: str, path: str) -> bool | None:
+    """Does the object at ``path`` exist? None when this identity may not look (the Pod will tell)."""
     try:
-        await kube.call(f"read {item.kind} {namespace}/{item.name}", kube.api.call_api,
-                        f"/api/v1/namespaces/{namespace}/{plural}/{item.name}", "GET",
-                        header_params={"Accept": _METADATA_ONLY}, auth_settings=["BearerToken"],
-                        response_types_map={200: "object"}, _return_http_data_only=True)
+        await kube.call(f"read {what}", kube.api.call_api, path, "GET", header_params={"Accept": _METADATA_ONLY},
+                        auth_settings=["BearerToken"], response_types_map={200: "object"},
+                        _return_http_data_only=True)
         return True
     except NotFound:
         return False
@@ -74,28 +72,18 @@ def namespace_missing(namespace: str) -> RunError:
                     hint=f"create it (kubectl create namespace {namespace}) or run in another one; nothing was created")
 
 
-async def _namespace_exists(kube: Kube, namespace: str) -> bool | None:
-    try:
-        await kube.call(f"read Namespace {namespace}", kube.api.call_api, f"/api/v1/namespaces/{namespace}", "GET",
-                        header_params={"Accept": _METADATA_ONLY}, auth_settings=["BearerToken"],
-                        response_types_map={200: "object"}, _return_http_data_only=True)
-        return True
-    except NotFound:
-        return False
-    except Forbidden:
-        return None
-
-
 async def check(kube: Kube, plan: ExecutionPlan) -> list[Needed]:
     """Raise ``RunError`` (``namespace-not-found``, ``pvc-not-found``, ``secret-not-found``) for the
     first missing object; return what could not be checked for lack of permission."""
     unchecked = []
     for item in needed(plan):
-        found = await _exists(kube, plan.namespace, item)
+        plural = {"PersistentVolumeClaim": "persistentvolumeclaims", "Secret": "secrets"}[item.kind]
+        found = await _exists(kube, f"{item.kind} {plan.namespace}/{item.name}",
+                              f"/api/v1/namespaces/{plan.namespace}/{plural}/{item.name}")
         if found is None:
             unchecked.append(item)
         elif not found:
-            if await _namespace_exists(kube, plan.namespace) is False:
+            if await _exists(kube, f"Namespace {plan.namespace}", f"/api/v1/namespaces/{plan.namespace}") is False:
                 raise namespace_missing(plan.namespace)
             code = "pvc-not-found" if item.kind == "PersistentVolumeClaim" else "secret-not-found"
             target = " (the target)" if item.kind == "PersistentVolumeClaim" and item.name == plan.target.name else ""
