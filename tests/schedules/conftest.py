@@ -99,3 +99,23 @@ def serve(prefect_server, tmp_path):  # type: ignore[no-untyped-def]
     yield start
     for served in started:
         served.stop()
+
+
+@pytest.fixture(autouse=True)
+def plan_secret(request: pytest.FixtureRequest) -> None:
+    """The Secret the test plans name as their repository's encryptionSecret (``pw``): the run's
+    pre-flight check finds every Secret the Job refers to, as a real cluster would need it."""
+    if "namespace" not in request.fixturenames:
+        return
+    import asyncio
+    import base64
+
+    from kubernetes_asyncio import client
+
+    cluster, namespace = request.getfixturevalue("kube_cluster"), request.getfixturevalue("namespace")
+
+    async def create() -> None:
+        async with cluster.api_client() as api:
+            await client.CoreV1Api(api).create_namespaced_secret(namespace, {
+                "metadata": {"name": "pw"}, "data": {"RESTIC_PASSWORD": base64.b64encode(b"pw").decode()}})
+    asyncio.run(create())
