@@ -46,6 +46,7 @@ GROUPED = {"repository": ("repository", "name"), "storage": ("repository", "stor
            "history_limit": ("limits", "history_limit"), "exclusive": ("schedule", "exclusive"),
            "max_retry": ("schedule", "max_retry"), "retry_delay": ("schedule", "retry_delay"),
            "kubeconfig": ("cluster", "kubeconfig"), "context": ("cluster", "context"),
+           "credentials_block": ("cluster", "credentials_block"),
            "session": ("advanced", "session"), "plan_session": ("advanced", "plan_session"),
            "attempt": ("advanced", "attempt")}
 

@@ -184,24 +184,26 @@ def test_a_killed_run_cannot_be_doubled_and_its_orphan_ends_failed(kube_cluster,
 
 
 def test_two_runs_of_one_target_at_once_make_one_job(kube_cluster, namespace, node_agent, prefect_api) -> None:
-    """Without Prefect's lock (two ad-hoc runs), the cluster still allows one: the other fails target-busy."""
-    node_agent.script({"stashflow.io/task": "backup"}, succeed(after=4.0, message=REPORT))
+    """Without Prefect's lock (two ad-hoc runs), the cluster still allows one: the second, started while
+    the first holds the target, fails target-busy and creates nothing."""
+    node_agent.script({"stashflow.io/task": "backup"}, succeed(after=6.0, message=REPORT))
     states: dict[str, object] = {}
 
     def go(session: str) -> None:
         states[session] = run_flow("scripted", "backup", target="PersistentVolumeClaim/data", namespace=namespace,
                                    kubeconfig=str(kube_cluster.kubeconfig), session=session, history_limit=5)
 
-    threads = [threading.Thread(target=go, args=(s,)) for s in ("data-a", "data-b")]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=180)
-    outcomes = sorted((s.is_completed(), s.message or "") for s in states.values())  # type: ignore[attr-defined]
-    assert [ok for ok, _ in outcomes] == [False, True]
-    assert "target-busy" in outcomes[0][1]
+    first = threading.Thread(target=go, args=("data-a",))
+    first.start()
+    eventually(lambda: api(kube_cluster, lambda c: client.CoordinationV1Api(c).list_namespaced_lease(namespace)).items,
+               timeout=120)
+    go("data-b")
+    first.join(timeout=180)
+    assert states["data-a"].is_completed(), states["data-a"].message  # type: ignore[attr-defined]
+    assert states["data-b"].is_failed() and "target-busy" in states["data-b"].message  # type: ignore[attr-defined]
     assert len(jobs(kube_cluster, namespace)) == 1
     assert len([r for r in node_agent.records if r.namespace == namespace]) == 1
+    assert [s["metadata"]["name"] for s in snapshots(kube_cluster, namespace)] == ["data-data-a"]
 
 
 def test_a_snapshot_deleted_mid_run_is_recorded_again(kube_cluster, namespace, node_agent, prefect_api) -> None:
