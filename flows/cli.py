@@ -15,6 +15,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -571,7 +572,7 @@ def _unexpected(exc: BaseException) -> tuple[str, str, int]:
     name = type(exc).__name__
     module = type(exc).__module__ or ""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else name
-    if name in ("TerminationSignal", "ExternalSignal") or isinstance(exc, KeyboardInterrupt):
+    if name in ("TerminationSignal", "ExternalSignal", "Terminated") or isinstance(exc, KeyboardInterrupt):
         signal_name = "SIGINT" if isinstance(exc, KeyboardInterrupt) else "SIGTERM"
         return "interrupted", f"stopped by {signal_name}; the run's Job and PVCs are cleaned up by its hooks", \
             130 if isinstance(exc, KeyboardInterrupt) else 143
@@ -579,6 +580,15 @@ def _unexpected(exc: BaseException) -> tuple[str, str, int]:
         url = os.environ.get("PREFECT_API_URL") or "Prefect's local API"
         return "prefect-unavailable", f"the Prefect API at {url} did not answer: {text}", 1
     return "internal-error", f"{name}: {text}", 1
+
+
+class Terminated(BaseException):
+    """SIGTERM reached the command (Prefect, inside a flow run, first marks the run Crashed, runs its
+    cleanup hooks, then passes the signal on to the handler that was there before: this one)."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated()
 
 
 def main(argv: Sequence[str] | None = None, extensions: Sequence[Callable[[Any], None]] = ()) -> int:
@@ -589,6 +599,10 @@ def main(argv: Sequence[str] | None = None, extensions: Sequence[Callable[[Any],
     args = parser.parse_args([a for a in argv if a not in ("-v", "--verbose")])
     args.argv = argv
     args.verbose = verbose
+    try:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread: leave signals alone
+        previous = None
     try:
         return int(args.func(args) or 0)
     except StashflowError as exc:
@@ -610,6 +624,9 @@ def main(argv: Sequence[str] | None = None, extensions: Sequence[Callable[[Any],
         if verbose:
             traceback.print_exc()
         return status
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover
