@@ -215,9 +215,22 @@ def check_run_options(args: argparse.Namespace) -> None:
     _timeout(args)
 
 
+def _check_task(args: argparse.Namespace, lookup: Callable[[str, str], Any]) -> None:
+    """An unknown Addon or task given on the command line points at that argument."""
+    try:
+        lookup(args.addon, args.task)
+    except StashflowError as exc:
+        if exc.code not in ("unknown-addon", "unknown-task"):
+            raise
+        value = args.addon if exc.code == "unknown-addon" else args.task
+        raise InputError(exc.message, code=exc.code, location=Location(COMMAND_LINE, positional_position(args.argv, value)),
+                         obj=exc.obj, hint=exc.hint) from None
+
+
 def cmd_render(args: argparse.Namespace) -> int:
     check_run_options(args)
     catalog = load_catalog(catalog_paths(args.catalog))
+    _check_task(args, catalog.task)
     plan = render_plan(catalog, build_request(args, catalog))
     objects = plan.objects()
     check_objects(objects, Location(COMMAND_LINE, positional_position(args.argv, args.addon)))
@@ -244,7 +257,7 @@ def _run_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """``stashflow run`` options → the flow's parameters."""
     from stashflow.flows.addon_flows import flow_for, form_parameter
 
-    flow_for(args.addon, args.task)  # unknown-addon / unknown-task before anything else
+    _check_task(args, flow_for)  # unknown-addon / unknown-task before anything else
     kwargs: dict[str, Any] = {"target": str(_parse_target(args)), "namespace": args.namespace}
     values: dict[str, Any] = {}
     for path in args.values or []:

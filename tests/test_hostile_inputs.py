@@ -167,6 +167,7 @@ FAILS_ON_EVERY_RUN = {
     "backupTimeout huge": (lambda d: session0(d).update(backupTimeout="99999999999999999999h"), "invalid-duration",
                            "backupTimeout"),
     "backupTimeout arabic digit": (lambda d: session0(d).update(backupTimeout="١h"), "invalid-duration", "backupTimeout"),
+    "backupTimeout zero": (lambda d: session0(d).update(backupTimeout="0s"), "invalid-duration", "backupTimeout"),
     "delay negative": (lambda d: session0(d)["retryConfig"].update(delay="-5m"), "invalid-duration", "delay"),
     "maxRetentionPeriod forever": (lambda d: d[2]["spec"].update(maxRetentionPeriod="forever"), "invalid-duration",
                                    "maxRetentionPeriod"),
@@ -195,6 +196,14 @@ def test_a_plan_certain_to_fail_fails_validate_and_deploy(tmp_path: Path, case: 
     assert any(f": {code}: " in line and field in line.split(": ")[2] for line in validated), validated
     deployed = problems(*cli("deploy", path, "--catalog", BUILTIN, "--write", str(tmp_path / "prefect.yaml")))
     assert deployed == validated
+
+
+def test_a_zero_restore_timeout_is_an_error_before_anything_runs(tmp_path: Path) -> None:
+    text = (REPO / "tests" / "fuzz" / "seeds" / "restoresession.yaml").read_text().replace("restoreTimeout: 10m",
+                                                                                          "restoreTimeout: 0s")
+    lines = problems(*cli("restore", write(tmp_path, text), "--kubeconfig", str(tmp_path / "none")))
+    assert lines[0].endswith("spec.restoreTimeout: '0s' would end the run at once; give a positive duration, "
+                             "or none for no deadline")
 
 
 def test_a_subsecond_timeout_is_rounded_up_not_dropped(tmp_path: Path) -> None:
