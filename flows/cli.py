@@ -154,7 +154,7 @@ def build_request(args: argparse.Namespace, catalog: Catalog) -> RenderRequest:
                 raise InputError(f'no BackupStorage "{args.storage}" in the catalog paths', code="unknown-object",
                                  location=_at(args.argv, "--storage"), field="--storage",
                                  hint="add the file that defines it with --catalog")
-        repository = RepositoryContext(name=args.repository or args.target.name, storage=storage,
+        repository = RepositoryContext(name=args.repository or _parse_target(args).name, storage=storage,
                                        directory=args.directory or "", encryption_secret=args.encryption_secret)
     return RenderRequest(
         addon=args.addon, task=args.task, namespace=args.namespace, target=_parse_target(args), params=params,

@@ -258,6 +258,15 @@ def test_unknown_addon_points_at_its_argument() -> None:
                      "(known Addons: stashflow-pvc)"]
 
 
+def test_an_empty_repository_falls_back_to_the_target_name() -> None:
+    """Found by the fuzzer: ``--repository=`` with a storage was an AttributeError."""
+    rc, out, err = cli("render", "stashflow-pvc", "logical-backup", "--catalog", BUILTIN, str(EXAMPLE),
+                       "--storage=local-storage", "--repository=", "--target=pvc/data", "-n", "demo", "--param=paths=/d")
+    assert rc == 0, err
+    snapshot = next(o for o in yaml.safe_load_all(out) if o["kind"] == "Snapshot")
+    assert snapshot["spec"]["repository"] == "data"
+
+
 def test_unknown_storage_points_at_its_argument() -> None:
     lines = problems(*cli("render", "stashflow-pvc", "logical-backup", "--target", "pvc/data", "--storage", "nope"))
     assert lines[0].startswith("<command line>:7: unknown-object: --storage: ")
