@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stashflow.addons.catalog import Catalog
-from stashflow.addons.durations import deadline_seconds
+from stashflow.addons.durations import whole_seconds
 from stashflow.addons.errors import CatalogError, StashflowError, raise_all
 from stashflow.addons.model import BackupConfiguration, BackupStorage, RetentionPolicy
 from stashflow.addons.names import label_value
@@ -163,8 +163,8 @@ def plan_deployments(catalog: Catalog, *, work_pool: str | None = None, kubeconf
                 }
                 if repo.encryption_secret:
                     params["encryption_secret"] = repo.encryption_secret.name
-                if session.backup_timeout:  # whole seconds, rounded up: 0.1s is 1 s, never "no deadline"
-                    params["timeout"] = f"{deadline_seconds(session.backup_timeout)}s"
+                if session.backup_timeout:
+                    params["timeout"] = whole_seconds(session.backup_timeout)
                 if retry:
                     params["max_retry"] = retry.max_retry if retry.max_retry is not None else 1
                     if retry.delay:

@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 import yaml
 
 from stashflow.addons.catalog import BUILTIN_CATALOG, Catalog
-from stashflow.addons.durations import deadline_seconds
+from stashflow.addons.durations import deadline_seconds, whole_seconds
 from stashflow.addons.errors import InputError, Location, Problems, RunError, StashflowError
 from stashflow.addons.model import BackupConfiguration, BackupStorage, RestoreSession
 from stashflow.addons.names import name_problem, path_problem
@@ -283,7 +283,8 @@ def _run_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         if value not in (None, ""):
             kwargs[option] = value
     if args.timeout:
-        kwargs["timeout"] = f"{_timeout(args)}s"  # whole seconds: the flow reads no fraction
+        _timeout(args)
+        kwargs["timeout"] = whole_seconds(args.timeout)
     if args.session:  # the plan's session name (repository path), not the backup session
         kwargs["plan_session"] = args.session
     return kwargs

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from stashflow.addons.catalog import Catalog
-from stashflow.addons.durations import deadline_seconds
+from stashflow.addons.durations import whole_seconds
 from stashflow.addons.errors import CatalogError, StashflowError, raise_all
 from stashflow.addons.model import RestoreSession
 from stashflow.addons.source import format_path
@@ -51,8 +51,8 @@ def restore_runs(catalog: Catalog, session: RestoreSession) -> list[tuple[str, s
         base["repository"] = source.repository
     if source.encryption_secret:
         base["encryption_secret"] = source.encryption_secret.name
-    if spec.restore_timeout:  # whole seconds, rounded up: 0.1s is 1 s, never "no deadline"
-        base["timeout"] = f"{deadline_seconds(spec.restore_timeout)}s"
+    if spec.restore_timeout:
+        base["timeout"] = whole_seconds(spec.restore_timeout)
     info = spec.addon.dump()
     settings = {k: v for k, v in info.items() if k in ("jobTemplate", "containerRuntimeSettings")}
     runs = []
