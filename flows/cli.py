@@ -559,8 +559,10 @@ def quiet_prefect_tracebacks(verbose: bool) -> None:
 
 
 def _locate(exc: StashflowError, args: argparse.Namespace) -> None:
-    """Give an error without a location the position of the argument it is about."""
+    """Give an input error without a location the position of the argument it is about."""
     for problem in exc.problems if isinstance(exc, Problems) else [exc]:
+        if not isinstance(problem, InputError):
+            continue  # a cluster's or a run's failure is about the run, not about an argument
         if problem.location is not None and problem.location.line > 0:
             continue
         if problem.location is not None and not problem.location.file.startswith("<"):
