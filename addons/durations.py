@@ -60,6 +60,13 @@ def deadline_seconds(text: str) -> int:
     return math.ceil(seconds)
 
 
+def whole_seconds(text: str) -> str:
+    """A deadline as the flows read it: ``text`` itself when it is whole seconds (``1h``), else its
+    seconds rounded up (``0.1s`` → ``1s``), so that no reader can truncate it to "no deadline"."""
+    seconds = deadline_seconds(text)
+    return text if parse_duration(text) == seconds else f"{seconds}s"
+
+
 def parse_retention_period(text: str) -> int:
     """Seconds in a RetentionPeriod (``1y2mo3w4d5h6m``; ``m`` is minutes, ``mo`` months of 30 days)."""
     total = _sum_parts(text.strip(), _RETENTION_PART, _RETENTION_UNITS)

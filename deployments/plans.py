@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stashflow.addons.catalog import Catalog
-from stashflow.addons.durations import deadline_seconds
+from stashflow.addons.durations import whole_seconds
 from stashflow.addons.errors import CatalogError, StashflowError, raise_all
 from stashflow.addons.model import BackupConfiguration, BackupStorage, RetentionPolicy
 from stashflow.addons.names import label_value
@@ -164,7 +164,7 @@ def plan_deployments(catalog: Catalog, *, work_pool: str | None = None, kubeconf
                 limits: dict[str, Any] = {
                     "history_limit": session.session_history_limit if session.session_history_limit is not None else 1}
                 if session.backup_timeout:  # whole seconds, rounded up: 0.1s is 1 s, never "no deadline"
-                    limits["timeout"] = f"{deadline_seconds(session.backup_timeout)}s"
+                    limits["timeout"] = whole_seconds(session.backup_timeout)
                 run = RunParameters(
                     target=target, namespace=target_ns,
                     task_params={k: v for k, v in task_params.items() if form_parameter(k)},

@@ -15,6 +15,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Any, Callable, Sequence
 import yaml
 
 from stashflow.addons.catalog import BUILTIN_CATALOG, Catalog
-from stashflow.addons.durations import deadline_seconds
+from stashflow.addons.durations import deadline_seconds, whole_seconds
 from stashflow.addons.errors import InputError, Location, Problems, RunError, StashflowError
 from stashflow.addons.model import BackupConfiguration, BackupStorage, RestoreSession
 from stashflow.addons.names import name_problem, path_problem
@@ -153,7 +154,7 @@ def build_request(args: argparse.Namespace, catalog: Catalog) -> RenderRequest:
                 raise InputError(f'no BackupStorage "{args.storage}" in the catalog paths', code="unknown-object",
                                  location=_at(args.argv, "--storage"), field="--storage",
                                  hint="add the file that defines it with --catalog")
-        repository = RepositoryContext(name=args.repository or args.target.name, storage=storage,
+        repository = RepositoryContext(name=args.repository or _parse_target(args).name, storage=storage,
                                        directory=args.directory or "", encryption_secret=args.encryption_secret)
     return RenderRequest(
         addon=args.addon, task=args.task, namespace=args.namespace, target=_parse_target(args), params=params,
@@ -217,9 +218,22 @@ def check_run_options(args: argparse.Namespace) -> None:
     _timeout(args)
 
 
+def _check_task(args: argparse.Namespace, lookup: Callable[[str, str], Any]) -> None:
+    """An unknown Addon or task given on the command line points at that argument."""
+    try:
+        lookup(args.addon, args.task)
+    except StashflowError as exc:
+        if exc.code not in ("unknown-addon", "unknown-task"):
+            raise
+        value = args.addon if exc.code == "unknown-addon" else args.task
+        raise InputError(exc.message, code=exc.code, location=Location(COMMAND_LINE, positional_position(args.argv, value)),
+                         obj=exc.obj, hint=exc.hint) from None
+
+
 def cmd_render(args: argparse.Namespace) -> int:
     check_run_options(args)
     catalog = load_catalog(catalog_paths(args.catalog))
+    _check_task(args, catalog.task)
     plan = render_plan(catalog, build_request(args, catalog))
     objects = plan.objects()
     check_objects(objects, Location(COMMAND_LINE, positional_position(args.argv, args.addon)))
@@ -257,7 +271,7 @@ def _run_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     from stashflow.flows.addon_flows import flow_for, form_parameter, loaded
     from stashflow.flows.parameters import RunParameters, Storage
 
-    flow_for(args.addon, args.task)  # unknown-addon / unknown-task before anything else
+    _check_task(args, flow_for)  # unknown-addon / unknown-task before anything else
     catalog = loaded()[0]
     _, list_name, _, _ = catalog.task(args.addon, args.task)
     # Render the run offline first, as `stashflow render` does: an unknown or missing parameter, a
@@ -291,7 +305,8 @@ def _run_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     storage = Storage.of(found) if found else None
     limits: dict[str, Any] = {}
     if args.timeout:
-        limits["timeout"] = f"{_timeout(args)}s"  # whole seconds: the flow reads no fraction
+        _timeout(args)
+        limits["timeout"] = whole_seconds(args.timeout)
     if getattr(args, "history_limit", None) is not None:
         limits["history_limit"] = args.history_limit
     try:
@@ -584,8 +599,10 @@ def quiet_prefect_tracebacks(verbose: bool) -> None:
 
 
 def _locate(exc: StashflowError, args: argparse.Namespace) -> None:
-    """Give an error without a location the position of the argument it is about."""
+    """Give an input error without a location the position of the argument it is about."""
     for problem in exc.problems if isinstance(exc, Problems) else [exc]:
+        if not isinstance(problem, InputError):
+            continue  # a cluster's or a run's failure is about the run, not about an argument
         if problem.location is not None and problem.location.line > 0:
             continue
         if problem.location is not None and not problem.location.file.startswith("<"):
@@ -611,7 +628,7 @@ def _unexpected(exc: BaseException) -> tuple[str, str, int]:
     name = type(exc).__name__
     module = type(exc).__module__ or ""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else name
-    if name in ("TerminationSignal", "ExternalSignal") or isinstance(exc, KeyboardInterrupt):
+    if name in ("TerminationSignal", "ExternalSignal", "Terminated") or isinstance(exc, KeyboardInterrupt):
         signal_name = "SIGINT" if isinstance(exc, KeyboardInterrupt) else "SIGTERM"
         return "interrupted", f"stopped by {signal_name}; the run's Job and PVCs are cleaned up by its hooks", \
             130 if isinstance(exc, KeyboardInterrupt) else 143
@@ -619,6 +636,15 @@ def _unexpected(exc: BaseException) -> tuple[str, str, int]:
         url = os.environ.get("PREFECT_API_URL") or "Prefect's local API"
         return "prefect-unavailable", f"the Prefect API at {url} did not answer: {text}", 1
     return "internal-error", f"{name}: {text}", 1
+
+
+class Terminated(BaseException):
+    """SIGTERM reached the command (Prefect, inside a flow run, first marks the run Crashed, runs its
+    cleanup hooks, then passes the signal on to the handler that was there before: this one)."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated()
 
 
 def main(argv: Sequence[str] | None = None, extensions: Sequence[Callable[[Any], None]] = ()) -> int:
@@ -629,6 +655,10 @@ def main(argv: Sequence[str] | None = None, extensions: Sequence[Callable[[Any],
     args = parser.parse_args([a for a in argv if a not in ("-v", "--verbose")])
     args.argv = argv
     args.verbose = verbose
+    try:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread: leave signals alone
+        previous = None
     try:
         return int(args.func(args) or 0)
     except StashflowError as exc:
@@ -650,6 +680,9 @@ def main(argv: Sequence[str] | None = None, extensions: Sequence[Callable[[Any],
         if verbose:
             traceback.print_exc()
         return status
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from stashflow.addons.catalog import Catalog
+from stashflow.addons.durations import whole_seconds
 from stashflow.addons.errors import CatalogError, StashflowError, raise_all
 from stashflow.addons.model import RestoreSession
 from stashflow.addons.source import format_path
@@ -69,7 +70,7 @@ def restore_runs(catalog: Catalog, session: RestoreSession) -> list[tuple[str, s
                 snapshot=source.snapshot,
                 repository={"name": source.repository,
                             "encryption_secret": source.encryption_secret.name if source.encryption_secret else None},
-                limits={"timeout": spec.restore_timeout} if spec.restore_timeout else {},
+                limits={"timeout": whole_seconds(spec.restore_timeout)} if spec.restore_timeout else {},
                 advanced={"extra_params": extra, "addon": addon,
                           "variables": {v["name"]: v["value"] for v in ref.variables or [] if "value" in v},
                           "invoker": {"kind": "RestoreSession", "name": session.name}})

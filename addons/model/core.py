@@ -8,7 +8,7 @@ from pydantic import Field
 
 from .addon import ContainerRuntimeSettings, VolumeSource
 from .base import KubeDict, KubeObject, Model, ObjectReference, TypedObjectReference
-from .types import Count, Duration, Seconds
+from .types import Count, Deadline, Duration, Seconds
 
 CORE_API = "core.kubestash.com/v1alpha1"
 
@@ -80,7 +80,7 @@ class HookInfo(Model):
     hook_template: ObjectReference | None = None
     params: dict[str, Any] | None = None
     max_retry: Count | None = None
-    timeout: Duration | None = None
+    timeout: Deadline | None = None
     execution_policy: Literal["Always", "OnSuccess", "OnFailure"] | None = None
     variables: list[KubeDict] | None = None
     volumes: list[KubeDict] | None = None
@@ -107,7 +107,7 @@ class Session(Model):
     scheduler: SchedulerSpec | None = None
     hooks: BackupHooks | None = None
     retry_config: RetryConfig | None = None
-    backup_timeout: Duration | None = None
+    backup_timeout: Deadline | None = None
     session_history_limit: Count | None = None
     addon: AddonInfo | None = None
     repositories: list[RepositoryInfo] | None = None
@@ -158,7 +158,7 @@ class RestoreSessionSpec(Model):
     data_source: RestoreDataSource | None = None
     addon: AddonInfo | None = None
     hooks: RestoreHooks | None = None
-    restore_timeout: Duration | None = None
+    restore_timeout: Deadline | None = None
     manifest_options: KubeDict | None = None
 
 

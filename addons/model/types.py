@@ -10,7 +10,7 @@ from typing import Annotated
 from pydantic import AfterValidator, Field
 from pydantic_core import PydanticCustomError
 
-from ..durations import parse_duration, parse_retention_period
+from ..durations import deadline_seconds, parse_duration, parse_retention_period
 
 INT32 = 2**31 - 1
 INT64 = 2**63 - 1
@@ -29,6 +29,14 @@ def _duration(value: str) -> str:
     return value
 
 
+def _deadline(value: str) -> str:
+    try:
+        deadline_seconds(value)
+    except ValueError as exc:
+        raise PydanticCustomError("invalid_duration", str(exc)) from None
+    return value
+
+
 def _retention(value: str) -> str:
     try:
         parse_retention_period(value)
@@ -39,5 +47,7 @@ def _retention(value: str) -> str:
 
 #: A metav1.Duration: ``30s``, ``1h30m``; not negative, not past Go's limit.
 Duration = Annotated[str, AfterValidator(_duration)]
+#: A deadline (backupTimeout, restoreTimeout): a Duration above zero; fractions round up to whole seconds.
+Deadline = Annotated[str, AfterValidator(_deadline)]
 #: A RetentionPeriod: ``30d``, ``1y2mo``.
 RetentionPeriod = Annotated[str, AfterValidator(_retention)]
