@@ -215,7 +215,7 @@ def test_a_subsecond_timeout_is_rounded_up_not_dropped(tmp_path: Path) -> None:
     path = plan(tmp_path, lambda d: session0(d).update(backupTimeout="0.1s"))
     assert cli("deploy", path, "--catalog", BUILTIN, "--write", str(tmp_path / "p.yaml"))[0] == 0
     deployments = yaml.safe_load((tmp_path / "p.yaml").read_text())["deployments"]
-    assert deployments[0]["parameters"]["timeout"] == "1s"
+    assert deployments[0]["parameters"]["limits"]["timeout"] == "1s"
 
 
 def test_zero_timeout_is_an_error_not_no_deadline() -> None:
@@ -312,7 +312,7 @@ def test_a_usage_error_is_one_coded_line() -> None:
 
 @pytest.mark.parametrize("flag,value", [
     ("--directory", "../../tmp/x"), ("--directory", "a//b"), ("--directory", "a/./b"), ("--directory", "a\nb"),
-    ("--session", ".."), ("--session", "a/b"), ("--session", ""), ("--session", "x\x1b"),
+    ("--plan-session", ".."), ("--plan-session", "a/b"), ("--plan-session", ""), ("--plan-session", "x\x1b"),
 ])
 def test_cli_paths_that_leave_the_storage_are_input_errors(flag: str, value: str) -> None:
     lines = problems(*cli("render", "stashflow-pvc", "logical-backup", "--target", "pvc/data", "--repository", "r",

@@ -137,7 +137,8 @@ def _cli_value_case(rnd: random.Random, tmp: Path, n: int) -> tuple[list[str], s
                          f"{rnd.choice(ODD_STRINGS)}",
         "timeout": lambda: f"--timeout={rnd.choice(DURATIONS)}",
         "directory": lambda: f"--directory={rnd.choice(ODD_STRINGS)}",
-        "session": lambda: f"--session={rnd.choice(ODD_STRINGS + NAMES)}",
+        "session": lambda: f"--plan-session={rnd.choice(ODD_STRINGS + NAMES)}",
+        "run": lambda: f"--run={rnd.choice(ODD_STRINGS + NAMES)}",
         "namespace": lambda: f"--namespace={rnd.choice(NAMES)}",
         "target": lambda: f"--target={rnd.choice(['pvc', 'PersistentVolumeClaim', 'Postgres.kubedb.com', 'a/b', ''])}"
                           f"/{rnd.choice(NAMES)}",
@@ -194,20 +195,26 @@ def recheck_deployment(deployment: dict[str, Any]) -> None:
     from stashflow.flows import addon_flows
     from stashflow.flows.plan_check import cron_problem
 
+    from stashflow.flows.parameters import RunParameters
+
     params = deployment["parameters"]
-    flow_obj = addon_flows.FLOWS[deployment["entrypoint"].rsplit(":", 1)[1]]
-    flow_obj.validate_parameters(params)
+    flow_obj = addon_flows.flows()[deployment["entrypoint"].rsplit(":", 1)[1]]
+    validated = flow_obj.validate_parameters(params)  # the typed models check durations, names, choices
     schedule = deployment["schedules"][0]
     assert cron_problem(schedule["cron"], schedule["timezone"]) is None, schedule
-    if params.get("retry_delay"):
-        parse_duration(params["retry_delay"])
     if params.get("retention") is not None:
         RetentionPolicy.model_validate({"apiVersion": RetentionPolicy.API_VERSION, "kind": "RetentionPolicy",
                                         "metadata": {"name": "r"}, "spec": params["retention"]})
-    addon, list_name, _, task = addon_flows.CATALOG.task(*flow_obj.name.split(":", 1))
-    spec = addon_flows._spec_from_parameters(addon, task, list_name, params)
-    storage = BackupStorage.model_validate(params["storage"])
-    info = params.get("addon") or {}
+    catalog = addon_flows.loaded()[0]
+    addon, list_name, _, task = catalog.task(*flow_obj.name.split(":", 1))
+    run = RunParameters.from_flow(validated, {p.name for p in task.parameters or []
+                                              if addon_flows.form_parameter(p.name)})
+    if run.limits.timeout:
+        parse_duration(run.limits.timeout)
+    spec = addon_flows._spec_from_parameters(addon, task, run)
+    storage = spec.storage
+    assert isinstance(storage, BackupStorage)
+    info = run.advanced.addon
     request = dataclasses.replace(
         spec.request,
         repository=RepositoryContext(name=spec.repository or spec.target.name, storage=storage,
@@ -216,7 +223,7 @@ def recheck_deployment(deployment: dict[str, Any]) -> None:
                                                                    if k != "addonVolumes"}}) if info else None,
         addon_volumes=[AddonVolumeInfo.model_validate(v) for v in info.get("addonVolumes") or []],
     )
-    check_objects(render_plan(addon_flows.CATALOG, request).objects())
+    check_objects(render_plan(catalog, request).objects())
 
 
 def test_fuzz_deploy_write(tmp_path: Path) -> None:
