@@ -40,8 +40,10 @@ CLUTTER = shutil.ignore_patterns(".git", ".venv", "run", "build", "dist", "*.egg
 
 
 def _pip(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", *args],
-                   check=True, capture_output=True, text=True, timeout=900)
+    done = subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", *args],
+                          capture_output=True, text=True, timeout=900)
+    if done.returncode:
+        pytest.fail(f"pip {' '.join(args[:2])} failed:\n{done.stderr[-3000:]}")
 
 
 @pytest.fixture(scope="module")
