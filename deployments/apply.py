@@ -133,7 +133,7 @@ def prefect_yaml(specs: list[DeploymentSpec], *, work_pool: str, directory: str 
         })
     return {
         "name": "stashflow",
-        "prefect-version": "3.8.8",
+        "prefect-version": "3.9.1",
         "build": None,
         "push": None,
         "pull": [{"prefect.deployments.steps.set_working_directory": {"directory": directory}}],
