@@ -223,12 +223,16 @@ def build_flows(paths: list[str]) -> tuple[Catalog, dict[str, Flow]]:
     return catalog, flows
 
 
-@functools.cache
 def loaded() -> tuple[Catalog, dict[str, Flow]]:
     """The catalog of ``$STASHFLOW_CATALOG`` (or the built-in one) and its flows, loaded on first use,
     not at import: modules that only map plans (restore, deployments) never pay for it, and a bad
-    catalog path fails the command that needs it, with its coded error."""
-    return build_flows(catalog_paths())
+    catalog path fails the command that needs it, with its coded error. Loaded once per set of paths."""
+    return _load(tuple(catalog_paths()))
+
+
+@functools.cache
+def _load(paths: tuple[str, ...]) -> tuple[Catalog, dict[str, Flow]]:
+    return build_flows(list(paths))
 
 
 def flows() -> dict[str, Flow]:

@@ -413,12 +413,13 @@ def cmd_restore(args: argparse.Namespace) -> int:
     quiet_prefect_tracebacks(args.verbose)
     for addon, task, params in runs:
         if args.kubeconfig:
-            params["kubeconfig"] = os.path.abspath(args.kubeconfig)
+            params.setdefault("cluster", {})["kubeconfig"] = os.path.abspath(args.kubeconfig)
         if args.context:
-            params["context"] = args.context
+            params.setdefault("cluster", {})["context"] = args.context
         _run_flow(addon, task, params)
         print(f"restored {params['target']} in {params['namespace']} with {addon}/{task} "
-              f"from {params['snapshot']}" + (f" of {params['repository']}" if params.get("repository") else ""))
+              f"from {params['snapshot']}" + (f" of {params['repository']['name']}"
+                                             if (params.get("repository") or {}).get("name") else ""))
     return 0
 
 
