@@ -20,7 +20,8 @@ from stashflow.addons.model import BackupConfiguration, BackupStorage, Retention
 from stashflow.addons.names import label_value
 from stashflow.addons.source import format_path
 from stashflow.addons.render import Target
-from stashflow.flows.addon_flows import entrypoint, form_parameter, target_tag
+from stashflow.flows.addon_flows import entrypoint, form_parameter
+from stashflow.flows.naming import target_tag
 from stashflow.flows.parameters import RunParameters, Storage
 from stashflow.flows.plan_check import check_plans, cron_problem, late_after, split_schedule
 from stashflow.flows.policies import lock_name

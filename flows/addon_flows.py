@@ -38,6 +38,7 @@ from stashflow.addons.resolve import Value
 from stashflow.tasks.steps import RunSpec
 
 from stashflow.flows import policies
+from stashflow.flows.naming import short_target
 from stashflow.flows.parameters import GROUPS, RESERVED, RunParameters
 from stashflow.flows.engine import Connection, cleanup_hook, execute
 
@@ -62,22 +63,6 @@ def python_name(addon: str, task: str) -> str:
 def form_parameter(name: str) -> bool:
     """Whether a task parameter can be its own form field (else it goes in ``extra_params``)."""
     return name.isidentifier() and not keyword.iskeyword(name) and name not in RESERVED
-
-
-KIND_SHORT = {"PersistentVolumeClaim": "pvc", "Deployment": "deploy", "StatefulSet": "sts", "DaemonSet": "ds"}
-
-
-def short_target(namespace: str, target: str) -> str:
-    """``demo/pvc/data``: what a person reads in a run name or a tag (the UI cuts long ones)."""
-    try:
-        parsed = Target.parse(target)
-    except InputError:
-        return f"{namespace}/{target}"
-    return f"{namespace}/{KIND_SHORT.get(parsed.kind, parsed.kind.lower())}/{parsed.name}"
-
-
-def target_tag(namespace: str, target: str) -> str:
-    return f"target:{short_target(namespace, target)}"
 
 
 def _run_name() -> str:
@@ -132,7 +117,13 @@ def state_message(exc: StashflowError, limit: int = 160) -> str:
     """A failed run's state message: the stable code and the reason, short enough for the UI's one line
     (the flow and run names already say which task and target; the logs and artifact have the rest)."""
     diagnosis = getattr(exc, "diagnosis", None)
-    reason = diagnosis.summary() if diagnosis is not None else exc.message
+    if diagnosis is not None:  # the container's own words first, then where: "Fatal: ... (container x, exit 1)"
+        said = diagnosis.message.strip().splitlines()[-1] if diagnosis.message.strip() else diagnosis.reason
+        where = ", ".join([*([f"container {diagnosis.container}"] if diagnosis.container else []),
+                           *([f"exit {diagnosis.exit_code}"] if diagnosis.exit_code is not None else [])])
+        reason = f"{said} ({where})" if where else said
+    else:
+        reason = exc.message
     text = " ".join(f"{exc.code}: {reason}".split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
 

@@ -21,6 +21,8 @@ import re
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
+from stashflow.flows.naming import short_target
+
 FLEET_KEY = "stashflow-fleet"
 log = logging.getLogger("stashflow.artifacts")
 
@@ -113,13 +115,14 @@ def fleet_row(*, namespace: str, target: str, task: str, state: str, code: str, 
               last_success: Mapping[str, Any] | None, next_run: datetime | None) -> dict[str, str]:
     status = (last_success or {}).get("status") or {}
     taken = parse_time(status.get("snapshotTime"))
+    # what needs attention first (the last attempt and its code), then the last good backup
     return {
-        "target": f"{namespace}/{target}", "task": task,
-        "last success": status.get("snapshotTime", "never") if last_success else "never",
-        "age": age(taken, when) if taken else "",
+        "target": short_target(namespace, target), "task": task, "last attempt": state, "code": code or "-",
+        "attempted": when.strftime("%Y-%m-%d %H:%M"),
+        "last success": (status.get("snapshotTime") or "").replace("T", " ")[:16] if last_success else "never",
+        "age then": age(taken, when) if taken else "",
         "size": status.get("size", ""), "integrity": yes_no(status.get("integrity")) if last_success else "",
-        "last attempt": f"{state} {when.strftime('%Y-%m-%dT%H:%M:%SZ')}",
-        "code": code, "next run": next_run.strftime("%Y-%m-%dT%H:%M:%SZ") if next_run else "not scheduled",
+        "next run": next_run.strftime("%Y-%m-%d %H:%M") if next_run else "not scheduled",
     }
 
 

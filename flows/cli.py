@@ -330,7 +330,8 @@ def _run_flow(addon: str, task: str, params: dict[str, Any]) -> Any:
 
     from prefect import tags
 
-    from stashflow.flows.addon_flows import flow_for, target_tag
+    from stashflow.flows.addon_flows import flow_for
+    from stashflow.flows.naming import target_tag
 
     target = Target.parse(params["target"])
     namespace = params.get("namespace", "default")

@@ -14,6 +14,7 @@ stale: no Job of its holder is active and the holder has not renewed it for ``gr
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -114,11 +115,18 @@ async def _claim(kube: Kube, plan: ExecutionPlan) -> Claim:
     name, ns, holder = lease_name(plan), plan.namespace, holder_of(plan)
     try:
         await kube.call(f"create Lease {ns}/{name}", coord.create_namespaced_lease, ns, _lease_body(plan, holder))
-        return Claim(ns, name, holder, orphans_failed=tuple(await fail_orphans(kube, plan)))
+        created = True
     except NotFound:  # only the namespace can be missing when creating
         raise namespace_missing(ns) from None
     except Conflict:
-        pass  # held: by this run (adoption), by a live run (busy) or by a stale one (take over)
+        created = False  # held: by this run (adoption), by a live run (busy) or by a stale one (take over)
+    if created:
+        held = Claim(ns, name, holder)
+        try:
+            return dataclasses.replace(held, orphans_failed=tuple(await fail_orphans(kube, plan)))
+        except BaseException:
+            await release(kube, held)  # claimed but could not go on: give it back at once
+            raise
     try:
         lease = await kube.call(f"read Lease {ns}/{name}", coord.read_namespaced_lease, name, ns)
     except NotFound:
@@ -185,7 +193,11 @@ async def fail_orphans(kube: Kube, plan: ExecutionPlan) -> list[str]:
     selector = (f"app.kubernetes.io/managed-by={MANAGED_BY},kubestash.com/app-ref-kind={label_value(plan.target.kind)},"
                 f"kubestash.com/app-ref-name={label_value(plan.target.name)}")
     failed = []
-    for snap in await resources.list_snapshots(kube, plan.namespace, selector):
+    try:
+        snapshots = await resources.list_snapshots(kube, plan.namespace, selector)
+    except NotFound:  # no Snapshot CRD yet (the first backup installs it): no Snapshot, no orphan
+        return failed
+    for snap in snapshots:
         status = snap.get("status") or {}
         name = snap["metadata"]["name"]
         if status.get("phase") not in (None, "Pending", "Running") or name == plan.snapshot_name:

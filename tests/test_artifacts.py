@@ -49,11 +49,12 @@ def test_last_backup_names_the_snapshot_time_and_a_later_failure() -> None:
 def test_fleet_rows_replace_their_own_target_only() -> None:
     row = fleet_row(namespace="demo", target="PersistentVolumeClaim/data", task="stashflow-pvc/logical-backup",
                     state="Failed", code="job-exit-code", when=NOW, last_success=SNAPSHOT, next_run=None)
-    assert row["age"] == "2h 30m" and row["code"] == "job-exit-code" and row["next run"] == "not scheduled"
-    other = {"target": "demo/PersistentVolumeClaim/aaa", "task": "stashflow-pvc/logical-backup"}
+    assert row["age then"] == "2h 30m" and row["code"] == "job-exit-code" and row["next run"] == "not scheduled"
+    assert row["target"] == "demo/pvc/data" and list(row)[:4] == ["target", "task", "last attempt", "code"]
+    other = {"target": "demo/pvc/aaa", "task": "stashflow-pvc/logical-backup"}
     old = {**row, "code": "old"}
     merged = merge_fleet([old, other], row)
     assert merged == [other, row]
     never = fleet_row(namespace="demo", target="x/y", task="t", state="Failed", code="c", when=NOW,
                       last_success=None, next_run=NOW)
-    assert never["last success"] == "never" and never["next run"] == "2026-11-28T12:00:00Z"
+    assert never["last success"] == "never" and never["next run"] == "2026-11-28 12:00"

@@ -59,8 +59,8 @@ def test_success_records_what_the_container_reported(run, kube_cluster, namespac
     assert "- Snapshot: `data-data-1`" in last.data and "- integrity: true" in last.data
     # and the fleet overview has this target's row
     fleet = json.loads(artifacts_by_key("stashflow-fleet")[0].data)
-    (row,) = [r for r in fleet if r["target"] == f"{namespace}/PersistentVolumeClaim/data"]
-    assert row["last attempt"].startswith("Completed") and row["size"] == status["size"]
+    (row,) = [r for r in fleet if r["target"] == f"{namespace}/pvc/data"]
+    assert row["last attempt"] == "Completed" and row["size"] == status["size"]
 
 
 CASES = {
