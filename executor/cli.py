@@ -70,6 +70,9 @@ def parser() -> argparse.ArgumentParser:
             p.add_argument("--restic-host", help="host name recorded in the restic snapshot")
             p.add_argument("--allow-tool", action="append", default=[], metavar="NAME",
                            help="the tool must be one of these (repeatable)")
+            p.add_argument("--mysql-databases", metavar="WORDS",
+                           help="mysqldump/mariadb-dump: --databases WORDS..., or when empty --all-databases "
+                                "--ignore-database=mysql (the system database's users go portably: --system=users)")
         else:
             p.add_argument("--snapshot", default="latest", help="restic snapshot to read (default latest)")
             p.add_argument("--to-file", help="write the restored file here instead of into a tool")
@@ -103,8 +106,11 @@ def _tool_argv(opts: argparse.Namespace) -> list[str]:
         tool = tool[1:]
     try:
         tool += shlex.split(opts.extra_args)
+        if getattr(opts, "mysql_databases", None) is not None:
+            names = shlex.split(opts.mysql_databases)
+            tool += ["--databases", *names] if names else ["--all-databases", "--ignore-database=mysql"]
     except ValueError as exc:
-        raise UsageError(f"--extra-args {opts.extra_args!r} cannot be split into arguments: {exc}") from None
+        raise UsageError(f"{exc}: the arguments cannot be split into words (unbalanced quotes?)") from None
     if opts.mode == "restore" and opts.to_file:
         if opts.tool and [a for a in opts.tool if a != "--"]:
             raise UsageError("give either --to-file or a tool after --, not both")

@@ -145,7 +145,7 @@ def test_values_are_arguments_and_secrets_only_environment(repo, tmp_path) -> No
     (["backup", "--filename=d", "--allow-tool=pg_dump", "--", "rm", "-rf", "/"], 'the tool "rm" is not allowed'),
     (["backup", "--filename=d", "--env-from-file=PGPASSWORD=/no/such/file", "--", "true"],
      "cannot read PGPASSWORD from /no/such/file"),
-    (["backup", "--filename=d", "--extra-args=it's", "--", "true"], "cannot be split into arguments"),
+    (["backup", "--filename=d", "--extra-args=it's", "--", "true"], "cannot be split into words"),
     (["restore", "--filename=d"], "no tool given"),
 ])
 def test_usage_errors_say_what_is_wrong_and_exit_2(repo, tmp_path, args, says) -> None:

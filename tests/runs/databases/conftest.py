@@ -15,7 +15,7 @@ from localkube.nodeagent import run as run_for_real
 
 from ..conftest import run_flow
 from ..observe import api
-from .servers import Postgres
+from .servers import MariaDB, Postgres
 
 EXECUTOR = Path("/usr/local/bin/stashflow-executor")
 RESTIC_PASSWORD = "restic: 'quoted' $HOME \\ pw"
@@ -35,6 +35,17 @@ def executor_on_host() -> Path:
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Postgres]:
     server = Postgres(DB_PASSWORD)
+    server.init()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def mariadb() -> Iterator[MariaDB]:
+    server = MariaDB(DB_PASSWORD)
     server.init()
     server.start()
     try:

@@ -121,3 +121,80 @@ class Postgres:
         if done.returncode != 0:
             raise RuntimeError(f"psql failed on {db}: {done.stderr.strip()}")
         return done.stdout
+
+
+class MariaDB:
+    """A MariaDB server (mariadb-install-db) that drops to the ``mysql`` user itself; an ``admin``
+    account with a password for TCP, as the Functions connect."""
+
+    ADMIN = "admin"
+
+    def __init__(self, password: str) -> None:
+        apt_install("mariadb-server", "mariadb-client")
+        self.password = password
+        self.port = free_port()
+        self.root = Path(tempfile.mkdtemp(prefix="stashflow-mariadb-"))
+        self.root.chmod(0o755)
+        self.data = self.root / "data"
+        self.socket = self.root / "mysqld.sock"
+        self.log = self.root / "server.log"
+        self.proc: subprocess.Popen | None = None
+
+    def init(self) -> None:
+        """A fresh, empty server directory (the old one's data gone)."""
+        shutil.rmtree(self.data, ignore_errors=True)
+        self.data.mkdir()
+        shutil.chown(self.data, "mysql", "mysql")
+        shutil.chown(self.root, "mysql", "mysql")
+        subprocess.run(["mariadb-install-db", "--no-defaults", f"--datadir={self.data}", "--user=mysql",
+                        "--auth-root-authentication-method=normal", "--skip-test-db"],
+                       check=True, capture_output=True)
+        self._fresh = True
+
+    def start(self) -> None:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                ["mariadbd", "--no-defaults", f"--datadir={self.data}", "--user=mysql", f"--port={self.port}",
+                 "--bind-address=127.0.0.1", f"--socket={self.socket}", f"--pid-file={self.root / 'pid'}",
+                 "--innodb-flush-log-at-trx-commit=0", "--innodb-buffer-pool-size=128M",
+                 "--character-set-server=utf8mb4", "--collation-server=utf8mb4_unicode_ci"],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+        wait_for(self.ready, 60, f"MariaDB on 127.0.0.1:{self.port} (log: {self.log})")
+        if self._fresh:  # root by socket only; the admin the tests and Functions use, over TCP
+            quoted = "'" + self.password.replace("\\", "\\\\").replace("'", "\\'") + "'"
+            subprocess.run(["mariadb", "--no-defaults", f"--socket={self.socket}", "-uroot"], check=True,
+                           capture_output=True, text=True,
+                           input=f"CREATE USER {self.ADMIN}@'%' IDENTIFIED BY {quoted};\n"
+                                 f"GRANT ALL PRIVILEGES ON *.* TO {self.ADMIN}@'%' WITH GRANT OPTION;\n"
+                                 # as root has it: restoring the dumped users grants PROXY to root
+                                 f"GRANT PROXY ON ''@'%' TO {self.ADMIN}@'%' WITH GRANT OPTION;\n")
+            self._fresh = False
+
+    def ready(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"MariaDB exited with {self.proc.returncode}: {self.log.read_text()[-2000:]}")
+        return subprocess.run(["mariadb-admin", "--no-defaults", f"--socket={self.socket}", "-uroot", "ping"],
+                              capture_output=True).returncode == 0
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_pid(self.proc, signal.SIGTERM)
+            self.proc = None
+
+    def recreate(self) -> None:
+        self.stop()
+        self.init()
+        self.start()
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def sql(self, text: str, db: str | None = None) -> str:
+        """Run SQL as the admin over TCP; tab-separated rows, no column names."""
+        done = subprocess.run(["mariadb", "--no-defaults", "-h", "127.0.0.1", "-P", str(self.port), "-u", self.ADMIN,
+                               "--batch", "--skip-column-names", "--default-character-set=utf8mb4", *([db] if db else [])],
+                              input=text, capture_output=True, text=True, env={**os.environ, "MYSQL_PWD": self.password})
+        if done.returncode != 0:
+            raise RuntimeError(f"mariadb failed: {done.stderr.strip()}")
+        return done.stdout
