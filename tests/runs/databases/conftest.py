@@ -15,7 +15,7 @@ from localkube.nodeagent import run as run_for_real
 
 from ..conftest import run_flow
 from ..observe import api
-from .servers import MariaDB, Postgres
+from .servers import MariaDB, Postgres, Redis
 
 EXECUTOR = Path("/usr/local/bin/stashflow-executor")
 RESTIC_PASSWORD = "restic: 'quoted' $HOME \\ pw"
@@ -48,6 +48,15 @@ def mariadb() -> Iterator[MariaDB]:
     server = MariaDB(DB_PASSWORD)
     server.init()
     server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def redis() -> Iterator[Redis]:
+    server = Redis(DB_PASSWORD)
     try:
         yield server
     finally:

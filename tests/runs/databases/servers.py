@@ -198,3 +198,67 @@ class MariaDB:
         if done.returncode != 0:
             raise RuntimeError(f"mariadb failed: {done.stderr.strip()}")
         return done.stdout
+
+
+def resp(*args: str | bytes) -> bytes:
+    """One command in Redis' wire protocol (for ``redis-cli --pipe``)."""
+    out = [f"*{len(args)}\r\n".encode()]
+    for arg in args:
+        data = arg.encode() if isinstance(arg, str) else arg
+        out += [f"${len(data)}\r\n".encode(), data, b"\r\n"]
+    return b"".join(out)
+
+
+class Redis:
+    """A Redis server with a password (from its config file, not argv) and no saving of its own;
+    ``start(dir)`` serves the data directory given (where a restore put dump.rdb)."""
+
+    def __init__(self, password: str) -> None:
+        apt_install("redis-server", "redis-tools")
+        self.password = password
+        self.port = free_port()
+        self.root = Path(tempfile.mkdtemp(prefix="stashflow-redis-"))
+        self.dir = self.root / "data"
+        self.log = self.root / "server.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, data_dir: Path | None = None) -> None:
+        self.dir = data_dir or self.root / "data"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        conf = self.root / "redis.conf"
+        quoted = '"' + self.password.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        conf.write_text(f"port {self.port}\nbind 127.0.0.1\ndir {self.dir}\nsave \"\"\nappendonly no\n"
+                        f"requirepass {quoted}\nenable-debug-command yes\nlogfile {self.log}\n")
+        conf.chmod(0o600)
+        self.proc = subprocess.Popen(["redis-server", str(conf)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        wait_for(self.ready, 60, f"Redis on 127.0.0.1:{self.port} (log: {self.log})")
+
+    def ready(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"Redis exited with {self.proc.returncode}: {self.log.read_text()[-2000:]}")
+        done = subprocess.run(["redis-cli", "-p", str(self.port), "--no-auth-warning", "ping"], capture_output=True,
+                              text=True, env={**os.environ, "REDISCLI_AUTH": self.password})
+        return done.stdout.strip() == "PONG"
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_pid(self.proc, signal.SIGTERM)
+            self.proc = None
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def cli(self, *args: str, db: int = 0) -> str:
+        done = subprocess.run(["redis-cli", "-p", str(self.port), "-n", str(db), "--no-auth-warning", *args],
+                              capture_output=True, text=True, env={**os.environ, "REDISCLI_AUTH": self.password})
+        if done.returncode != 0:
+            raise RuntimeError(f"redis-cli {args[0]} failed: {done.stderr.strip()}")
+        return done.stdout
+
+    def pipe(self, commands: bytes) -> None:
+        done = subprocess.run(["redis-cli", "-p", str(self.port), "--no-auth-warning", "--pipe"], input=commands,
+                              capture_output=True, env={**os.environ, "REDISCLI_AUTH": self.password})
+        if done.returncode != 0 or b"errors: 0" not in done.stdout:
+            raise RuntimeError(f"redis-cli --pipe failed: {done.stdout[-500:]!r} {done.stderr[-500:]!r}")
