@@ -50,8 +50,15 @@ def error_line(tail: Sequence[str]) -> str:
     return tail[-1].strip() if tail else ""
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad options become a ``UsageError``: one line, on stderr and the termination message."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    top = _Parser(prog=PROG, description=__doc__.split("\n\n")[0])
     sub = top.add_subparsers(dest="mode", required=True)
     for mode in ("backup", "restore"):
         p = sub.add_parser(mode)
@@ -83,8 +90,11 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         opts = parser().parse_args(argv)
-    except SystemExit as exc:  # argparse printed the usage line
-        return 2 if exc.code else 0
+    except UsageError as exc:
+        given = list(sys.argv[1:] if argv is None else argv)
+        log = next((a.split("=", 1)[1] for a in given if a.startswith("--termination-log=")), None)
+        _fail(argparse.Namespace(termination_log=log), f"{PROG}: {exc}")
+        return 2
     started = time.monotonic()
     try:
         tool = _tool_argv(opts)
