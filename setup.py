@@ -1,6 +1,7 @@
 """Package list for the wheel; everything else is in pyproject.toml.
 
-The layer folders sit at the top of the repo and install as ``stashflow.<layer>``. pyproject.toml can
+The layer folders (and ``executor/``, the Functions' command) sit at the top of the repo and install as
+``stashflow.<folder>``. pyproject.toml can
 only list such renamed packages by hand, and a hand list silently drops new subpackages (it once left
 out ``stashflow.addons.model``), so they are found here. localkube/, tests/, bench/ and scripts/ are
 not layers and stay out of the wheel (tests/test_wheel.py checks both).
@@ -8,7 +9,7 @@ not layers and stay out of the wheel (tests/test_wheel.py checks both).
 
 from setuptools import find_packages, setup
 
-LAYERS = ("addons", "tasks", "flows", "deployments")
+LAYERS = ("addons", "tasks", "flows", "deployments", "executor")
 
 setup(
     package_dir={f"stashflow.{layer}": layer for layer in LAYERS},

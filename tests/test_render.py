@@ -236,7 +236,7 @@ def test_target_parsing() -> None:
 
 def test_the_builtin_catalog_validates_and_renders_without_a_shell() -> None:
     rc, out, _ = run_cli("validate", "addons/catalog")
-    assert rc == 0 and out.startswith("ok: 1 Addons (2 tasks)")
+    assert rc == 0 and out.startswith("ok: 4 Addons (8 tasks)")
     rc, out, err = run_cli("render", "stashflow-pvc", "logical-backup", "--namespace", "demo", "--target", "pvc/data",
                            "--var", "backupSession=data-nightly-1", "--param", "paths=/kubestash-data/a dir")
     assert rc == 0, err
@@ -249,3 +249,29 @@ def test_the_builtin_catalog_validates_and_renders_without_a_shell() -> None:
     assert rc == 0, err
     job = next(o for o in yaml.safe_load_all(out) if o["kind"] == "Job")
     assert job["spec"]["template"]["spec"]["containers"][0]["args"][-1] == "abc123"
+
+
+@pytest.mark.parametrize("addon, params", [
+    ("stashflow-postgres", ["host=pg.demo.svc", "authSecret=pg-auth", "args=--exclude-database='a b' $HOME"]),
+    ("stashflow-mariadb", ["host=maria.demo.svc", "authSecret=maria-auth", "databases=shop `x`"]),
+    ("stashflow-redis", ["host=cache.demo.svc", "authSecret=redis-auth"]),
+])
+def test_the_database_functions_run_the_executor_with_values_as_arguments(addon: str, params: list[str]) -> None:
+    """No shell anywhere; each value one argument, verbatim; the password only as a mounted Secret."""
+    args = [a for p in params for a in ("--param", p)]
+    rc, out, err = run_cli("render", addon, "logical-backup", "-n", "demo", "--target", "x.kubedb.com/db", *args)
+    assert rc == 0, err
+    job = next(o for o in yaml.safe_load_all(out) if o["kind"] == "Job")
+    pod = job["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["command"] == ["stashflow-executor"] and c["args"][0] == "backup"
+    tool = c["args"][c["args"].index("--") + 1:]
+    assert tool[0] in ("pg_dumpall", "mariadb-dump", "redis-cli") and not {"sh", "bash", "-c"} & set(c["args"])
+    given = dict(p.split("=", 1) for p in params)
+    assert f"--extra-args={given.get('args', '--system=users --insert-ignore' if 'maria' in addon else '')}" in c["args"]
+    if "databases" in given:
+        assert f"--mysql-databases={given['databases']}" in c["args"]
+    assert any(a.startswith("--env-from-file=") and a.endswith("=/stashflow-auth/password") for a in c["args"])
+    secret = next(v for v in pod["volumes"] if v["name"] == "stashflow-auth")
+    assert secret["secret"]["secretName"] == given["authSecret"]
+    assert not any("valueFrom" in e or "PASSWORD" in e["name"] for e in c.get("env", []))

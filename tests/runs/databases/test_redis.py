@@ -1,0 +1,103 @@
+"""Redis end to end: a real server (Debian's redis-server) with data that hurts, its RDB streamed
+through ``stashflow-redis:logical-backup`` (redis-cli --rdb - → stashflow-executor → restic, run for
+real by the node agent); the server destroyed; the RDB restored into a PVC by
+``stashflow-redis:logical-backup-restore``; a server started on that PVC holds the same data."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+
+from kubernetes_asyncio import client
+
+from localkube.helpers import create_pvc, pvc_host_path
+
+from ..observe import api, eventually, nothing_left, snapshot, snapshots
+from .conftest import DB_PASSWORD, Flows
+from .servers import Redis, free_port, resp
+from .test_postgres import restic_snapshots
+
+ADDON = "stashflow-redis"
+TARGET = "Redis.kubedb.com/cache"
+
+
+def fill(server: Redis) -> None:
+    commands = [resp("SELECT", "0")]
+    commands += [resp("SET", f"key:{i}", f"value {i} ü") for i in range(100_000)]
+    blob = b"".join(hashlib.sha256(str(i).encode()).digest() for i in range(40_000))  # 1.25 MB, binary
+    commands += [
+        resp("SET", b"bin:\x00\xff\r\n", blob),
+        resp("SET", "ключ 🔑", "значение"),
+        resp("SET", "$HOME; rm -rf /", "'quoted' \"double\" \\"),
+        resp("HSET", "hash:ünï", *[x for i in range(1000) for x in (f"field {i}", f"v{i}")]),
+        resp("RPUSH", "list", *[f"item {i}" for i in range(500)], "", "\x00"),
+        resp("SADD", "set", *[f"member {i}" for i in range(300)]),
+        resp("ZADD", "zset", *[x for i in range(300) for x in (str(i * 1.5), f"z{i}")]),
+        resp("XADD", "stream", "1-1", "event", "created", "who", "ü"),
+        resp("XADD", "stream", "2-1", "event", "deleted"),
+        resp("SET", "expiring", "soon", "PXAT", "4102444800000"),  # 2100-01-01: compared exactly
+        resp("SELECT", "3"),
+        *[resp("SET", f"other:{i}", f"db three {i}") for i in range(1000)],
+    ]
+    server.pipe(b"".join(commands))
+
+
+def content(server: Redis) -> dict[str, str]:
+    """Keys per database, the server's digest of the whole dataset (values, types and expiry), and a
+    few values read back."""
+    keyspace = [line.split(",avg_ttl")[0] for line in server.cli("INFO", "keyspace").splitlines() if line.startswith("db")]
+    return {"keyspace": "\n".join(keyspace), "digest": server.cli("DEBUG", "DIGEST"),
+            "unicode": server.cli("GET", "ключ 🔑"), "expiry": server.cli("PEXPIRETIME", "expiring"),
+            "db3": server.cli("GET", "other:999", db=3)}
+
+
+def test_rdb_backup_destroy_restore_into_a_pvc_gives_equal_data(flows: Flows, redis: Redis) -> None:
+    flows.secret("redis-auth", {"password": DB_PASSWORD})
+    redis.start()
+    fill(redis)
+    before = content(redis)
+    assert "db0:keys=100009,expires=1" in before["keyspace"] and "db3:keys=1000" in before["keyspace"]
+
+    backup = flows.backup(ADDON, TARGET, host="127.0.0.1", port=str(redis.port), authSecret="redis-auth")
+    assert backup.is_completed(), backup.message
+    snap = snapshot(flows.cluster, flows.namespace, backup.result()["snapshot"])
+    assert snap["status"]["phase"] == "Succeeded", snap["status"]
+    (only,) = restic_snapshots(flows)
+    assert only["paths"] == ["/dump.rdb"]
+
+    redis.stop()  # destroyed: the server and its data directory are gone
+    shutil.rmtree(redis.dir)
+
+    async def new_volume(c: client.ApiClient):  # type: ignore[no-untyped-def]
+        await create_pvc(c, flows.namespace, "redis-data")
+        return await pvc_host_path(c, flows.namespace, "redis-data")
+    data_dir = api(flows.cluster, new_volume)
+    restore = flows.restore(ADDON, "PersistentVolumeClaim/redis-data", repository="cache")
+    assert restore.is_completed(), restore.message
+    assert sorted(p.name for p in data_dir.iterdir()) == ["dump.rdb"]  # no partial file left
+    redis.start(data_dir)
+    try:
+        assert content(redis) == before
+    finally:
+        redis.stop()
+
+
+def test_wrong_password_and_server_down_fail_with_redis_clis_words(flows: Flows, redis: Redis) -> None:
+    flows.secret("wrong", {"password": "not the password"})
+    redis.start()
+    try:
+        cases = [("wrong", redis.port, "AUTH failed: WRONGPASS invalid username-password pair"),
+                 ("wrong", free_port(), "Connection refused")]
+        for n, (secret, port, line) in enumerate(cases):
+            state = flows.backup(ADDON, TARGET, host="127.0.0.1", port=str(port), authSecret=secret,
+                                 session=f"cache-{n}", history_limit=0)
+            assert state.is_failed()
+            assert "job-exit-code" in state.message and line in state.message, state.message
+            failed = [s for s in snapshots(flows.cluster, flows.namespace)
+                      if s["metadata"]["name"] == f"cache-cache-{n}"]
+            assert failed[0]["status"]["phase"] == "Failed"
+            assert line in failed[0]["status"]["components"]["dump"]["error"]
+            assert restic_snapshots(flows) == []
+            eventually(lambda: nothing_left(flows.cluster, flows.namespace), timeout=60)
+    finally:
+        redis.stop()
