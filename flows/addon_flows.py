@@ -29,7 +29,7 @@ from prefect.runtime import flow_run as current_flow_run
 from prefect.states import Failed
 
 from stashflow.addons.catalog import BUILTIN_CATALOG, Catalog
-from stashflow.addons.durations import parse_duration
+from stashflow.addons.durations import deadline_seconds
 from stashflow.addons.errors import InputError, Location, StashflowError
 from stashflow.addons.model import Addon, Task
 from stashflow.addons.names import valid_name
@@ -91,7 +91,7 @@ def _spec_from_parameters(addon: Addon, task: Task, run: RunParameters) -> RunSp
     builtins = {k: Value(v, where, f"advanced.variables.{k}") for k, v in run.advanced.variables.items()}
     if run.advanced.db_version:
         builtins["DB_VERSION"] = Value(run.advanced.db_version, where, "advanced.db_version")
-    timeout = int(parse_duration(run.limits.timeout)) if run.limits.timeout else None
+    timeout = deadline_seconds(run.limits.timeout) if run.limits.timeout else None  # 0.1s is 1 s, not none
     run_id = current_flow_run.id
     session = run.advanced.session
     if not session:
@@ -119,8 +119,9 @@ def state_message(exc: StashflowError, limit: int = 160) -> str:
     diagnosis = getattr(exc, "diagnosis", None)
     if diagnosis is not None:  # the container's own words first, then where: "Fatal: ... (container x, exit 1)"
         said = diagnosis.message.strip().splitlines()[-1] if diagnosis.message.strip() else diagnosis.reason
-        where = ", ".join([*([f"container {diagnosis.container}"] if diagnosis.container else []),
-                           *([f"exit {diagnosis.exit_code}"] if diagnosis.exit_code is not None else [])])
+        where = ", ".join([*([diagnosis.reason] if diagnosis.reason not in said else []),
+                           *([f"container {diagnosis.container}"] if diagnosis.container else []),
+                           *([f"exit code {diagnosis.exit_code}"] if diagnosis.exit_code is not None else [])])
         reason = f"{said} ({where})" if where else said
     else:
         reason = exc.message
