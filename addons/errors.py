@@ -91,7 +91,6 @@ CODES: dict[str, str] = {
     "repository-corrupt": "restic check found errors in the repository after the backup: the backup is not good",
     "repository-check-failed": "the repository could not be checked after the backup: the backup is not known good",
     "target-busy": "another run of the same target is under way in the cluster (its Job is still active)",
-    "prefect-unreachable": "the Prefect API does not answer (PREFECT_API_URL); nothing was changed",
     "namespace-not-found": "the run's namespace does not exist (found before anything was created)",
     "pvc-not-found": "a PersistentVolumeClaim the run needs does not exist (found before anything was created)",
     "secret-not-found": "a Secret the run needs does not exist (found before anything was created)",

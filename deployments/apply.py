@@ -80,7 +80,7 @@ async def check_server_and_pools(specs: list[DeploymentSpec]) -> list[str]:
         problem = await client.api_healthcheck()
         if problem is not None:
             raise InputError(f"the Prefect API at {client.api_url} does not answer: {problem}",
-                             code="prefect-unreachable", field="PREFECT_API_URL",
+                             code="prefect-unavailable", field="PREFECT_API_URL",
                              hint="start it (prefect server start) or set PREFECT_API_URL to the server's /api URL; "
                                   "nothing was changed")
         created = []

@@ -264,6 +264,7 @@ def test_the_database_functions_run_the_executor_with_values_as_arguments(addon:
     job = next(o for o in yaml.safe_load_all(out) if o["kind"] == "Job")
     pod = job["spec"]["template"]["spec"]
     (c,) = pod["containers"]
+    c = {**c, "args": [expand(a, {}) for a in c["args"]]}  # what the executor receives, after the kubelet
     assert c["command"] == ["stashflow-executor"] and c["args"][0] == "backup"
     tool = c["args"][c["args"].index("--") + 1:]
     assert tool[0] in ("pg_dumpall", "mariadb-dump", "redis-cli") and not {"sh", "bash", "-c"} & set(c["args"])

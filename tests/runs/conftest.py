@@ -48,7 +48,7 @@ GROUPED = {"repository": ("repository", "name"), "storage": ("repository", "stor
            "kubeconfig": ("cluster", "kubeconfig"), "context": ("cluster", "context"),
            "credentials_block": ("cluster", "credentials_block"),
            "session": ("advanced", "session"), "plan_session": ("advanced", "plan_session"),
-           "attempt": ("advanced", "attempt")}
+           "attempt": ("advanced", "attempt"), "db_version": ("advanced", "db_version")}
 
 
 def flow_parameters(**flat: Any) -> dict[str, Any]:

@@ -44,7 +44,7 @@ def test_deploy_creates_updates_and_prunes(prefect_server, tmp_path) -> None:
     assert p["target"] == "PersistentVolumeClaim/data" and p["namespace"] == "shop"
     assert p["message"] == "it's \"quoted\""
     assert p["schedule"]["max_retry"] == 2 and p["schedule"]["retry_delay"] == "5m"
-    assert p["limits"] == {"timeout": "3600s", "history_limit": 3}
+    assert p["limits"] == {"timeout": "1h", "history_limit": 3}
     assert p["retention"] == {"successfulSnapshots": {"daily": 7}} and p["repository"]["name"] == "data-nightly"
     assert p["repository"]["storage"]["spec"]["storage"]["provider"] == "local"
     assert {"stashflow", "plan:shop.db-backup", "addon:scripted", "task:backup", "session:nightly",
@@ -127,4 +127,4 @@ def test_deploy_creates_the_work_pool_it_names_and_refuses_an_unreachable_api(pr
                           env={**prefect_server, "PREFECT_API_URL": "http://127.0.0.1:9/api"}, capture_output=True,
                           text=True, timeout=120)
     assert down.returncode == 1 and "Traceback" not in down.stderr
-    assert "prefect-unreachable" in down.stderr and len(down.stderr.strip().splitlines()) == 1
+    assert "prefect-unavailable" in down.stderr and len(down.stderr.strip().splitlines()) == 1

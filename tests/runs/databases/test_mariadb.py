@@ -97,7 +97,8 @@ def test_backup_destroy_restore_latest_gives_equal_content(flows: Flows, filled:
 
 def _fails_with(flows: Flows, state, line: str) -> None:  # type: ignore[no-untyped-def]
     assert state.is_failed()
-    assert "job-exit-code" in state.message and line in state.message, state.message
+    error = str(state.result(raise_on_failure=False))  # the whole line; the state message is its short form
+    assert state.message.startswith("job-exit-code: ") and line in error, (state.message, error)
     (snap,) = snapshots(flows.cluster, flows.namespace)
     assert snap["status"]["phase"] == "Failed" and line in snap["status"]["components"]["dump"]["error"]
     assert restic_snapshots(flows) == []

@@ -158,7 +158,8 @@ def _fails_with(flows: Flows, state, line: str) -> None:  # type: ignore[no-unty
     """A Failed run, code job-exit-code, the tool's own error line in its message, the Snapshot
     Failed with that line, no restic snapshot, and no Job or PVC left."""
     assert state.is_failed()
-    assert "job-exit-code" in state.message and line in state.message, state.message
+    error = str(state.result(raise_on_failure=False))  # the whole line; the state message is its short form
+    assert state.message.startswith("job-exit-code: ") and line in error, (state.message, error)
     (snap,) = snapshots(flows.cluster, flows.namespace)
     assert snap["status"]["phase"] == "Failed"
     assert line in snap["status"]["components"]["dump"]["error"]
