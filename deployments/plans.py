@@ -20,9 +20,9 @@ from stashflow.addons.model import BackupConfiguration, BackupStorage, Retention
 from stashflow.addons.names import label_value
 from stashflow.addons.source import format_path
 from stashflow.addons.render import Target
-from stashflow.flows.addon_flows import entrypoint, form_parameter
+from stashflow.flows.addon_flows import entrypoint
 from stashflow.flows.naming import target_tag
-from stashflow.flows.parameters import RunParameters, Storage
+from stashflow.flows.parameters import RunParameters, Storage, from_task_reference
 from stashflow.flows.plan_check import check_plans, cron_problem, late_after, split_schedule
 from stashflow.flows.policies import lock_name
 
@@ -151,10 +151,7 @@ def plan_deployments(catalog: Catalog, *, work_pool: str | None = None, kubeconf
                                                  hint=exc.hint))
                     continue
                 # each task its own settings: a later task never inherits an earlier one's addonVolumes
-                task_settings = {**addon_settings, **({"addonVolumes": [v.dump() for v in ref.addon_volumes]}
-                                                      if ref.addon_volumes else {})}
-                task_params = {k: ("true" if v is True else "false" if v is False else str(v))
-                               for k, v in (ref.params or {}).items()}
+                task_params, advanced = from_task_reference(ref, addon_settings)
                 schedule: dict[str, Any] = {"late_after_seconds": late_after(cron, timezone)}
                 if retry:
                     schedule["max_retry"] = retry.max_retry if retry.max_retry is not None else 1
@@ -168,15 +165,13 @@ def plan_deployments(catalog: Catalog, *, work_pool: str | None = None, kubeconf
                     limits["timeout"] = whole_seconds(session.backup_timeout)
                 run = RunParameters(
                     target=target, namespace=target_ns,
-                    task_params={k: v for k, v in task_params.items() if form_parameter(k)},
+                    task_params=task_params,
                     retention=policy.spec.dump() if policy is not None else None,
                     repository={"name": repo.name, "storage": Storage.of(storage),
                                 "directory": (repo.directory or "").strip("/"),
                                 "encryption_secret": repo.encryption_secret.name if repo.encryption_secret else None},
                     limits=limits, schedule=schedule, cluster={"kubeconfig": kubeconfig},
-                    advanced={"plan_session": session.name, "addon": task_settings,
-                              "extra_params": {k: v for k, v in task_params.items() if not form_parameter(k)},
-                              "variables": {v["name"]: v["value"] for v in ref.variables or [] if "value" in v},
+                    advanced={**advanced, "plan_session": session.name,
                               "invoker": {"kind": "BackupConfiguration", "name": plan.name}})
                 params = run.to_flow("backup")
                 flow = f"{session.addon.name}:{ref.name}"

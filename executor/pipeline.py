@@ -11,6 +11,7 @@ through Python and nothing is written to disk.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -177,10 +178,8 @@ class Pipeline:
 
 
 def _signal(proc: subprocess.Popen[bytes], signum: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):  # it has ended already
         proc.send_signal(signum)
-    except ProcessLookupError:
-        pass
 
 
 def _wait(proc: subprocess.Popen[bytes]) -> None:

@@ -1,9 +1,9 @@
 """The component result, in the Snapshot's vocabulary, on the container's termination message.
 
 stashflow reads ``{"components": {NAME: {...}}}`` from ``/dev/termination-log`` (at most 4096
-bytes). The formats match what ``stashflow.tasks.results`` writes for restic's own summary
-(restic's byte units, Go's duration form); they are repeated here because the executor runs in
-the Function's image, where the rest of stashflow is not installed.
+bytes). The formats (restic's byte units, Go's duration form, a component from restic's summary) are
+defined here, where the executor needs them with the standard library only (it runs in the
+Function's image), and ``stashflow.tasks.results`` uses these same functions.
 """
 
 from __future__ import annotations
@@ -38,15 +38,29 @@ def go_duration(seconds: float) -> str:
     return f"{hours}h{minutes}m{sec}s" if hours else f"{minutes}m{sec}s"
 
 
-def backup_component(summary: dict[str, Any], *, host_path: str, seconds: float) -> dict[str, Any]:
-    """A Succeeded component from restic's backup summary. The component's own ``size`` (the
-    repository's) is left to stashflow's verification, as for the PVC Functions."""
-    stats: dict[str, Any] = {"id": summary.get("snapshot_id", ""), "hostPath": host_path}
+def component_from_restic(summary: dict[str, Any], *, host_path: str | None, driver: str = "Restic",
+                          seconds: float | None = None) -> dict[str, Any]:
+    """A Snapshot component from restic's backup summary (REFERENCE.md §7 ``extractBackupInfo``); its
+    duration is ``seconds`` when given, else restic's own ``total_duration``."""
+    stats: dict[str, Any] = {"id": summary.get("snapshot_id", "")}
+    if host_path:
+        stats["hostPath"] = host_path
     if "total_bytes_processed" in summary:
         stats["size"] = format_bytes(summary["total_bytes_processed"])
     if "data_added" in summary:
         stats["uploaded"] = format_bytes(summary["data_added"])
-    return {"phase": "Succeeded", "driver": "Restic", "duration": go_duration(seconds), "resticStats": [stats]}
+    component: dict[str, Any] = {"phase": "Succeeded", "driver": driver, "resticStats": [stats]}
+    if seconds is None and "total_duration" in summary:
+        seconds = float(summary["total_duration"])
+    if seconds is not None:
+        component["duration"] = go_duration(seconds)
+    return component
+
+
+def backup_component(summary: dict[str, Any], *, host_path: str, seconds: float) -> dict[str, Any]:
+    """A Succeeded component from restic's backup summary. The component's own ``size`` (the
+    repository's) is left to stashflow's verification, as for the PVC Functions."""
+    return component_from_restic(summary, host_path=host_path, seconds=seconds)
 
 
 def write_termination_message(text: str, path: str | None = None) -> None:

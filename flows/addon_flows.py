@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import keyword
 import os
 import re
 from typing import Any
@@ -39,7 +38,7 @@ from stashflow.tasks.steps import RunSpec
 
 from stashflow.flows import policies
 from stashflow.flows.naming import short_target
-from stashflow.flows.parameters import GROUPS, RESERVED, RunParameters
+from stashflow.flows.parameters import GROUPS, RunParameters, form_parameter
 from stashflow.flows.engine import Connection, cleanup_hook, execute
 
 CATALOG_ENV = "STASHFLOW_CATALOG"
@@ -58,11 +57,6 @@ def catalog_paths() -> list[str]:
 def python_name(addon: str, task: str) -> str:
     """``stashflow-pvc`` + ``logical-backup`` → ``stashflow_pvc__logical_backup``."""
     return re.sub(r"\W", "_", f"{addon}__{task}")
-
-
-def form_parameter(name: str) -> bool:
-    """Whether a task parameter can be its own form field (else it goes in ``extra_params``)."""
-    return name.isidentifier() and not keyword.iskeyword(name) and name not in RESERVED
 
 
 def _run_name() -> str:

@@ -268,8 +268,8 @@ def _run_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     bad value at its argument's position, before anything is created."""
     from pydantic import ValidationError
 
-    from stashflow.flows.addon_flows import flow_for, form_parameter, loaded
-    from stashflow.flows.parameters import RunParameters, Storage
+    from stashflow.flows.addon_flows import flow_for, loaded
+    from stashflow.flows.parameters import RunParameters, Storage, form_parameter
 
     _check_task(args, flow_for)  # unknown-addon / unknown-task before anything else
     catalog = loaded()[0]
@@ -355,8 +355,7 @@ def _check_kubeconfig(args: argparse.Namespace) -> None:
     if path is None:
         return
     try:
-        with open(path, "rb"):
-            pass
+        open(path, "rb").close()
     except OSError as exc:
         raise InputError(f"cannot read the kubeconfig: {exc.strerror or exc}", code="read-error",
                          location=_at(args.argv, "--kubeconfig"), field="--kubeconfig") from None

@@ -13,36 +13,21 @@ retries set: the run's name, attempt, plan session, the plan's addon settings).
 
 from __future__ import annotations
 
+import keyword
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from stashflow.addons.durations import parse_duration
-from stashflow.addons.model import BackupStorage
-from stashflow.addons.names import name_problem
+from stashflow.addons.model import BackupStorage, TaskReference
+from stashflow.addons.model.types import Blank, Count, Deadline, Duration, ObjectName, Seconds
+from stashflow.addons.resolve import as_value
 
 
 class Group(BaseModel):
     """A group of run options: unknown fields are refused (a typo is an error, not ignored)."""
 
     model_config = ConfigDict(extra="forbid")
-
-
-def _duration(value: str | None) -> str | None:
-    if value in (None, ""):
-        return None
-    parse_duration(str(value))  # raises ValueError with the reason
-    return str(value)
-
-
-def _k8s_name(value: str | None) -> str | None:
-    if value in (None, ""):
-        return None
-    problem = name_problem(str(value))
-    if problem:
-        raise ValueError(problem)
-    return str(value)
 
 
 class Storage(Group):
@@ -78,29 +63,20 @@ class RepositoryOptions(Group):
                                                "name). Restores of latest read this repository's newest Snapshot.")
     storage: Storage | None = Field(None, description="The BackupStorage to back up into.")
     directory: str = Field("", description="The repository's directory inside the storage.")
-    encryption_secret: str | None = Field(None, description="Secret in the namespace whose key RESTIC_PASSWORD "
-                                                            "encrypts the data.")
-
-    @field_validator("encryption_secret")
-    @classmethod
-    def _secret(cls, value: str | None) -> str | None:
-        return _k8s_name(value)
+    encryption_secret: Annotated[ObjectName | None, Blank] = Field(
+        None, description="Secret in the namespace whose key RESTIC_PASSWORD encrypts the data.")
 
 
 class Limits(Group):
     """How long a run may take, when a stuck Pod fails it, and how many finished Jobs stay."""
 
-    timeout: str | None = Field("6h", description="Deadline of the run (the Job's activeDeadlineSeconds), e.g. "
-                                                   "30m, 6h; empty: none.")
+    timeout: Annotated[Deadline | None, Blank] = Field("6h", description="Deadline of the run (the Job's "
+                                                                         "activeDeadlineSeconds), e.g. 30m, 6h; "
+                                                                         "empty: none.")
     stuck_after: float = Field(180.0, ge=1, description="Seconds a Pod may be stuck (image pull, config, "
                                                         "unschedulable) before the run fails.")
-    history_limit: int = Field(1, ge=0, description="Finished Jobs of this target and task kept for debugging "
+    history_limit: Count = Field(1, description="Finished Jobs of this target and task kept for debugging "
                                                     "(sessionHistoryLimit); 0 keeps none.")
-
-    @field_validator("timeout")
-    @classmethod
-    def _timeout(cls, value: str | None) -> str | None:
-        return _duration(value)
 
 
 class MissedRuns(StrEnum):
@@ -114,21 +90,17 @@ class SchedulePolicy(Group):
 
     exclusive: bool = Field(True, description="Hold the target's lock: a run that finds it held is Skipped, "
                                               "not queued.")
-    max_retry: int = Field(0, ge=0, description="After a failed backup, up to this many new attempts, each its "
+    max_retry: Count = Field(0, description="After a failed backup, up to this many new attempts, each its "
                                                 "own Job and Snapshot (retryConfig.maxRetry).")
-    retry_delay: str | None = Field(None, description="Wait before a new attempt, e.g. 30s, 5m (retryConfig.delay).")
+    retry_delay: Annotated[Duration | None, Blank] = Field(None, description="Wait before a new attempt, e.g. 30s, "
+                                                                             "5m (retryConfig.delay).")
     missed_runs: MissedRuns = Field(MissedRuns.LATEST, description="After downtime, which missed scheduled runs "
                                                                    "run: the latest only, all, or none.")
-    starting_deadline_seconds: int | None = Field(None, ge=0, description="Skip a scheduled run that starts later "
+    starting_deadline_seconds: Seconds | None = Field(None, description="Skip a scheduled run that starts later "
                                                                           "than this.")
     late_after_seconds: float | None = Field(None, ge=0, description="A scheduled run later than this was missed "
                                                                      "(default: half the schedule's interval, "
                                                                      "at most 60 s).")
-
-    @field_validator("retry_delay")
-    @classmethod
-    def _delay(cls, value: str | None) -> str | None:
-        return _duration(value)
 
 
 class Cluster(Group):
@@ -148,7 +120,7 @@ class Invoker(Group):
 class Advanced(Group):
     """What plans, RestoreSessions and retries set; rarely typed by hand."""
 
-    session: str | None = Field(None, description="The run's name (KubeStash's BackupSession/RestoreSession): it "
+    session: Annotated[ObjectName | None, Blank] = Field(None, description="The run's name (KubeStash's BackupSession/RestoreSession): it "
                                                    "names the Job and the Snapshot; a run with the same name adopts "
                                                    "that run's Job instead of starting a second. Default: the target "
                                                    "and the run's scheduled time.")
@@ -165,11 +137,6 @@ class Advanced(Group):
                                                                     "containerRuntimeSettings, addonVolumes.")
     invoker: Invoker | None = Field(None, description="The plan or RestoreSession that invoked this run.")
 
-    @field_validator("session")
-    @classmethod
-    def _session(cls, value: str | None) -> str | None:
-        return _k8s_name(value)
-
 
 #: The groups, in form order, and the kinds of task each applies to.
 GROUPS: list[tuple[str, type[Group], tuple[str, ...]]] = [
@@ -182,6 +149,22 @@ GROUPS: list[tuple[str, type[Group], tuple[str, ...]]] = [
 #: Top-level names besides the task's own parameters.
 TOP_LEVEL = ("target", "namespace", "snapshot", "retention")
 RESERVED = frozenset([*TOP_LEVEL, *(name for name, _, _ in GROUPS)])
+
+
+def form_parameter(name: str) -> bool:
+    """Whether a task parameter can be its own form field (else it goes in ``advanced.extra_params``)."""
+    return name.isidentifier() and not keyword.iskeyword(name) and name not in RESERVED
+
+
+def from_task_reference(ref: TaskReference, settings: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any]]:
+    """A plan's or RestoreSession's ``addon.tasks[]`` entry → the task's own parameters and the
+    ``advanced`` fields it sets (its own addonVolumes over the plan's addon ``settings``)."""
+    values = {name: as_value(raw).value for name, raw in (ref.params or {}).items()}
+    volumes = {"addonVolumes": [v.dump() for v in ref.addon_volumes]} if ref.addon_volumes else {}
+    return ({k: v for k, v in values.items() if form_parameter(k)},
+            {"extra_params": {k: v for k, v in values.items() if not form_parameter(k)},
+             "addon": {**settings, **volumes},
+             "variables": {v["name"]: v["value"] for v in ref.variables or [] if "value" in v}})
 
 
 class RunParameters(BaseModel):

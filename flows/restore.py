@@ -18,8 +18,7 @@ from stashflow.addons.errors import CatalogError, StashflowError, raise_all
 from stashflow.addons.model import RestoreSession
 from stashflow.addons.source import format_path
 
-from .addon_flows import form_parameter
-from .parameters import RunParameters
+from .parameters import RunParameters, from_task_reference
 
 
 def restore_runs(catalog: Catalog, session: RestoreSession) -> list[tuple[str, str, dict[str, Any]]]:
@@ -58,12 +57,7 @@ def restore_runs(catalog: Catalog, session: RestoreSession) -> list[tuple[str, s
         if list_name != "restoreTasks":
             problem(f'"{ref.name}" is a backup task; a RestoreSession runs restore tasks', path, "invalid-value")
             continue
-        task_params: dict[str, str] = {}
-        extra: dict[str, str] = {}
-        for name, value in (ref.params or {}).items():
-            text = "true" if value is True else "false" if value is False else str(value)
-            (task_params if form_parameter(name) else extra)[name] = text
-        addon = {**settings, **({"addonVolumes": [v.dump() for v in ref.addon_volumes]} if ref.addon_volumes else {})}
+        task_params, advanced = from_task_reference(ref, settings)
         try:
             run = RunParameters(
                 target=target, namespace=spec.target.namespace or namespace, task_params=task_params,
@@ -71,9 +65,7 @@ def restore_runs(catalog: Catalog, session: RestoreSession) -> list[tuple[str, s
                 repository={"name": source.repository,
                             "encryption_secret": source.encryption_secret.name if source.encryption_secret else None},
                 limits={"timeout": whole_seconds(spec.restore_timeout)} if spec.restore_timeout else {},
-                advanced={"extra_params": extra, "addon": addon,
-                          "variables": {v["name"]: v["value"] for v in ref.variables or [] if "value" in v},
-                          "invoker": {"kind": "RestoreSession", "name": session.name}})
+                advanced={**advanced, "invoker": {"kind": "RestoreSession", "name": session.name}})
         except ValidationError as exc:
             first = exc.errors()[0]
             problem(first["msg"], ("spec",), "invalid-value")

@@ -10,6 +10,7 @@ the canvas of the run graph included), then save the full page as PNG.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -27,7 +28,7 @@ MAX_HEIGHT = 8000
 
 
 class ChromiumError(RuntimeError):
-    pass
+    """Chromium did not start, answer, or show the page in time."""
 
 
 class Chromium:
@@ -65,10 +66,8 @@ class Chromium:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        try:
+        with contextlib.suppress(OSError):  # already closed
             os.close(self.commands)
-        except OSError:
-            pass
         self.process.terminate()
         try:
             self.process.wait(timeout=10)

@@ -12,20 +12,16 @@ import re
 from datetime import datetime, timezone
 from typing import Any, Iterable
 
+# the executor's own result vocabulary (standard library only): one definition for both ends
+from stashflow.executor.report import component_from_restic, format_bytes, go_duration
+
+__all__ = ["aggregate", "component_from_restic", "failed_status", "failure_condition", "format_bytes",
+           "from_termination_message", "go_duration", "nested_restic_stats", "now_rfc3339", "parse_bytes",
+           "restic_snapshot_id", "restic_summary"]
+
 _SIZE = re.compile(r"^\s*([0-9.]+)\s*([KMGTPE]i?B|B|bytes?)?\s*$", re.I)
 _UNITS = {"b": 1, "byte": 1, "bytes": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4, "pib": 1024**5,
           "eib": 1024**6, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4, "pb": 1000**5, "eb": 1000**6}
-
-
-def format_bytes(n: float) -> str:
-    """restic's and KubeStash's form: ``512 B``, ``637.225 KiB``, ``1.134 MiB``."""
-    if n < 1024:
-        return f"{int(n)} B"
-    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB"):
-        n /= 1024
-        if n < 1024:
-            return f"{n:.3f} {unit}"
-    return f"{n / 1024:.3f} EiB"
 
 
 def parse_bytes(text: str) -> float | None:
@@ -34,16 +30,6 @@ def parse_bytes(text: str) -> float | None:
     if not match:
         return None
     return float(match.group(1)) * _UNITS[(match.group(2) or "b").lower()]
-
-
-def go_duration(seconds: float) -> str:
-    """Go's ``time.Duration.String()`` form: ``9.223082787s``, ``1m5.5s``, ``2h0m0s``."""
-    if seconds < 60:
-        return f"{seconds:.9f}".rstrip("0").rstrip(".") + "s"
-    minutes, secs = divmod(seconds, 60)
-    hours, minutes = divmod(int(minutes), 60)
-    sec = f"{secs:.9f}".rstrip("0").rstrip(".")
-    return f"{hours}h{minutes}m{sec}s" if hours else f"{minutes}m{sec}s"
 
 
 def from_termination_message(message: str | None) -> dict[str, dict[str, Any]] | None:
@@ -73,22 +59,6 @@ def restic_summary(lines: Iterable[str]) -> dict[str, Any] | None:
             if isinstance(data, dict) and data.get("message_type") == "summary":
                 found = data
     return found
-
-
-def component_from_restic(summary: dict[str, Any], *, host_path: str | None, driver: str = "Restic"
-                          ) -> dict[str, Any]:
-    """A Snapshot component from restic's backup summary (REFERENCE.md §7 ``extractBackupInfo``)."""
-    stats: dict[str, Any] = {"id": summary.get("snapshot_id", "")}
-    if host_path:
-        stats["hostPath"] = host_path
-    if "total_bytes_processed" in summary:
-        stats["size"] = format_bytes(summary["total_bytes_processed"])
-    if "data_added" in summary:
-        stats["uploaded"] = format_bytes(summary["data_added"])
-    component: dict[str, Any] = {"phase": "Succeeded", "driver": driver, "resticStats": [stats]}
-    if "total_duration" in summary:
-        component["duration"] = go_duration(float(summary["total_duration"]))
-    return component
 
 
 def restic_snapshot_id(component: dict[str, Any]) -> str | None:

@@ -88,7 +88,7 @@ FIGURES = Figures()
 
 
 class _Hang(BaseException):
-    pass
+    """A case past its time bound (a BaseException, so the code under test cannot catch it)."""
 
 
 def _max_rss() -> int:

@@ -186,7 +186,7 @@ def mutate_text(text: str, rnd: random.Random) -> Mutation:
     if choice == 8:
         return Mutation("\n".join(lines[:i + 1] + [lines[i]] + lines[i + 1:]) + "\n", "duplicate-key")
     if choice == 9:
-        return Mutation(replace_value("&x " + lines[i].split(": ", 1)[1]) + f"extra: *x\nother: &x 1\n", "duplicate-anchor")
+        return Mutation(replace_value("&x " + lines[i].split(": ", 1)[1]) + "extra: *x\nother: &x 1\n", "duplicate-anchor")
     if choice == 10:
         return Mutation(text + "\n" * rnd.choice([1, 5]) + rnd.choice(["key: [unclosed", '"open', "- - -", "\t: tab", "? ? ?"]),
                         "broken-tail")

@@ -4,8 +4,11 @@ repository: what every real-data database test needs."""
 from __future__ import annotations
 
 import base64
+import json
+import os
+import subprocess
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, TypeVar
 
 import pytest
 from kubernetes_asyncio import client
@@ -14,12 +17,13 @@ from localkube.helpers import apt_install
 from localkube.nodeagent import run as run_for_real
 
 from ..conftest import run_flow
-from ..observe import api
+from ..observe import api, eventually, nothing_left, snapshots
 from .servers import MariaDB, Postgres, Redis
 
 EXECUTOR = Path("/usr/local/bin/stashflow-executor")
 RESTIC_PASSWORD = "restic: 'quoted' $HOME \\ pw"
 DB_PASSWORD = "pg pw with 'quotes', $(HOME), \\ and ü"
+S = TypeVar("S", Postgres, MariaDB)
 
 
 @pytest.fixture(scope="session")
@@ -32,26 +36,24 @@ def executor_on_host() -> Path:
     return build(EXECUTOR)
 
 
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[Postgres]:
-    server = Postgres(DB_PASSWORD)
-    server.init()
-    server.start()
+def _serving(server: S) -> Iterator[S]:
+    """Initialise and start ``server`` for the session; stop it by pid and remove its files after."""
     try:
+        server.init()
+        server.start()
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    yield from _serving(Postgres(DB_PASSWORD))
 
 
 @pytest.fixture(scope="session")
 def mariadb() -> Iterator[MariaDB]:
-    server = MariaDB(DB_PASSWORD)
-    server.init()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
+    yield from _serving(MariaDB(DB_PASSWORD))
 
 
 @pytest.fixture(scope="session")
@@ -89,6 +91,27 @@ class Flows:
         return run_flow(addon, "logical-backup-restore", target=target, namespace=self.namespace,
                         kubeconfig=str(self.cluster.kubeconfig), snapshot="latest", repository=repository,
                         **params)
+
+    def restic_snapshots(self) -> list[dict]:
+        """Every restic snapshot in the repository, read with restic itself."""
+        found = []
+        for config in self.repo.rglob("config"):
+            listed = subprocess.run(["restic", "-r", str(config.parent), "snapshots", "--json", "--no-lock"],
+                                    env={**os.environ, "RESTIC_PASSWORD": RESTIC_PASSWORD}, capture_output=True,
+                                    text=True, check=True)
+            found += json.loads(listed.stdout)
+        return found
+
+    def fails_with(self, state: Any, line: str) -> None:
+        """A Failed run, code job-exit-code, the tool's own error line in its error, the Snapshot Failed
+        with that line, no restic snapshot, and no Job or PVC left."""
+        assert state.is_failed()
+        error = str(state.result(raise_on_failure=False))  # the whole line; the state message is its short form
+        assert state.message.startswith("job-exit-code: ") and line in error, (state.message, error)
+        (snap,) = snapshots(self.cluster, self.namespace)
+        assert snap["status"]["phase"] == "Failed" and line in snap["status"]["components"]["dump"]["error"]
+        assert self.restic_snapshots() == []
+        eventually(lambda: nothing_left(self.cluster, self.namespace), timeout=60)
 
 
 @pytest.fixture

@@ -42,10 +42,29 @@ def stop_pid(proc: subprocess.Popen, signum: int, timeout: float = 30.0) -> None
         proc.wait()
 
 
-class Postgres:
+class Server:
+    """What the three servers share: a process started by the test, its data under ``root``, stopped by
+    pid with ``STOP_SIGNAL`` (SIGKILL if it does not go) and removed with its files by ``close``."""
+
+    STOP_SIGNAL = signal.SIGTERM
+    root: Path
+    proc: subprocess.Popen | None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_pid(self.proc, self.STOP_SIGNAL)
+            self.proc = None
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+class Postgres(Server):
     """A PostgreSQL cluster (initdb) run by the ``postgres`` system user; password auth over TCP."""
 
     SUPERUSER = "postgres"
+    STOP_SIGNAL = signal.SIGINT  # "fast" shutdown
 
     def __init__(self, password: str) -> None:
         apt_install("postgresql")
@@ -97,20 +116,11 @@ class Postgres:
         return subprocess.run([str(self.bin / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)]
                               ).returncode == 0
 
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_pid(self.proc, signal.SIGINT)  # "fast" shutdown
-            self.proc = None
-
     def recreate(self) -> None:
         """Destroy everything: stop, delete the data directory, initdb, start."""
         self.stop()
         self.init()
         self.start()
-
-    def close(self) -> None:
-        self.stop()
-        shutil.rmtree(self.root, ignore_errors=True)
 
     def psql(self, sql: str, db: str = "postgres", user: str | None = None) -> str:
         """Run SQL (ON_ERROR_STOP) with Debian's psql; unaligned, tuples-only output."""
@@ -123,7 +133,7 @@ class Postgres:
         return done.stdout
 
 
-class MariaDB:
+class MariaDB(Server):
     """A MariaDB server (mariadb-install-db) that drops to the ``mysql`` user itself; an ``admin``
     account with a password for TCP, as the Functions connect."""
 
@@ -176,19 +186,10 @@ class MariaDB:
         return subprocess.run(["mariadb-admin", "--no-defaults", f"--socket={self.socket}", "-uroot", "ping"],
                               capture_output=True).returncode == 0
 
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_pid(self.proc, signal.SIGTERM)
-            self.proc = None
-
     def recreate(self) -> None:
         self.stop()
         self.init()
         self.start()
-
-    def close(self) -> None:
-        self.stop()
-        shutil.rmtree(self.root, ignore_errors=True)
 
     def sql(self, text: str, db: str | None = None) -> str:
         """Run SQL as the admin over TCP; tab-separated rows, no column names."""
@@ -209,7 +210,7 @@ def resp(*args: str | bytes) -> bytes:
     return b"".join(out)
 
 
-class Redis:
+class Redis(Server):
     """A Redis server with a password (from its config file, not argv) and no saving of its own;
     ``start(dir)`` serves the data directory given (where a restore put dump.rdb)."""
 
@@ -240,15 +241,6 @@ class Redis:
         done = subprocess.run(["redis-cli", "-p", str(self.port), "--no-auth-warning", "ping"], capture_output=True,
                               text=True, env={**os.environ, "REDISCLI_AUTH": self.password})
         return done.stdout.strip() == "PONG"
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_pid(self.proc, signal.SIGTERM)
-            self.proc = None
-
-    def close(self) -> None:
-        self.stop()
-        shutil.rmtree(self.root, ignore_errors=True)
 
     def cli(self, *args: str, db: int = 0) -> str:
         done = subprocess.run(["redis-cli", "-p", str(self.port), "-n", str(db), "--no-auth-warning", *args],

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from ..observe import eventually, nothing_left, snapshot, snapshots
+from ..observe import snapshot
 from .conftest import DB_PASSWORD, Flows
 from .servers import MariaDB, free_port
-from .test_postgres import restic_snapshots
 
 ADDON = "stashflow-mariadb"
 TARGET = "MariaDB.kubedb.com/maria"
@@ -84,7 +83,7 @@ def test_backup_destroy_restore_latest_gives_equal_content(flows: Flows, filled:
     assert backup.is_completed(), backup.message
     snap = snapshot(flows.cluster, flows.namespace, backup.result()["snapshot"])
     assert snap["status"]["phase"] == "Succeeded", snap["status"]
-    (only,) = restic_snapshots(flows)
+    (only,) = flows.restic_snapshots()
     assert only["paths"] == ["/dumpfile.sql"]
 
     filled.recreate()
@@ -95,32 +94,22 @@ def test_backup_destroy_restore_latest_gives_equal_content(flows: Flows, filled:
     assert content(filled) == before
 
 
-def _fails_with(flows: Flows, state, line: str) -> None:  # type: ignore[no-untyped-def]
-    assert state.is_failed()
-    error = str(state.result(raise_on_failure=False))  # the whole line; the state message is its short form
-    assert state.message.startswith("job-exit-code: ") and line in error, (state.message, error)
-    (snap,) = snapshots(flows.cluster, flows.namespace)
-    assert snap["status"]["phase"] == "Failed" and line in snap["status"]["components"]["dump"]["error"]
-    assert restic_snapshots(flows) == []
-    eventually(lambda: nothing_left(flows.cluster, flows.namespace), timeout=60)
-
-
 def test_wrong_password_fails_with_the_servers_words(flows: Flows, mariadb: MariaDB) -> None:
     flows.secret("wrong", {"password": "not the password"})
     state = flows.backup(ADDON, TARGET, host="127.0.0.1", port=str(mariadb.port), user="admin", authSecret="wrong",
                          session="maria-1", history_limit=0)
-    _fails_with(flows, state, "Access denied for user 'admin'@'localhost' (using password: YES)")
+    flows.fails_with(state, "Access denied for user 'admin'@'localhost' (using password: YES)")
 
 
 def test_missing_database_fails(flows: Flows, mariadb: MariaDB) -> None:
     flows.secret("maria-auth", {"password": DB_PASSWORD})
     state = flows.backup(ADDON, TARGET, host="127.0.0.1", port=str(mariadb.port), user="admin",
                          authSecret="maria-auth", databases="no_such_db", history_limit=0)
-    _fails_with(flows, state, "Unknown database 'no_such_db'")
+    flows.fails_with(state, "Unknown database 'no_such_db'")
 
 
 def test_server_down_fails(flows: Flows, mariadb: MariaDB) -> None:
     flows.secret("maria-auth", {"password": DB_PASSWORD})
     state = flows.backup(ADDON, TARGET, host="127.0.0.1", port=str(free_port()), user="admin",
                          authSecret="maria-auth", history_limit=0)
-    _fails_with(flows, state, "Can't connect to server on '127.0.0.1'")
+    flows.fails_with(state, "Can't connect to server on '127.0.0.1'")

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from ..observe import eventually, flow_run_artifacts, flow_run_logs, jobs, nothing_left, snapshot, snapshots
+from ..observe import flow_run_artifacts, flow_run_logs, jobs, snapshot
 from .conftest import DB_PASSWORD, RESTIC_PASSWORD, Flows
 from .servers import Postgres, free_port
 
@@ -97,16 +97,6 @@ def content(server: Postgres) -> dict[str, object]:
     return seen
 
 
-def restic_snapshots(flows: Flows) -> list[dict]:
-    found = []
-    for config in flows.repo.rglob("config"):
-        listed = subprocess.run(["restic", "-r", str(config.parent), "snapshots", "--json", "--no-lock"],
-                                env={**os.environ, "RESTIC_PASSWORD": RESTIC_PASSWORD}, capture_output=True,
-                                text=True, check=True)
-        found += json.loads(listed.stdout)
-    return found
-
-
 @pytest.fixture
 def filled(postgres: Postgres) -> Postgres:
     postgres.recreate()
@@ -128,7 +118,7 @@ def test_backup_destroy_restore_latest_gives_equal_content(flows: Flows, filled:
     component = snap["status"]["components"]["dump"]
     (stats,) = component["resticStats"]
     stats = stats.get("summary", stats)  # KubeStash's CRD holds the nested form
-    (only,) = restic_snapshots(flows)
+    (only,) = flows.restic_snapshots()
     assert only["id"].startswith(stats["id"]) and only["paths"] == ["/dumpfile.sql"]
     assert stats["hostPath"] == "/dumpfile.sql" and stats["size"].endswith("MiB")
     # stashflow verified the repository after the backup (restic check + stats)
@@ -155,16 +145,8 @@ def test_backup_destroy_restore_latest_gives_equal_content(flows: Flows, filled:
 
 
 def _fails_with(flows: Flows, state, line: str) -> None:  # type: ignore[no-untyped-def]
-    """A Failed run, code job-exit-code, the tool's own error line in its message, the Snapshot
-    Failed with that line, no restic snapshot, and no Job or PVC left."""
-    assert state.is_failed()
-    error = str(state.result(raise_on_failure=False))  # the whole line; the state message is its short form
-    assert state.message.startswith("job-exit-code: ") and line in error, (state.message, error)
-    (snap,) = snapshots(flows.cluster, flows.namespace)
-    assert snap["status"]["phase"] == "Failed"
-    assert line in snap["status"]["components"]["dump"]["error"]
-    assert restic_snapshots(flows) == []
-    eventually(lambda: nothing_left(flows.cluster, flows.namespace), timeout=60)
+    """``Flows.fails_with``, and the diagnosis artifact carries the tool's line too."""
+    flows.fails_with(state, line)
     artifacts = flow_run_artifacts(state.state_details.flow_run_id)
     assert any(a.type == "markdown" and line in a.data for a in artifacts)
 

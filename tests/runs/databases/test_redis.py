@@ -15,7 +15,6 @@ from localkube.helpers import create_pvc, pvc_host_path
 from ..observe import api, eventually, nothing_left, snapshot, snapshots
 from .conftest import DB_PASSWORD, Flows
 from .servers import Redis, free_port, resp
-from .test_postgres import restic_snapshots
 
 ADDON = "stashflow-redis"
 TARGET = "Redis.kubedb.com/cache"
@@ -62,7 +61,7 @@ def test_rdb_backup_destroy_restore_into_a_pvc_gives_equal_data(flows: Flows, re
     assert backup.is_completed(), backup.message
     snap = snapshot(flows.cluster, flows.namespace, backup.result()["snapshot"])
     assert snap["status"]["phase"] == "Succeeded", snap["status"]
-    (only,) = restic_snapshots(flows)
+    (only,) = flows.restic_snapshots()
     assert only["paths"] == ["/dump.rdb"]
 
     redis.stop()  # destroyed: the server and its data directory are gone
@@ -97,7 +96,7 @@ def test_wrong_password_and_server_down_fail_with_redis_clis_words(flows: Flows,
                       if s["metadata"]["name"] == f"cache-cache-{n}"]
             assert failed[0]["status"]["phase"] == "Failed"
             assert line in failed[0]["status"]["components"]["dump"]["error"]
-            assert restic_snapshots(flows) == []
+            assert flows.restic_snapshots() == []
             eventually(lambda: nothing_left(flows.cluster, flows.namespace), timeout=60)
     finally:
         redis.stop()
