@@ -25,7 +25,7 @@ import yaml
 
 from stashflow.addons.catalog import BUILTIN_CATALOG, Catalog
 from stashflow.addons.durations import deadline_seconds, whole_seconds
-from stashflow.addons.errors import InputError, Location, Problems, RunError, StashflowError
+from stashflow.addons.errors import InputError, Location, Problems, RunError, StashflowError, did_you_mean
 from stashflow.addons.model import BackupConfiguration, BackupStorage, RestoreSession
 from stashflow.addons.names import name_problem, path_problem
 from stashflow.addons.render import RenderRequest, RepositoryContext, Target, check_objects, render_plan
@@ -557,12 +557,30 @@ def build_parser(extensions: Sequence[Callable[[Any], None]] = ()) -> argparse.A
     return parser
 
 
+_ARGV: list[str] = []  # the arguments being parsed, for _Parser.error's positions
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage errors as one coded line too (exit 2), never a usage block."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        line = InputError(message, code="invalid-argument", location=Location(COMMAND_LINE, 1),
-                          hint=f"see {self.prog} --help").format()
+        where, hint = 1, f"see {self.prog} --help"
+        # an option this command does not have is the likelier mistake than what it then lacks
+        # (`--tagret X` says so, not "--target is required")
+        known = set(self._option_string_actions)
+        for action in self._actions:  # the top-level parser reports unknown options of its subcommands
+            for sub in (getattr(action, "choices", None) or {}).values() if isinstance(action, argparse._SubParsersAction) \
+                    else ():
+                known |= set(sub._option_string_actions)
+        for position, token in enumerate(_ARGV, start=1):
+            flag = token.split("=", 1)[0]
+            if flag.startswith("-") and len(flag) > 1 and flag not in known and not flag.lstrip("-").isdigit():
+                close = did_you_mean(flag, known)
+                message, where = f"unknown option {flag}", position
+                hint = close or hint
+                break
+        line = InputError(message, code="invalid-argument", location=Location(COMMAND_LINE, where),
+                          hint=hint).format()
         self.exit(2, line + "\n")
 
 
@@ -653,6 +671,7 @@ def main(argv: Sequence[str] | None = None, extensions: Sequence[Callable[[Any],
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose = any(a in ("-v", "--verbose") for a in argv)
     parser = build_parser(extensions)
+    _ARGV[:] = argv
     args = parser.parse_args([a for a in argv if a not in ("-v", "--verbose")])
     args.argv = argv
     args.verbose = verbose

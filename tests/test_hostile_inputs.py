@@ -357,3 +357,15 @@ def test_a_missing_kubeconfig_stops_run_and_restore_before_prefect(tmp_path: Pat
     lines = problems(*cli("run", "stashflow-pvc", "logical-backup", "--target", "pvc/data", "--kubeconfig",
                           str(tmp_path / "nope")))
     assert lines[0].startswith("<command line>:7: read-error: --kubeconfig: ")
+
+
+@pytest.mark.parametrize("argv, position, hint", [
+    (("run", "stashflow-pvc", "logical-backup", "--tagret", "pvc/data"), 4, '"--target"'),
+    (("render", "stashflow-pvc", "logical-backup", "--target", "pvc/data", "--nmespace", "x"), 6, '"--namespace"'),
+])
+def test_a_mistyped_option_is_named_with_what_was_meant(argv: tuple, position: int, hint: str) -> None:
+    """Not "--target is required": the unknown option itself, at its position, with the close one."""
+    rc, out, err = cli(*argv)
+    assert rc == 2 and out == ""
+    assert err == f"<command line>:{position}: invalid-argument: unknown option {argv[position - 1]} " \
+                  f"(did you mean {hint}?)\n"
