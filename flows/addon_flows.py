@@ -132,16 +132,16 @@ def make_flow(catalog: Catalog, addon: Addon, list_name: str, task: Task) -> Flo
                   inspect.Parameter("namespace", keyword_only, default="default", annotation=str)]
     docs = [f"    target: {TARGET_DOC}", f"    namespace: {NAMESPACE_DOC}"]
     task_names: set[str] = set()
+    unset_if_blank: set[str] = set()  # no default: an empty form box means "not given", as a missing value
     for p in task.parameters or []:
         if not form_parameter(p.name):
             continue
         task_names.add(p.name)
-        if p.required:
-            default: Any = inspect.Parameter.empty
-            annotation: Any = str
-        else:
-            default, annotation = (p.default, str) if p.default is not None else (None, str | None)
-        parameters.append(inspect.Parameter(p.name, keyword_only, default=default, annotation=annotation))
+        default: Any = inspect.Parameter.empty if p.required else p.default
+        if default is None:
+            default = ""
+            unset_if_blank.add(p.name)
+        parameters.append(inspect.Parameter(p.name, keyword_only, default=default, annotation=str))
         docs.append(f"    {p.name}: {(p.usage or 'Addon task parameter.').strip()}"
                     + (" (required)" if p.required else ""))
     if kind == "restore":
@@ -149,11 +149,13 @@ def make_flow(catalog: Catalog, addon: Addon, list_name: str, task: Task) -> Flo
         docs.append(f"    snapshot: {SNAPSHOT_DOC}")
     for name, model, kinds in GROUPS:
         if kind in kinds:
-            parameters.append(inspect.Parameter(name, keyword_only, default=model(), annotation=model))
+            # the defaults as the form shows them: a group's unset options are absent, not null
+            parameters.append(inspect.Parameter(name, keyword_only, annotation=model,
+                                                default=model().model_dump(mode="json", exclude_none=True)))
             docs.append(f"    {name}: {(model.__doc__ or '').strip().splitlines()[0]}")
         if name == "schedule" and kind == "backup":
-            parameters.append(inspect.Parameter("retention", keyword_only, default=None,
-                                                annotation=dict[str, Any] | None))
+            parameters.append(inspect.Parameter("retention", keyword_only, default={},  # {}: none
+                                                annotation=dict[str, Any]))
             docs.append(f"    retention: {RETENTION_DOC}")
     # Required task parameters have no default: Python wants them before the others only for positional
     # parameters, and these are keyword-only, so the form keeps this order: target, namespace, the task's
@@ -162,6 +164,7 @@ def make_flow(catalog: Catalog, addon: Addon, list_name: str, task: Task) -> Flo
            f"(Function {task.function}).\n\nArgs:\n" + "\n".join(docs))
 
     async def run(**values: Any) -> Any:
+        values = {k: v for k, v in values.items() if not (k in unset_if_blank and v == "")}
         params = RunParameters.from_flow(values, task_names)
         spec = _spec_from_parameters(addon, task, params)
         cluster = params.cluster

@@ -26,6 +26,7 @@ from stashflow.flows import artifacts
 from stashflow.tasks import claim, resources
 from stashflow.tasks.kube import Kube, connect
 from stashflow.tasks.diagnose import Category
+from stashflow.tasks.logs import quiet_known_failures
 from stashflow.tasks.results import failed_status, now_rfc3339
 from stashflow.tasks.retention import apply_retention
 from stashflow.tasks.steps import (
@@ -77,6 +78,7 @@ async def execute(spec: RunSpec, catalog: Catalog, connection: Connection,
     """Run one Addon task to its end; return the summary or raise ``StashflowError``.
     With ``retention`` (a RetentionPolicy spec), apply it after the backup, failed or not."""
     started = time.time()
+    quiet_known_failures(JobFailed)
     async with connection.connect() as kube:
         plan = await resolve_parameters(spec, catalog)
         await preflight(plan)

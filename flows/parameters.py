@@ -24,10 +24,26 @@ from stashflow.addons.model.types import Blank, Count, Deadline, Duration, Objec
 from stashflow.addons.resolve import as_value
 
 
+def plain_optionals(schema: dict[str, Any]) -> None:
+    """Show an optional field as its own type: ``anyOf [string, null]`` → ``string``, no ``null`` default.
+
+    Prefect's form draws ``X | None`` as a type toggle ("str"/"None") and a ``null`` default as a value
+    the form then sends and its own validator refuses. Without them the field is a plain, optional box;
+    Prefect's server still accepts a ``null`` for it (it makes optional fields without a default nullable)."""
+    for prop in schema.get("properties", {}).values():
+        options = prop.get("anyOf")
+        if options and len(options) == 2 and {"type": "null"} in options:
+            prop.pop("anyOf")
+            kept = next(o for o in options if o != {"type": "null"})
+            prop.update(kept if "$ref" not in kept else {"allOf": [kept]})
+        if "default" in prop and prop["default"] is None:
+            del prop["default"]
+
+
 class Group(BaseModel):
     """A group of run options: unknown fields are refused (a typo is an error, not ignored)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=plain_optionals)
 
 
 class Storage(Group):
@@ -35,7 +51,7 @@ class Storage(Group):
     (``{"storage": {"provider": "local", "local": {"mountPath": ..., "hostPath": {...}}}}``)."""
 
     name: str = Field(description="The BackupStorage's name (recorded on the Snapshot).")
-    namespace: str | None = Field(None, description="Its namespace, when it has one.")
+    namespace: Annotated[str | None, Blank] = Field(None, description="Its namespace, when it has one.")
     spec: dict[str, Any] = Field(description="The BackupStorage's spec: storage.provider and its section.")
 
     @field_validator("spec")
@@ -59,7 +75,7 @@ class Storage(Group):
 class RepositoryOptions(Group):
     """Where the data goes (backups) or comes from (restores, where the Snapshot says the rest)."""
 
-    name: str | None = Field(None, description="Repository name recorded in the Snapshot (default: the target's "
+    name: Annotated[str | None, Blank] = Field(None, description="Repository name recorded in the Snapshot (default: the target's "
                                                "name). Restores of latest read this repository's newest Snapshot.")
     storage: Storage | None = Field(None, description="The BackupStorage to back up into.")
     directory: str = Field("", description="The repository's directory inside the storage.")
@@ -106,9 +122,9 @@ class SchedulePolicy(Group):
 class Cluster(Group):
     """How to reach the cluster (default: in-cluster, then $KUBECONFIG, then ~/.kube/config)."""
 
-    kubeconfig: str | None = Field(None, description="Kubeconfig file.")
-    context: str | None = Field(None, description="Kubeconfig context.")
-    credentials_block: str | None = Field(None, description="Name of a prefect-kubernetes KubernetesCredentials "
+    kubeconfig: Annotated[str | None, Blank] = Field(None, description="Kubeconfig file.")
+    context: Annotated[str | None, Blank] = Field(None, description="Kubeconfig context.")
+    credentials_block: Annotated[str | None, Blank] = Field(None, description="Name of a prefect-kubernetes KubernetesCredentials "
                                                             "block.")
 
 
@@ -124,10 +140,10 @@ class Advanced(Group):
                                                    "names the Job and the Snapshot; a run with the same name adopts "
                                                    "that run's Job instead of starting a second. Default: the target "
                                                    "and the run's scheduled time.")
-    plan_session: str | None = Field(None, description="The plan's session name (the repository path "
+    plan_session: Annotated[str | None, Blank] = Field(None, description="The plan's session name (the repository path "
                                                         "repository/v1/NAME/<component>); default: the task name.")
     attempt: int = Field(1, ge=1, description="Attempt number (names the Job; retries are new attempts).")
-    db_version: str | None = Field(None, description="Database version, mapped onto the Function's "
+    db_version: Annotated[str | None, Blank] = Field(None, description="Database version, mapped onto the Function's "
                                                      "availableVersions.")
     variables: dict[str, str] = Field(default_factory=dict, description="Other built-in variables "
                                                                         "(e.g. POD_ORDINAL).")

@@ -51,9 +51,8 @@ def test_groups_are_objects_with_typed_fields_and_choices() -> None:
     assert missed["enum"] == ["latest", "all", "none"]
     repository = _resolve(schema, schema["properties"]["repository"])
     storage = repository["properties"]["storage"]
-    # one declared type: a BackupStorage object (or none), never "text or object"
-    kinds = {a.get("type") or ("object" if "$ref" in a else None) for a in storage.get("anyOf", [storage])}
-    assert kinds <= {"object", "null"}
+    # one declared type: a BackupStorage object, never "text or object" nor a "None" toggle
+    assert storage == {"allOf": [{"$ref": "#/definitions/Storage"}], "description": storage["description"]}
     limits = _resolve(schema, schema["properties"]["limits"])
     assert limits["properties"]["history_limit"]["minimum"] == 0
 
@@ -65,3 +64,57 @@ def test_every_builtin_flow_has_a_form_with_target_first() -> None:
         restore = "snapshot" in schema["properties"]
         assert ("schedule" in schema["properties"]) is not restore, name
         assert ("retention" in schema["properties"]) is not restore, name
+
+
+def _nulls(node: object, path: str = "") -> list[str]:
+    """Every place in a schema where a field is "X or null" or defaults to null."""
+    found: list[str] = []
+    if isinstance(node, dict):
+        if any(o == {"type": "null"} for o in node.get("anyOf", [])):
+            found.append(path)
+        if "default" in node and node["default"] is None:
+            found.append(f"{path} (default null)")
+        for key, value in node.items():
+            found += _nulls(value, f"{path}/{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            found += _nulls(value, f"{path}[{i}]")
+    return found
+
+
+def test_no_field_toggles_between_its_type_and_none() -> None:
+    """Prefect's form draws ``X | None`` as a "str / None" toggle and sends a null default back,
+    which its own validator then refuses: every optional field is a plain box of one type."""
+    for name, flow in flows().items():
+        assert _nulls(flow.parameters.model_dump()) == [], name
+
+
+def _defaults(schema: dict) -> dict:
+    return {k: p["default"] for k, p in schema["properties"].items() if "default" in p}
+
+
+@pytest.mark.parametrize("name", ["stashflow_pvc__logical_backup", "stashflow_pvc__logical_backup_restore",
+                                  "stashflow_postgres__logical_backup"])
+def test_prefects_own_validator_accepts_what_the_form_starts_with(name: str) -> None:
+    """The values the form opens with (its defaults and a target) pass Prefect's validator as the UI
+    calls it (no preprocessing) and as the server calls it when it creates a run (preprocessed);
+    a cleared optional box (null from the API) is accepted by the server, and a wrong type is not."""
+    from prefect.utilities.schema_tools.validation import validate
+
+    schema = flows()[name].parameters.model_dump_for_openapi()
+    values = {**_defaults(schema), **{name: "given" for name in schema["required"]}}
+    assert validate(values, schema, preprocess=False) == []
+    assert validate(values, schema, preprocess=True) == []
+    cleared = {**values, "cluster": {"kubeconfig": None}, "repository": {"encryption_secret": None}}
+    assert validate(cleared, schema, preprocess=True) == []
+    assert validate({**values, "limits": {"history_limit": "two"}}, schema, preprocess=True) != []
+
+
+def test_a_cleared_optional_box_means_not_given() -> None:
+    from stashflow.flows.parameters import RunParameters
+
+    run = RunParameters.model_validate({"target": "PersistentVolumeClaim/data",
+                                        "cluster": {"kubeconfig": "", "context": ""},
+                                        "repository": {"name": "", "encryption_secret": ""}})
+    assert run.cluster.kubeconfig is None and run.cluster.context is None
+    assert run.repository.name is None and run.repository.encryption_secret is None
