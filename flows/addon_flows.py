@@ -24,6 +24,7 @@ import re
 from typing import Any
 
 from prefect import Flow, flow, get_run_logger
+from prefect.runtime import deployment as current_deployment
 from prefect.runtime import flow_run as current_flow_run
 from prefect.states import Failed
 
@@ -174,7 +175,9 @@ def make_flow(catalog: Catalog, addon: Addon, list_name: str, task: Task) -> Flo
             await policies.check_missed(schedule.missed_runs.value, schedule.starting_deadline_seconds,
                                         schedule.late_after_seconds)
             async with policies.target_lock(spec.namespace, spec.target, kind == "backup" and schedule.exclusive):
-                return await execute(spec, catalog, connection, params.retention)
+                retry = policies.retry_note(spec.request.attempt, schedule.max_retry, schedule.retry_delay,
+                                            bool(current_deployment.id)) if kind == "backup" else None
+                return await execute(spec, catalog, connection, params.retention, retry=retry)
         except policies.Skip as skip:
             return policies.skipped(skip.reason)
         except StashflowError as exc:

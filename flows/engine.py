@@ -74,9 +74,10 @@ class Connection:
 
 
 async def execute(spec: RunSpec, catalog: Catalog, connection: Connection,
-                  retention: dict[str, Any] | None = None) -> dict[str, Any]:
+                  retention: dict[str, Any] | None = None, retry: str | None = None) -> dict[str, Any]:
     """Run one Addon task to its end; return the summary or raise ``StashflowError``.
-    With ``retention`` (a RetentionPolicy spec), apply it after the backup, failed or not."""
+    With ``retention`` (a RetentionPolicy spec), apply it after the backup, failed or not;
+    ``retry`` says in a failure's diagnosis what follows it."""
     started = time.time()
     quiet_known_failures(JobFailed)
     async with connection.connect() as kube:
@@ -85,13 +86,13 @@ async def execute(spec: RunSpec, catalog: Catalog, connection: Connection,
         held = await claim_target(plan)
         _fault_point("claim-target")
         try:
-            return await _run(kube, spec, plan, held, started, retention)
+            return await _run(kube, spec, plan, held, started, retention, retry)
         finally:
             await _shielded(claim.release(kube, held))
 
 
 async def _run(kube: Kube, spec: RunSpec, plan: ExecutionPlan, held: claim.Claim, started: float,
-               retention: dict[str, Any] | None) -> dict[str, Any]:
+               retention: dict[str, Any] | None, retry: str | None = None) -> dict[str, Any]:
     """The run's steps, with the target held."""
     logger = get_run_logger()
     timeout = (spec.request.timeout_seconds + WAIT_GRACE_SECONDS) if spec.request.timeout_seconds else 7 * 86400
@@ -134,7 +135,7 @@ async def _run(kube: Kube, spec: RunSpec, plan: ExecutionPlan, held: claim.Claim
         if retention_error is not None:
             raise retention_error
         return result
-    return await _failed(kube, spec, plan, outcome, result)
+    return await _failed(kube, spec, plan, outcome, result, retry)
 
 
 def _fault_point(step: str) -> None:
@@ -144,8 +145,8 @@ def _fault_point(step: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-async def _failed(kube: Kube, spec: RunSpec, plan: ExecutionPlan, outcome: JobOutcome, result: dict[str, Any]
-                  ) -> dict[str, Any]:
+async def _failed(kube: Kube, spec: RunSpec, plan: ExecutionPlan, outcome: JobOutcome, result: dict[str, Any],
+                  retry: str | None = None) -> dict[str, Any]:
     logger = get_run_logger()
     diagnosis = outcome.diagnosis
     stopped = outcome.phase in STOPPED_PHASES or (diagnosis is not None and diagnosis.category in STOPPED_CATEGORIES)
@@ -161,6 +162,8 @@ async def _failed(kube: Kube, spec: RunSpec, plan: ExecutionPlan, outcome: JobOu
              ("attempt", str(spec.request.attempt))]
     if plan.snapshot_name:
         facts.append(("Snapshot", f"`{plan.snapshot_name}` (Failed)"))
+    if retry:
+        facts.append(("retry", retry))
     key = artifacts.target_key("failure", plan.namespace, plan.target.kind, plan.target.name)
     code = result.get("error_code")
     if plan.snapshot_name is not None:

@@ -126,6 +126,15 @@ async def target_lock(namespace: str, target: Target, exclusive: bool) -> AsyncI
     await acquired.__aexit__(None, None, None)
 
 
+def retry_note(attempt: int, max_retry: int, delay: str | None, deployed: bool) -> str:
+    """What follows if this attempt fails, as the failure's diagnosis says it."""
+    if not deployed:
+        return "none (a run by hand is not retried; its deployment's runs are)"
+    if attempt > max_retry:
+        return f"none: this was attempt {attempt} of {max_retry + 1} (retryConfig.maxRetry {max_retry})"
+    return f"attempt {attempt + 1} of {max_retry + 1} follows" + (f" in {delay}" if delay else " now")
+
+
 async def schedule_retry(parameters: dict[str, Any], attempt: int, max_retry: int, delay: str | None) -> str | None:
     """Start a new attempt through this run's deployment; returns a note for the log, or None."""
     if not current_deployment.id or attempt > max_retry:

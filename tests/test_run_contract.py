@@ -76,3 +76,12 @@ def test_each_task_of_a_session_deploys_with_its_own_addon_volumes(tmp_path: Pat
     first, second = plan_deployments(catalog, work_pool=None)
     assert first.parameters["advanced"]["addon"]["addonVolumes"][0]["name"] == "kubestash-tmp-volume"
     assert "addonVolumes" not in (second.parameters.get("advanced") or {}).get("addon", {})
+
+
+def test_a_failures_diagnosis_says_what_retry_follows() -> None:
+    from stashflow.flows.policies import retry_note
+
+    assert retry_note(1, 2, "30s", deployed=True) == "attempt 2 of 3 follows in 30s"
+    assert retry_note(2, 2, None, deployed=True) == "attempt 3 of 3 follows now"
+    assert retry_note(3, 2, "30s", deployed=True) == "none: this was attempt 3 of 3 (retryConfig.maxRetry 2)"
+    assert retry_note(1, 5, "30s", deployed=False).startswith("none (a run by hand is not retried")

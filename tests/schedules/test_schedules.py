@@ -13,7 +13,7 @@ from typing import Any
 
 from localkube.nodeagent import fail, never_ends, succeed
 
-from runs.observe import eventually, jobs, nothing_left, snapshots
+from runs.observe import artifacts_by_key, eventually, jobs, nothing_left, snapshots
 from .conftest import REPO
 from .plans import session, write_plan
 
@@ -116,6 +116,10 @@ def test_fails_twice_then_succeeds_with_max_retry_2(kube_cluster, namespace, nod
     assert len(jobs(kube_cluster, namespace)) == 3  # one Job per attempt, never the same Job re-run
     phases = sorted(s["status"]["phase"] for s in snapshots(kube_cluster, namespace))
     assert phases == ["Failed", "Failed", "Succeeded"]
+    # each failure's diagnosis says what follows it
+    notes = [a.data for a in artifacts_by_key(f"failure-{namespace}-persistentvolumeclaim-data")]
+    assert ["- retry: attempt 3 of 3 follows in 1s" in notes[0], "- retry: attempt 2 of 3 follows in 1s" in notes[1]] \
+        == [True, True]
 
 
 def test_with_max_retry_1_it_ends_failed_after_two_attempts(kube_cluster, namespace, node_agent, serve,
@@ -124,6 +128,8 @@ def test_with_max_retry_1_it_ends_failed_after_two_attempts(kube_cluster, namesp
     assert len(again) == 2
     assert [r.state.type.value for r in runs] == ["FAILED", "FAILED"]
     assert sorted(s["status"]["phase"] for s in snapshots(kube_cluster, namespace)) == ["Failed", "Failed"]
+    last = artifacts_by_key(f"failure-{namespace}-persistentvolumeclaim-data")[0]
+    assert "- retry: none: this was attempt 2 of 2 (retryConfig.maxRetry 1)" in last.data
 
 
 def test_a_second_backup_of_the_same_target_is_skipped_not_queued(kube_cluster, namespace, node_agent, serve,
