@@ -159,9 +159,10 @@ async def resolve_parameters(spec: RunSpec, catalog: Catalog) -> ExecutionPlan:
                  ANN_STORAGE_OBJECT: json.dumps(stored, separators=(",", ":"), sort_keys=True)}
         plan.snapshot["metadata"]["annotations"].update({k: v for k, v in where.items() if v})
     secret = plan.resolved.secret_inputs
-    shown = {k: ("***" if k in secret else v) for k, v in sorted(plan.resolved.inputs.items())}
-    logger.info("%s for %s in %s: Job %s, inputs %s", plan.resolved.flow_name, spec.target, spec.namespace,
-                plan.job_name, shown)
+    shown = ", ".join(f"{k}={'***' if k in secret else json.dumps(v, ensure_ascii=False)}"
+                      for k, v in sorted(plan.resolved.inputs.items()))
+    logger.info("%s for %s in %s: Job %s; parameters: %s", plan.resolved.flow_name, spec.target, spec.namespace,
+                plan.job_name, shown or "none")
     return plan
 
 
@@ -269,6 +270,13 @@ async def verify_repository(plan: ExecutionPlan) -> dict[str, Any]:
     return found
 
 
+#: Where a run's result came from, as its log line says it.
+CHANNELS = {"termination-message": "as the container's termination message reported it",
+            "restic-log": "from restic's --json summary in the container's log",
+            "snapshot": "as the executor wrote it on the Snapshot",
+            "none": "no result was reported by the Job"}
+
+
 def components_of(plan: ExecutionPlan, outcome: JobOutcome, executor_status: dict[str, Any] | None
                   ) -> tuple[dict[str, dict[str, Any]], str]:
     """The run's components, from the first channel that has them, and which channel that was."""
@@ -341,7 +349,7 @@ async def record_snapshot(plan: ExecutionPlan, outcome: JobOutcome, started: flo
     if await resources.snapshot_schema(kube) == "kubestash":  # its schema holds only the nested form
         status["components"] = {n: (nested_restic_stats(c) if c else c) for n, c in status["components"].items()}
     await resources.patch_snapshot_status(kube, plan.namespace, plan.snapshot_name, status)
-    logger.info("Snapshot %s: %s (result from %s)", plan.snapshot_name, status["phase"], channel)
+    logger.info("Snapshot %s: %s, %s", plan.snapshot_name, status["phase"], CHANNELS.get(channel, channel))
     summary.update(snapshot=plan.snapshot_name, phase=status["phase"], components=components, channel=channel,
                    size=status.get("size"), integrity=status.get("integrity"))
     return summary
