@@ -78,8 +78,8 @@ def add_commands(sub: Any) -> None:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("plans", nargs="+", metavar="PLAN", help="files or folders with BackupConfigurations, "
                                                                 "their BackupStorages and RetentionPolicies")
-        p.add_argument("--catalog", action="extend", nargs="+", metavar="PATH",
-                       help="Addon/Function files or folders (default: $STASHFLOW_CATALOG, else the built-in catalog)")
+        p.add_argument("--catalog", action="append", metavar="PATH",
+                       help="Addon/Function file or folder, repeatable (default: $STASHFLOW_CATALOG, else the built-in catalog)")
         p.add_argument("--kubeconfig", help="kubeconfig the runs use (default: in-cluster, then $KUBECONFIG)")
         p.add_argument("--work-pool", help="work pool of the deployments (deploy; default: none, for serve)")
         if name == "deploy":

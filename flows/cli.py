@@ -476,8 +476,8 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     """Options that say what to run: shared by ``render`` and ``run``."""
     p.add_argument("addon", help="Addon name, e.g. pvc-addon")
     p.add_argument("task", help="a backup or restore task of the Addon, e.g. logical-backup")
-    p.add_argument("--catalog", action="extend", nargs="+", metavar="PATH",
-                   help=f"Addon/Function files or folders (default: ${CATALOG_ENV}, else the built-in catalog)")
+    p.add_argument("--catalog", action="append", metavar="PATH",
+                   help=f"Addon/Function file or folder, repeatable (default: ${CATALOG_ENV}, else the built-in catalog)")
     p.add_argument("--namespace", "-n", default="default", help="namespace of the run (default: default)")
     p.add_argument("--target", required=True, metavar="KIND/NAME",
                    help="what to back up or restore, e.g. PersistentVolumeClaim/data")
@@ -511,7 +511,7 @@ def build_parser(extensions: Sequence[Callable[[Any], None]] = ()) -> argparse.A
     p = sub.add_parser("validate", help="check Addon, Function and plan files")
     p.add_argument("paths", nargs="+", metavar="PATH", help="files or folders (YAML, multi-document)")
     p.add_argument("--quiet", "-q", action="store_true", help="print nothing when all is well")
-    p.add_argument("--catalog", action="extend", nargs="+", metavar="PATH",
+    p.add_argument("--catalog", action="append", metavar="PATH",
                    help="for plans given without their Addons: the catalog deploy and restore use "
                         f"(default: ${CATALOG_ENV}, else the built-in catalog)")
     p.set_defaults(func=cmd_validate)
@@ -530,8 +530,8 @@ def build_parser(extensions: Sequence[Callable[[Any], None]] = ()) -> argparse.A
 
     p = sub.add_parser("restore", help="run the restore tasks of RestoreSession files")
     p.add_argument("files", nargs="+", metavar="FILE", help="files or folders with RestoreSessions")
-    p.add_argument("--catalog", action="extend", nargs="+", metavar="PATH",
-                   help=f"Addon/Function files or folders (default: ${CATALOG_ENV}, else the built-in catalog)")
+    p.add_argument("--catalog", action="append", metavar="PATH",
+                   help=f"Addon/Function file or folder, repeatable (default: ${CATALOG_ENV}, else the built-in catalog)")
     _cluster_options(p)
     p.set_defaults(func=cmd_restore)
 
@@ -549,7 +549,7 @@ def build_parser(extensions: Sequence[Callable[[Any], None]] = ()) -> argparse.A
     p.set_defaults(func=cmd_install)
 
     p = sub.add_parser("tasks", help="list the Addon tasks of the catalog (one flow each)")
-    p.add_argument("--catalog", action="extend", nargs="+", metavar="PATH")
+    p.add_argument("--catalog", action="append", metavar="PATH")
     p.set_defaults(func=cmd_tasks)
 
     for extend in extensions:
@@ -561,7 +561,7 @@ _ARGV: list[str] = []  # the arguments being parsed, for _Parser.error's positio
 
 
 class _Parser(argparse.ArgumentParser):
-    """Usage errors as one coded line too (exit 2), never a usage block."""
+    """Usage errors as one coded line too, exit 1 like every other bad input, never a usage block."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
         where, hint = 1, f"see {self.prog} --help"
@@ -581,7 +581,7 @@ class _Parser(argparse.ArgumentParser):
                 break
         line = InputError(message, code="invalid-argument", location=Location(COMMAND_LINE, where),
                           hint=hint).format()
-        self.exit(2, line + "\n")
+        self.exit(1, line + "\n")
 
 
 class _NoTraceback(logging.Formatter):

@@ -194,4 +194,5 @@ class LocalStack:
 
     def run_args(self, namespace: str) -> list[str]:
         """The options every ``stashflow run`` of the demo takes: namespace, kubeconfig, catalog, storage."""
-        return ["--namespace", namespace, "--kubeconfig", self.kubeconfig, "--catalog", str(CATALOG), str(self.storage)]
+        return ["--namespace", namespace, "--kubeconfig", self.kubeconfig, "--catalog", str(CATALOG),
+                "--catalog", str(self.storage)]

@@ -261,7 +261,7 @@ def test_unknown_addon_points_at_its_argument() -> None:
 
 def test_an_empty_repository_falls_back_to_the_target_name() -> None:
     """Found by the fuzzer: ``--repository=`` with a storage was an AttributeError."""
-    rc, out, err = cli("render", "stashflow-pvc", "logical-backup", "--catalog", BUILTIN, str(EXAMPLE),
+    rc, out, err = cli("render", "stashflow-pvc", "logical-backup", "--catalog", BUILTIN, "--catalog", str(EXAMPLE),
                        "--storage=local-storage", "--repository=", "--target=pvc/data", "-n", "demo", "--param=paths=/d")
     assert rc == 0, err
     snapshot = next(o for o in yaml.safe_load_all(out) if o["kind"] == "Snapshot")
@@ -305,7 +305,7 @@ def test_a_folder_whose_only_plan_cannot_be_read_is_an_error(tmp_path: Path) -> 
 
 def test_a_usage_error_is_one_coded_line() -> None:
     rc, out, err = cli("render", "stashflow-pvc")
-    assert rc == 2 and out == ""
+    assert rc == 1 and out == ""
     assert err.count("\n") == 1 and err.startswith("<command line>:1: invalid-argument: ")
 
 
@@ -366,6 +366,12 @@ def test_a_missing_kubeconfig_stops_run_and_restore_before_prefect(tmp_path: Pat
 def test_a_mistyped_option_is_named_with_what_was_meant(argv: tuple, position: int, hint: str) -> None:
     """Not "--target is required": the unknown option itself, at its position, with the close one."""
     rc, out, err = cli(*argv)
-    assert rc == 2 and out == ""
+    assert rc == 1 and out == ""
     assert err == f"<command line>:{position}: invalid-argument: unknown option {argv[position - 1]} " \
                   f"(did you mean {hint}?)\n"
+
+
+def test_catalog_takes_one_path_so_the_plan_after_it_stays_a_plan(tmp_path) -> None:
+    """``--catalog DIR PLAN`` once read PLAN as a second catalog path and then asked for a plan."""
+    rc, out, err = cli("validate", "--catalog", BUILTIN, str(EXAMPLE))
+    assert (rc, err) == (0, ""), err

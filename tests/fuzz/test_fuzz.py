@@ -128,7 +128,7 @@ def test_fuzz_validate(tmp_path: Path) -> None:
 def _cli_value_case(rnd: random.Random, tmp: Path, n: int) -> tuple[list[str], str]:
     """``render`` of the built-in task into the example's storage, with one or two hostile values."""
     argv = ["render", "stashflow-pvc", rnd.choice(["logical-backup", "logical-backup-restore"]),
-            "--catalog", BUILTIN_DIR, str(EXAMPLE_PLAN), "--storage=local-storage", "--repository=data",
+            "--catalog", BUILTIN_DIR, "--catalog", str(EXAMPLE_PLAN), "--storage=local-storage", "--repository=data",
             "--target=pvc/data", "-n", "demo"]
     if argv[2] == "logical-backup":
         argv.append("--param=paths=/data")
@@ -160,10 +160,10 @@ def _catalog_case(rnd: random.Random, tmp: Path, n: int) -> tuple[list[str], str
     paths, what, group = _mutated_catalog(rnd, tmp, n)
     if group is None:
         task = rnd.choice(["logical-backup", "logical-backup-restore"])
-        return ["render", "stashflow-pvc", task, "--catalog", *paths, "--target=pvc/data", "-n", "demo",
+        return ["render", "stashflow-pvc", task, *[f"--catalog={p}" for p in paths], "--target=pvc/data", "-n", "demo",
                 *(["--param=paths=/data"] if task == "logical-backup" else []), "--var=snapshot=data-1"], what
     task, required, version = rnd.choice(group.tasks)
-    return ["render", group.addon, task, "--catalog", *paths, f"--target={group.target_kind}/db", "-n", "demo",
+    return ["render", group.addon, task, *[f"--catalog={p}" for p in paths], f"--target={group.target_kind}/db", "-n", "demo",
             *[f"--param={p}=x" for p in required], f"--var=DB_VERSION={version}", "--var=snapshot=db-1",
             "--var=PVC_NAME=data"], what
 
