@@ -94,6 +94,10 @@ CODES: dict[str, str] = {
     "namespace-not-found": "the run's namespace does not exist (found before anything was created)",
     "pvc-not-found": "a PersistentVolumeClaim the run needs does not exist (found before anything was created)",
     "secret-not-found": "a Secret the run needs does not exist (found before anything was created)",
+    "unsupported": "a KubeStash feature stashflow does not run (said where it is met, before anything runs)",
+    "hook-failed": "a hook's action failed (exit code, HTTP status, closed port) after its retries",
+    "hook-timeout": "a hook's action did not finish within its timeout",
+    "hook-no-pod": "no Running Pod matches a Pod-executor hook's selector",
 }
 
 

@@ -308,6 +308,7 @@ class _Tracked:
     name: str
     task: asyncio.Task[None] | None = None
     procs: dict[str, asyncio.subprocess.Process] = field(default_factory=dict)
+    specs: dict[str, Path] = field(default_factory=dict)  # container name → its podrun spec.json (for exec)
     bound: bool = False
     terminal: bool = False
     finishing: bool = False
@@ -1066,6 +1067,7 @@ class NodeAgent:
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
             start_new_session=True)
         tr.procs[c["name"]] = proc
+        tr.specs[c["name"]] = cdir / "spec.json"
         try:
             if on_started:
                 await on_started()
@@ -1360,6 +1362,7 @@ class NodeAgent:
     async def _start_log_server(self) -> web.AppRunner:
         app = web.Application()
         app.router.add_get("/containerLogs/{ns}/{pod}/{container}", self._serve_log)
+        app.router.add_get("/exec/{ns}/{pod}/{container}", self._serve_exec)
         app.router.add_get("/healthz", _healthz)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
@@ -1420,7 +1423,72 @@ class NodeAgent:
         return resp
 
 
+    async def _serve_exec(self, request: web.Request) -> web.StreamResponse:
+        """The kubelet's /exec over WebSocket (``v4.channel.k8s.io``), as ``kubectl exec`` and the
+        Python clients reach it through the apiserver: the command runs in the container's mount,
+        UTS and PID namespaces, with its root, working directory, user and environment. No stdin,
+        no TTY: what hooks need. Frames are the channel byte (1 stdout, 2 stderr, 3 status) and data;
+        the last is a metav1.Status, with the exit code when it is not 0."""
+        ns, pod, container = (request.match_info[k] for k in ("ns", "pod", "container"))
+        command = request.query.getall("command", [])
+        tr = next((t for t in self._pods.values() if (t.namespace, t.name) == (ns, pod)), None)
+        proc = tr.procs.get(container) if tr else None
+        if tr is None or proc is None or proc.returncode is not None or not command:
+            return web.Response(status=400, text=f'container "{container}" in pod "{pod}" is not running'
+                                if command else "you must specify at least one command for the container")
+        spec = json.loads(tr.specs[container].read_text())
+        ws = web.WebSocketResponse(protocols=("v4.channel.k8s.io", "channel.k8s.io"))
+        await ws.prepare(request)
+        init = _first_child(proc.pid)  # unshare --fork: its child is the container's PID 1
+        user = [*(["-S", str(spec["uid"])] if spec.get("uid") is not None else []),
+                *(["-G", str(spec["gid"] if spec.get("gid") is not None else spec["uid"])]
+                  if spec.get("uid") is not None or spec.get("gid") is not None else [])]
+        try:
+            run = await asyncio.create_subprocess_exec(
+                "nsenter", "-t", str(init), "-m", "-u", "-p", "-r", "-w", *user, "--", *command,
+                env=spec["env"], stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, start_new_session=True)
+        except OSError as exc:
+            await ws.send_bytes(b"\x03" + json.dumps(_exec_status(126, str(exc))).encode())
+            await ws.close()
+            return ws
+
+        async def pump(stream: asyncio.StreamReader | None, channel: int) -> None:
+            while stream is not None and (chunk := await stream.read(65536)):
+                await ws.send_bytes(bytes([channel]) + chunk)
+
+        try:
+            await asyncio.gather(pump(run.stdout, 1), pump(run.stderr, 2))
+            code = await run.wait()
+            await ws.send_bytes(b"\x03" + json.dumps(_exec_status(_exit_code(code))).encode())
+        finally:
+            if run.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    run.kill()
+                await run.wait()
+            await ws.close()
+        return ws
+
+
 # ----------------------------------------------------------------------------------- small pieces
+
+
+def _first_child(pid: int) -> int:
+    """The first child of ``pid`` (Linux /proc), or ``pid`` itself when it has none yet."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children = (task / "children").read_text().split()
+        if children:
+            return int(children[0])
+    return pid
+
+
+def _exec_status(code: int, message: str = "") -> dict[str, Any]:
+    """The metav1.Status a kubelet sends last on an exec stream (channel 3)."""
+    if code == 0:
+        return {"metadata": {}, "status": "Success"}
+    return {"metadata": {}, "status": "Failure",
+            "message": message or f"command terminated with non-zero exit code: exit status {code}",
+            "reason": "NonZeroExitCode", "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]}}
 
 
 async def _healthz(_: web.Request) -> web.Response:

@@ -27,6 +27,7 @@ from .core import (
     Session,
     TaskReference,
 )
+from .hook import HookAction, HookExecutor, HookTemplate
 from .storage import (
     STORAGE_API,
     BackupStorage,
@@ -38,13 +39,15 @@ from .storage import (
 
 KINDS: dict[tuple[str, str], type[KubeObject]] = {
     (m.API_VERSION, m.KIND): m
-    for m in (Addon, Function, BackupConfiguration, RestoreSession, BackupStorage, Repository, RetentionPolicy, Snapshot)
+    for m in (Addon, Function, BackupConfiguration, RestoreSession, HookTemplate, BackupStorage, Repository,
+              RetentionPolicy, Snapshot)
 }
 
 __all__ = [
     "ADDONS_API", "CORE_API", "STORAGE_API", "KINDS",
     "Addon", "AddonInfo", "AddonVolumeInfo", "BackupConfiguration", "BackupStorage", "Component",
-    "ContainerRuntimeSettings", "Function", "FunctionSpec", "KubeObject", "Model", "ObjectMeta",
+    "ContainerRuntimeSettings", "Function", "FunctionSpec", "HookAction", "HookExecutor", "HookTemplate",
+    "KubeObject", "Model", "ObjectMeta",
     "ObjectReference", "ParameterDefinition", "PodTemplateSpec", "Repository", "RepositoryInfo",
     "RestoreSession", "RetentionPolicy", "Session", "Snapshot", "Task", "TaskReference",
     "TypedObjectReference", "VolumeMount", "VolumeSource", "VolumeTemplate",

@@ -1,0 +1,76 @@
+"""Hooks planned (addons/hooks.py): parameters, what cannot run, execution policy, status."""
+
+from __future__ import annotations
+
+import pytest
+
+from stashflow.addons.errors import InputError
+from stashflow.addons.hooks import HookPlan, hook_status, plan_hook, should_run
+from stashflow.addons.model.core import HookInfo
+from stashflow.addons.model.hook import HookTemplate
+
+
+def template(action: dict, executor: dict | None = None, params: list | None = None) -> HookTemplate:
+    return HookTemplate.model_validate({
+        "apiVersion": "core.kubestash.com/v1alpha1", "kind": "HookTemplate", "metadata": {"name": "t"},
+        "spec": {"action": action, "executor": executor or {"type": "Pod", "pod": {"selector": "app=db"}},
+                 **({"params": params} if params else {})}})
+
+
+def info(**fields: object) -> HookInfo:
+    return HookInfo.model_validate({"name": "h", "hookTemplate": {"name": "t"}, **fields})
+
+
+def test_parameters_fill_the_action_as_data() -> None:
+    t = template({"exec": {"command": ["psql", "-c", "${SQL}", "${MODE:=ro}"]}, "containerName": "db"},
+                 params=[{"name": "SQL", "required": True}, {"name": "MODE", "default": "rw"}])
+    plan = plan_hook(info(params={"SQL": "select '$(HOME)'; $x"}, maxRetry=2, timeout="1m30s"), t, "preBackup",
+                     "demo")
+    assert plan.action == {"command": ["psql", "-c", "select '$(HOME)'; $x", "rw"]}
+    assert (plan.kind, plan.container, plan.selector, plan.tries, plan.timeout) == ("exec", "db", "app=db", 3, 90.0)
+    assert plan.title == "preBackup:h"
+
+
+@pytest.mark.parametrize("action, executor, code, says", [
+    ({"exec": {"command": ["true"]}}, {"type": "Function", "function": {"name": "f"}}, "unsupported",
+     "Function hook executor"),
+    ({"exec": {"command": ["true"]}}, {"type": "Operator"}, "unsupported", "needs the Pod executor"),
+    ({"httpGet": {"port": 80, "path": "/"}}, {"type": "Operator"}, "missing-field", "needs action.httpGet.host"),
+    ({"httpPost": {"host": "h", "port": 443, "body": '{{ .Status.Phase }}'}}, {"type": "Operator"}, "unsupported",
+     "Go templates"),
+    ({"httpGet": {"port": 80}, "tcpSocket": {"port": 80}}, None, "invalid-value", "exactly one action"),
+    ({"exec": {"command": ["${NOPE}"]}}, None, "unresolved-variable", "${NOPE}"),
+])
+def test_what_cannot_run_is_refused_when_planned(action: dict, executor: dict | None, code: str, says: str) -> None:
+    with pytest.raises(InputError) as err:
+        plan_hook(info(), template(action, executor), "preBackup", "demo")
+    assert err.value.code == code and says in err.value.message
+
+
+def test_a_required_parameter_without_value() -> None:
+    t = template({"exec": {"command": ["true"]}}, params=[{"name": "SQL", "required": True}])
+    with pytest.raises(InputError) as err:
+        plan_hook(info(), t, "preBackup", "demo")
+    assert err.value.code == "missing-required-parameter"
+
+
+@pytest.mark.parametrize("phase, policy, succeeded, runs", [
+    ("preBackup", "OnFailure", None, True),
+    ("postBackup", "Always", False, True),
+    ("postBackup", "OnSuccess", True, True),
+    ("postBackup", "OnSuccess", False, False),
+    ("postBackup", "OnFailure", False, True),
+    ("postBackup", "OnFailure", True, False),
+    ("postRestore", "OnFailure", False, True),
+])
+def test_execution_policy(phase: str, policy: str, succeeded: bool | None, runs: bool) -> None:
+    plan = HookPlan(name="h", phase=phase, namespace="d", executor="Pod", kind="exec", action={},  # type: ignore[arg-type]
+                    policy=policy)  # type: ignore[arg-type]
+    assert should_run(plan, succeeded) is runs
+
+
+def test_status_lists_hooks_by_phase() -> None:
+    pre = HookPlan(name="freeze", phase="preBackup", namespace="d", executor="Pod", kind="exec", action={})
+    post = HookPlan(name="thaw", phase="postBackup", namespace="d", executor="Pod", kind="exec", action={})
+    assert hook_status([(pre, "Succeeded"), (post, "Failed")]) == {
+        "preHooks": [{"name": "freeze", "phase": "Succeeded"}], "postHooks": [{"name": "thaw", "phase": "Failed"}]}
