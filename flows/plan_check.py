@@ -20,7 +20,9 @@ from typing import Any
 from stashflow.addons.catalog import Catalog
 from stashflow.addons.durations import deadline_seconds
 from stashflow.addons.errors import CatalogError, Problems, StashflowError
+from stashflow.addons.hooks import HookPlan, Phase, plan_hook
 from stashflow.addons.model import AddonInfo, BackupConfiguration, BackupStorage, RestoreSession, RetentionPolicy
+from stashflow.addons.model.hook import HookTemplate
 from stashflow.addons.names import name_problem, path_problem, valid_name
 from stashflow.addons.render import RenderRequest, RepositoryContext, Target, check_objects, render_plan
 from stashflow.addons.resolve import as_value
@@ -182,6 +184,7 @@ def check_backup_plan(plan: BackupConfiguration, catalog: Catalog) -> list[Stash
             c.add(f'session "{session.name}" is defined twice (also sessions[{seen_sessions[session.name]}])',
                   base + ("name",), "duplicate-object", "session names are unique per plan: each is a deployment")
         seen_sessions.setdefault(session.name, s_index)
+        check_hooks(c, catalog, session.hooks, namespace, base + ("hooks",))
         if session.scheduler is None or session.addon is None:
             c.add("a session needs a scheduler and an addon", base, "missing-field")
             continue
@@ -244,6 +247,28 @@ def check_backup_plan(plan: BackupConfiguration, catalog: Catalog) -> list[Stash
     return c.problems
 
 
+#: A session's or RestoreSession's hook lists: (attribute, field name, phase).
+HOOK_LISTS: tuple[tuple[str, str, Phase], ...] = (
+    ("pre_backup", "preBackup", "preBackup"), ("post_backup", "postBackup", "postBackup"),
+    ("pre_restore", "preRestore", "preRestore"), ("post_restore", "postRestore", "postRestore"))
+
+
+def check_hooks(c: _Collector, catalog: Catalog, hooks: Any, namespace: str, path: FieldPath) -> list[HookPlan]:
+    """Each hook's template found and its plan made: what a run cannot do is a problem now."""
+    plans = []
+    for attr, name, phase in HOOK_LISTS:
+        for i, info in enumerate(getattr(hooks, attr, None) or []):
+            hpath = path + (name, i)
+            template = _lookup(c, catalog, HookTemplate, info.hook_template, namespace, hpath + ("hookTemplate",))
+            if template is None:
+                continue
+            try:
+                plans.append(plan_hook(info, template, phase, namespace))
+            except StashflowError as exc:
+                c.relocate(exc, hpath)
+    return plans
+
+
 def _lookup(c: _Collector, catalog: Catalog, model: type, ref: Any, default_ns: str, path: FieldPath) -> Any:
     if ref is None:
         c.add(f"no {model.KIND} is named", path, "missing-field")
@@ -273,6 +298,7 @@ def check_restore_session(session: RestoreSession, catalog: Catalog) -> list[Sta
         if source.encryption_secret is not None:
             c.name(source.encryption_secret.name, ("spec", "dataSource", "encryptionSecret", "name"),
                    what="Secret name")
+    check_hooks(c, catalog, spec.hooks, session.namespace or "default", ("spec", "hooks"))
     addon = catalog.addons.get(spec.addon.name) if spec.addon else None
     if spec.addon is not None and (addon is None or any(addon.find_task(t.name) is None for t in spec.addon.tasks or [])):
         return c.problems  # unknown-addon / unknown-task: reported by Catalog.check

@@ -74,3 +74,50 @@ def test_status_lists_hooks_by_phase() -> None:
     post = HookPlan(name="thaw", phase="postBackup", namespace="d", executor="Pod", kind="exec", action={})
     assert hook_status([(pre, "Succeeded"), (post, "Failed")]) == {
         "preHooks": [{"name": "freeze", "phase": "Succeeded"}], "postHooks": [{"name": "thaw", "phase": "Failed"}]}
+
+
+HOOKED_PLAN = """\
+apiVersion: core.kubestash.com/v1alpha1
+kind: HookTemplate
+metadata: {name: freeze, namespace: demo}
+spec:
+  params: [{name: MODE, default: ro}]
+  action:
+    exec: {command: [sh, -c, "echo ${MODE}"]}
+  executor: {type: Pod, pod: {selector: app=db}}
+---
+apiVersion: core.kubestash.com/v1alpha1
+kind: HookTemplate
+metadata: {name: notify, namespace: demo}
+spec:
+  action:
+    httpPost: {host: hooks.example.com, port: 443, scheme: HTTPS, body: '{{ .Status.Phase }}'}
+  executor: {type: Operator}
+"""
+
+
+def _plan_with_hooks(tmp_path, hooks: str):  # type: ignore[no-untyped-def]
+    from pathlib import Path
+
+    example = Path(__file__).parent.parent / "deployments" / "examples" / "pvc-backups.yaml"
+    text = example.read_text().replace("    sessionHistoryLimit: 3\n", "    sessionHistoryLimit: 3\n" + hooks, 1)
+    (tmp_path / "plan.yaml").write_text(text + "---\n" + HOOKED_PLAN)
+    return tmp_path / "plan.yaml", text
+
+
+def test_validate_checks_hooks_where_they_are_written(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tests.support import run_cli
+
+    good, _ = _plan_with_hooks(tmp_path, "    hooks:\n      preBackup:\n      - name: freeze\n"
+                                         "        hookTemplate: {name: freeze, namespace: demo}\n")
+    assert run_cli("validate", str(good))[0] == 0
+    bad, text = _plan_with_hooks(tmp_path, "    hooks:\n      postBackup:\n      - name: tell\n"
+                                           "        hookTemplate: {name: notify, namespace: demo}\n"
+                                           "      - name: gone\n        hookTemplate: {name: missing}\n")
+    rc, out, err = run_cli("validate", str(bad))
+    line = text.splitlines().index("      - name: tell") + 1
+    assert rc == 1
+    lines = out.strip().splitlines()
+    assert lines[0].startswith(f"{bad}:{line}: unsupported: ") and "Go templates" in lines[0]
+    assert "spec.sessions[0].hooks.postBackup[0]" in lines[0]
+    assert "unknown-object" in lines[1] and 'HookTemplate "demo/missing"' in lines[1]
