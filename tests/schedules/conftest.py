@@ -25,11 +25,38 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """`prefect server start` on a free port with its own SQLite DB; yields the env that reaches it."""
+def prefect_database(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
+    """The Prefect server's database: its own SQLite file, or a real PostgreSQL (Debian's, started here
+    on a free port and stopped by pid), as production runs it (README: Prefect on PostgreSQL)."""
+    if request.param == "sqlite":
+        yield {}
+        return
+    from runs.databases.servers import Postgres
+
+    server = Postgres(password="prefect-test")
+    try:
+        server.init()
+        server.start()
+        yield {"PREFECT_API_DATABASE_CONNECTION_URL":
+               f"postgresql+asyncpg://postgres:prefect-test@127.0.0.1:{server.port}/postgres"}
+    finally:
+        server.close()
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every Prefect-server test runs on SQLite and on PostgreSQL (one server each, in turn)."""
+    if "prefect_database" in metafunc.fixturenames:
+        metafunc.parametrize("prefect_database", ["sqlite", "postgresql"], indirect=True, scope="session")
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory, prefect_database: dict[str, str]
+                   ) -> Iterator[dict[str, str]]:
+    """`prefect server start` on a free port with its own database; yields the env that reaches it."""
     home = tmp_path_factory.mktemp("prefect-home")
     port = _free_port()
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+    env = {**os.environ, **prefect_database, "PREFECT_HOME": str(home),
+           "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", "STASHFLOW_CATALOG": CATALOG,
            "PREFECT_SERVER_LOGGING_LEVEL": "WARNING", "PREFECT_RUNNER_POLL_FREQUENCY": "1",
            "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",

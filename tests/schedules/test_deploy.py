@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+from pathlib import Path
 
 import yaml
 
@@ -61,6 +62,27 @@ def test_deploy_creates_updates_and_prunes(prefect_server, tmp_path) -> None:
     assert list(found) == ["scripted:backup/shop-db-backup-nightly"]
     (schedule,) = found["scripted:backup/shop-db-backup-nightly"].schedules
     assert (schedule.schedule.cron, schedule.schedule.timezone) == ("0 3 * * *", "UTC")
+
+
+def test_the_server_keeps_its_state_in_the_database_asked_for(prefect_server, prefect_database, tmp_path) -> None:
+    """On the PostgreSQL run, the deployments are rows of that PostgreSQL (not a stray SQLite file)."""
+    plan = write_plan(tmp_path / "plan.yaml", "db", [session("nightly")], name="where")
+    assert subprocess.run([STASHFLOW, "deploy", str(plan)], env=prefect_server, timeout=120).returncode == 0
+    url = prefect_database.get("PREFECT_API_DATABASE_CONNECTION_URL")
+    if url is None:
+        assert (Path(prefect_server["PREFECT_HOME"]) / "prefect.db").exists()
+        return
+    import asyncio
+
+    import asyncpg
+
+    async def names() -> list[str]:
+        connection = await asyncpg.connect(url.replace("postgresql+asyncpg", "postgresql"))
+        try:
+            return [r["name"] for r in await connection.fetch("select name from deployment")]
+        finally:
+            await connection.close()
+    assert "db-where-nightly" in asyncio.run(names())
 
 
 def test_a_paused_plan_gives_paused_deployments(prefect_server, tmp_path) -> None:
