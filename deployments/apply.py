@@ -24,6 +24,7 @@ from stashflow.addons.catalog import BUILTIN_CATALOG
 from stashflow.flows.addon_flows import CATALOG_ENV, flows, python_name
 
 from .plans import MANAGED_TAG, DeploymentSpec
+from .pools import KubernetesPool, PoolType, ensure_pool
 
 def catalog_env() -> dict[str, str]:
     """``STASHFLOW_CATALOG`` for workers, when the catalog is not the built-in one (which any
@@ -67,13 +68,10 @@ async def ensure_locks(specs: list[DeploymentSpec]) -> None:
                 pass
 
 
-async def check_server_and_pools(specs: list[DeploymentSpec]) -> list[str]:
+async def check_server_and_pools(specs: list[DeploymentSpec], pool_type: PoolType = PoolType.PROCESS,
+                                  kubernetes: KubernetesPool | None = None) -> list[str]:
     """Before changing anything: the Prefect API answers, and every work pool named exists; a missing
-    one is created as a process pool (what `prefect worker start --pool NAME` serves). Returns the
-    pools created."""
-    from prefect.client.schemas.actions import WorkPoolCreate
-    from prefect.exceptions import ObjectNotFound
-
+    one is created (``pools.ensure_pool``: a process pool by default). Returns the pools created."""
     from stashflow.addons.errors import InputError
 
     async with get_client() as client:
@@ -85,21 +83,23 @@ async def check_server_and_pools(specs: list[DeploymentSpec]) -> list[str]:
                                   "nothing was changed")
         created = []
         for pool in sorted({s.work_pool for s in specs if s.work_pool}):
-            try:
-                await client.read_work_pool(pool)
-            except ObjectNotFound:
-                await client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+            if await ensure_pool(client, pool, pool_type, kubernetes):
                 created.append(pool)
         return created
 
 
-async def deploy(specs: list[DeploymentSpec], *, plan_tags: set[str], prune: bool = True) -> dict[str, list[str]]:
-    """Create or update ``specs``; delete this tool's deployments of ``plan_tags`` that are not among them."""
-    created = await check_server_and_pools(specs)
+async def deploy(specs: list[DeploymentSpec], *, plan_tags: set[str], prune: bool = True,
+                 pool_type: PoolType = PoolType.PROCESS, kubernetes: KubernetesPool | None = None
+                 ) -> dict[str, list[str]]:
+    """Create or update ``specs``; delete this tool's deployments of ``plan_tags`` that are not among them.
+    On a ``kubernetes`` pool each deployment's flow-run Job runs in its plan's namespace."""
+    created = await check_server_and_pools(specs, pool_type, kubernetes)
     await ensure_locks(specs)
     applied = []
     for spec in specs:
         deployment = await arunner_deployment(spec)
+        if spec.work_pool and pool_type is PoolType.KUBERNETES:
+            deployment.job_variables = {**deployment.job_variables, "namespace": spec.parameters["namespace"]}
         await deployment.apply(work_pool_name=spec.work_pool)
         applied.append(spec.full_name)
     pruned: list[str] = []

@@ -50,9 +50,17 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         print(f"wrote {len(specs)} deployment(s) to {args.write}")
         return 0
     flows_cli.quiet_prefect_tracebacks(args.verbose)
-    done = asyncio.run(deploy(specs, plan_tags=tags, prune=not args.no_prune))
+    from .pools import KubernetesPool, PoolType
+
+    pool_type = PoolType(args.pool_type)
+    kubernetes = KubernetesPool(**{k: v for k, v in (("image", args.image), ("command", args.flow_run_command))
+                                   if v}) if pool_type is PoolType.KUBERNETES else None
+    done = asyncio.run(deploy(specs, plan_tags=tags, prune=not args.no_prune, pool_type=pool_type,
+                              kubernetes=kubernetes))
     for pool in done["pools"]:
-        print(f"created work pool {pool} (type process): run its flows with `prefect worker start --pool {pool}`")
+        print(f"created work pool {pool} (type {pool_type}): run its flows with "
+              f"`prefect worker start --pool {pool}" + (" --type kubernetes`" if pool_type is PoolType.KUBERNETES
+                                                         else "`"))
     for spec in specs:
         state = "paused" if spec.paused else f"{spec.cron} ({spec.timezone})"
         print(f"deployed {spec.full_name}: {state}")
@@ -85,6 +93,12 @@ def add_commands(sub: Any) -> None:
         if name == "deploy":
             p.add_argument("--write", metavar="FILE", help="write a prefect.yaml instead of calling the API")
             p.add_argument("--no-prune", action="store_true", help="keep deployments the plans no longer name")
+            p.add_argument("--pool-type", choices=("process", "kubernetes"), default="process",
+                           help="type of a work pool deploy creates (default process; an existing pool is used "
+                                "as it is); kubernetes: each flow run is a Job, run as ServiceAccount stashflow")
+            p.add_argument("--image", help="kubernetes pools: the flow-run image, with stashflow installed")
+            p.add_argument("--flow-run-command", metavar="COMMAND",
+                           help="kubernetes pools: the flow-run command (default: prefect flow-run execute)")
         else:
             p.add_argument("--limit", type=int, help="at most this many flow runs at once")
         p.set_defaults(func=func)
