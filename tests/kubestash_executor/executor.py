@@ -389,7 +389,8 @@ class Executor:
                 t.error = _error_text("restic backup", err)
                 continue
             try:
-                t.stats = [summary_stats(out, filename, start, utc_now())]
+                t.stats = [r.full_id(summary_stats(out, filename, start, utc_now()))
+                           for r in [t.restic] if r is not None]
             except ResticError as e:
                 t.error = str(e)
 

@@ -170,8 +170,18 @@ class Restic:
             for ex in excludes:
                 args += ["--exclude", ex]
             out, _ = self.run(args, on_line=_status_filter(on_status), what="restic backup")
-            stats.append(summary_stats(out, path, start, utc_now()))
+            stats.append(self.full_id(summary_stats(out, path, start, utc_now())))
         return stats
+
+    def full_id(self, stat: dict[str, Any]) -> dict[str, Any]:
+        """Newer restic prints the full snapshot id in its summary, Debian's 0.14 a short one: record the full one."""
+        sid = stat["summary"]["id"]
+        if sid and len(sid) < 64:
+            out, _ = self.run(["snapshots", "--json", "--no-lock", sid], what="restic snapshots")
+            found = json.loads(out or "[]")
+            if found:
+                stat["summary"]["id"] = found[0]["id"]
+        return stat
 
     def verify(self) -> tuple[bool, str]:
         """``VerifyRepositoryIntegrity``: ``restic check`` (integrity) and ``restic stats --mode raw-data`` (size)."""
