@@ -73,7 +73,7 @@ class World:
     async def get(self, group: str, plural: str, name: str) -> dict[str, Any]:
         return await self.custom.get_namespaced_custom_object(group, V, self.ns, plural, name)
 
-    async def setup(self, password: str = PASSWORD) -> None:
+    async def setup(self, password: str = PASSWORD, *, rbac: bool = True) -> None:
         """Encryption Secret, BackupStorage, Repository; the executor's ServiceAccount and RBAC."""
         await self.core.create_namespaced_secret(self.ns, {"metadata": {"name": self.enc_secret},
                                                            "stringData": {"RESTIC_PASSWORD": password}})
@@ -84,13 +84,13 @@ class World:
                      "storageRef": ref(self.storage, self.ns), "path": self.repo_path,
                      "encryptionSecret": ref(self.enc_secret, self.ns), "deletionPolicy": "Delete"}})
         await self.core.create_namespaced_service_account(self.ns, {"metadata": {"name": SA}})
-        rbac = client.RbacAuthorizationV1Api(self.api)
-        for kind in ("backup", "restore"):
+        rbac_api = client.RbacAuthorizationV1Api(self.api)
+        for kind in ("backup", "restore") if rbac else ():
             for obj in executor_rbac(self.ns, SA, kind, kubedb=True):
                 if obj["kind"] == "Role":
-                    await rbac.create_namespaced_role(self.ns, obj)
+                    await rbac_api.create_namespaced_role(self.ns, obj)
                 else:
-                    await rbac.create_namespaced_role_binding(self.ns, obj)
+                    await rbac_api.create_namespaced_role_binding(self.ns, obj)
 
         async def token() -> bool:  # the token controller's Secret, which admission mounts into Pods
             sa = await self.core.read_namespaced_service_account(SA, self.ns)

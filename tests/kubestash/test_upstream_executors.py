@@ -212,3 +212,26 @@ def test_failures_are_read_from_components_not_exit_codes(kube_cluster, kubestas
 
     import asyncio
     asyncio.run(body())
+
+
+def test_the_executor_reaches_the_api_as_its_service_account(kube_cluster, kubestash_crds, namespace: str,
+                                                             node_agent: NodeAgent, host_tmp: Path) -> None:
+    """No RoleBinding for the executor's ServiceAccount: the API refuses it by that name (RBAC honoured,
+    not the agent's admin identity), and the executor dies before writing."""
+    node_agent.default = run()
+
+    async def body() -> None:
+        async with kube_cluster.api_client() as api:
+            w = World(api, namespace, host_tmp / "storage")
+            await w.setup(rbac=False)
+            await create_pvc(api, namespace, "data")
+            bs, snap = await w.backup_session("data-backup", "frequent", {**PVC, "name": "data", "namespace": namespace})
+            cond, code, log = await w.run_job(
+                render_upstream("pvc-addon", "logical-backup", namespace, "PersistentVolumeClaim/data", w, session=bs))
+            assert (cond, code) == ("Failed", 1), log
+            assert f'"system:serviceaccount:{namespace}:kubestash-executor" cannot get resource "backupsessions"' in log
+            assert "components" not in ((await w.get(STORAGE, "snapshots", snap)).get("status") or {})
+            await w.delete_jobs()
+
+    import asyncio
+    asyncio.run(body())
