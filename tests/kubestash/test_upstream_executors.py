@@ -17,6 +17,7 @@ from kubernetes_asyncio import client
 
 from localkube.helpers import apt_install, create_pvc, pvc_host_path
 from localkube.nodeagent import NodeAgent, run
+from stashflow.addons.contract import backup_result, restore_result
 from support import HAVE_SHARED, NEEDS_SHARED_REASON
 
 from .objects import CORE, PASSWORD, STORAGE, World, render_upstream
@@ -80,6 +81,7 @@ def test_upstream_pvc_backup_and_restore_byte_identical(kube_cluster, kubestash_
             assert (cond, code) == ("Complete", 0), log
             comp = (await w.get(STORAGE, "snapshots", snap))["status"]["components"]["dump"]
             assert comp["phase"] == "Succeeded", (comp, log)
+            assert backup_result(await w.get(STORAGE, "snapshots", snap), "dump").ok
             assert comp["path"] == "repository/v1/frequent/dump" and comp["driver"] == "Restic"
             assert comp["integrity"] is True and comp["size"].endswith(("KiB", "MiB"))
             (stats,) = comp["resticStats"]
@@ -102,6 +104,7 @@ def test_upstream_pvc_backup_and_restore_byte_identical(kube_cluster, kubestash_
             assert (cond, code) == ("Complete", 0), log
             status = (await w.get(CORE, "restoresessions", "restore-data"))["status"]["components"]["dump"]
             assert status["phase"] == "Succeeded" and status["duration"], (status, log)
+            assert restore_result(await w.get(CORE, "restoresessions", "restore-data"), "dump").ok
             assert same_tree(src, await pvc_host_path(api, namespace, "restored"))
             await w.delete_jobs()
 
@@ -186,6 +189,8 @@ def test_failures_are_read_from_components_not_exit_codes(kube_cluster, kubestas
             assert (cond, code) == ("Complete", 0), log
             comp = (await w.get(STORAGE, "snapshots", snap2))["status"]["components"]["dump"]
             assert comp["phase"] == "Failed" and "wrong password" in comp["error"], comp
+            result = backup_result(await w.get(STORAGE, "snapshots", snap2), "dump")
+            assert (result.code, result.error) == ("component-failed", comp["error"])
             assert "resticStats" not in comp and "wrong" not in log.replace("wrong password", "")
 
             # 2. no status.snapshots: dies before writing, exit 1, the Snapshot untouched
@@ -194,6 +199,7 @@ def test_failures_are_read_from_components_not_exit_codes(kube_cluster, kubestas
                 render_upstream("pvc-addon", "logical-backup", namespace, "PersistentVolumeClaim/data", w, session=bs3))
             assert (cond, code) == ("Failed", 1) and "no snapshot found for backupsession" in log, log
             assert "components" not in ((await w.get(STORAGE, "snapshots", snap3)).get("status") or {})
+            assert backup_result(await w.get(STORAGE, "snapshots", snap3), "dump").code == "component-missing"
 
             # 3. a RestoreSession without status.components: the restore runs, nothing is written
             await client.CoreV1Api(api).patch_namespaced_secret(w.enc_secret, namespace,
@@ -205,7 +211,9 @@ def test_failures_are_read_from_components_not_exit_codes(kube_cluster, kubestas
                 render_upstream("pvc-addon", "logical-backup-restore", namespace, "PersistentVolumeClaim/restored", w,
                                 session="restore-silent", restore_snapshot=snap))
             assert (cond, code) == ("Complete", 0), log
-            assert "components" not in ((await w.get(CORE, "restoresessions", "restore-silent")).get("status") or {})
+            silent = await w.get(CORE, "restoresessions", "restore-silent")
+            assert "components" not in (silent.get("status") or {})
+            assert restore_result(silent, "dump").code == "component-missing"
             assert (await pvc_host_path(api, namespace, "restored") / "kubestash-data" / "hello.txt").exists() is False
             assert (await pvc_host_path(api, namespace, "restored") / "hello.txt").read_text() == "hello\n"
             await w.delete_jobs()

@@ -121,3 +121,38 @@ def test_postgres_addon_session_and_restore(kube_cluster, kubestash_crds, namesp
             await w.delete_jobs()
 
     asyncio.run(body())
+
+
+def test_an_executor_killed_mid_run_leaves_its_component_running(kube_cluster, kubestash_crds, namespace: str,
+                                                                 node_agent: NodeAgent, host_tmp: Path) -> None:
+    """The database never answers, so postgres-backup waits (``--wait-timeout`` 300 s) and the Job's
+    deadline kills it: the component stays Running, which stashflow reads as ``component-unfinished``
+    (KubeStash marks such a Snapshot BackupIncomplete)."""
+    from localkube.helpers import job_condition, wait_job_finished
+    from runs.databases.servers import free_port
+    from stashflow.addons.contract import backup_result
+
+    node_agent.default = run()
+
+    async def body() -> None:
+        async with kube_cluster.api_client() as api:
+            await install_crds(api, APPCATALOG_CRD)
+            w = World(api, namespace, host_tmp / "storage", repo_path="/demo/pg")
+            await w.setup()
+            await client.CoreV1Api(api).create_namespaced_secret(namespace, {
+                "metadata": {"name": "pg-auth"}, "stringData": {"username": "postgres", "password": DB_PASSWORD}})
+            await client.CustomObjectsApi(api).create_namespaced_custom_object(
+                "appcatalog.appscode.com", "v1alpha1", namespace, "appbindings", app_binding(namespace, free_port()))
+            target = {"apiGroup": "appcatalog.appscode.com", "kind": "AppBinding", "name": "pg", "namespace": namespace}
+            bs, snap = await w.backup_session("pg-backup", "nightly", target)
+            job = render_upstream("postgres-addon", "logical-backup", namespace, "AppBinding.appcatalog.appscode.com/pg",
+                                  w, session=bs, builtins={"DB_VERSION": "16.4"})
+            job["spec"]["activeDeadlineSeconds"] = 8
+            await client.BatchV1Api(api).create_namespaced_job(namespace, job)
+            done = await wait_job_finished(api, namespace, job["metadata"]["name"], timeout=120)
+            assert job_condition(done) == "Failed"
+            result = backup_result(await w.get(STORAGE, "snapshots", snap), "dump")
+            assert (result.phase, result.code) == ("Running", "component-unfinished"), result
+            await w.delete_jobs()
+
+    asyncio.run(body())
