@@ -97,9 +97,25 @@ class World:
             return bool(sa.secrets)
         await wait_until(token, 60, what=f"a token for ServiceAccount {self.ns}/{SA}")
 
+    async def add_repository(self, name: str, path: str, enc_secret: str | None = None) -> None:
+        await self.create(STORAGE, "repositories", {
+            "apiVersion": f"{STORAGE}/{V}", "kind": "Repository", "metadata": {"name": name, "namespace": self.ns},
+            "spec": {"appRef": {"kind": "PersistentVolumeClaim", "name": "data", "namespace": self.ns},
+                     "storageRef": ref(self.storage, self.ns), "path": path,
+                     "encryptionSecret": ref(enc_secret or self.enc_secret, self.ns), "deletionPolicy": "Delete"}})
+
     async def backup_session(self, bc: str, session: str, target: dict[str, Any], *, snapshots: bool = True,
-                             stamp: int = 1700000000) -> tuple[str, str]:
+                             stamp: int = 1700000000, timeout: str | None = None,
+                             deadline: str | None = None) -> tuple[str, str]:
         """BackupConfiguration (the invoker), BackupSession, one Snapshot; ``status.snapshots`` written."""
+        bs, snaps = await self.backup_session_to(bc, session, target, [self.repository], snapshots=snapshots,
+                                                 stamp=stamp, timeout=timeout, deadline=deadline)
+        return bs, snaps[0]
+
+    async def backup_session_to(self, bc: str, session: str, target: dict[str, Any], repositories: list[str], *,
+                                snapshots: bool = True, stamp: int = 1700000000, timeout: str | None = None,
+                                deadline: str | None = None) -> tuple[str, list[str]]:
+        """As ``backup_session``, one Snapshot per repository (KubeStash: one per repository of the session)."""
         try:
             await self.create(CORE, "backupconfigurations", {
                 "apiVersion": f"{CORE}/{V}", "kind": "BackupConfiguration", "metadata": {"name": bc, "namespace": self.ns},
@@ -107,9 +123,9 @@ class World:
                          "backends": [{"name": "local", "storageRef": ref(self.storage, self.ns),
                                        "retentionPolicy": ref("keep", self.ns)}],
                          "sessions": [{"name": session, "scheduler": {"schedule": "0 0 * * *", "jobTemplate": {"backoffLimit": 1}},
-                                       "repositories": [{"name": self.repository, "backend": "local",
-                                                         "directory": self.repo_path,
-                                                         "encryptionSecret": ref(self.enc_secret, self.ns)}],
+                                       "repositories": [{"name": r, "backend": "local", "directory": f"/{r}",
+                                                         "encryptionSecret": ref(self.enc_secret, self.ns)}
+                                                        for r in repositories],
                                        "addon": {"name": "x", "tasks": [{"name": "logical-backup"}]}}]}})
         except ApiException as e:
             if e.status != 409:
@@ -117,16 +133,22 @@ class World:
         bs = f"{bc}-{session}-{stamp}"
         await self.create(CORE, "backupsessions", {
             "apiVersion": f"{CORE}/{V}", "kind": "BackupSession", "metadata": {"name": bs, "namespace": self.ns},
-            "spec": {"invoker": {"apiGroup": CORE, "kind": "BackupConfiguration", "name": bc}, "session": session}})
-        snap = snapshot_name(self.repository, bs)
-        await self.create(STORAGE, "snapshots", {
-            "apiVersion": f"{STORAGE}/{V}", "kind": "Snapshot", "metadata": {"name": snap, "namespace": self.ns},
-            "spec": {"snapshotID": ulid(), "type": "FullBackup", "version": "v1", "repository": self.repository,
-                     "session": session, "backupSession": bs, "appRef": target, "deletionPolicy": "Delete"}})
+            "spec": {"invoker": {"apiGroup": CORE, "kind": "BackupConfiguration", "name": bc}, "session": session,
+                     **({"backupTimeout": timeout} if timeout else {})}})
+        snaps = []
+        for repo in repositories:
+            snap = snapshot_name(repo, bs)
+            snaps.append(snap)
+            await self.create(STORAGE, "snapshots", {
+                "apiVersion": f"{STORAGE}/{V}", "kind": "Snapshot", "metadata": {"name": snap, "namespace": self.ns},
+                "spec": {"snapshotID": ulid(), "type": "FullBackup", "version": "v1", "repository": repo,
+                         "session": session, "backupSession": bs, "appRef": target, "deletionPolicy": "Delete"}})
         if snapshots:
-            await self.status(CORE, "backupsessions", bs, {"phase": "Running", "snapshots": [
-                {"name": snap, "repository": self.repository, "phase": "Pending", "appRef": target}]})
-        return bs, snap
+            await self.status(CORE, "backupsessions", bs, {
+                "phase": "Running", **({"backupDeadline": deadline} if deadline else {}),
+                "snapshots": [{"name": snap, "repository": repo, "phase": "Pending", "appRef": target}
+                              for snap, repo in zip(snaps, repositories)]})
+        return bs, snaps
 
     async def restore_session(self, name: str, snapshot: str, target: dict[str, Any], component: str = "dump",
                               *, precreate: bool = True, password_secret: str | None = None) -> None:

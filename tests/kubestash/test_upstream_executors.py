@@ -243,3 +243,46 @@ def test_the_executor_reaches_the_api_as_its_service_account(kube_cluster, kubes
 
     import asyncio
     asyncio.run(body())
+
+
+def test_two_repositories_and_a_deadline(kube_cluster, kubestash_crds, namespace: str, node_agent: NodeAgent,
+                                        host_tmp: Path, restic: str) -> None:
+    """One BackupSession, two repositories: each Snapshot gets its own component and data; the
+    repository whose encryption Secret has no RESTIC_PASSWORD fails alone. A BackupSession past its
+    ``backupDeadline`` fails every component with "deadline exceeded" (exit 0)."""
+    node_agent.default = run()
+
+    async def body() -> None:
+        async with kube_cluster.api_client() as api:
+            w = World(api, namespace, host_tmp / "storage")
+            await w.setup()
+            await w.add_repository("copy", "/demo/copy")
+            await client.CoreV1Api(api).create_namespaced_secret(namespace, {"metadata": {"name": "no-password"},
+                                                                             "stringData": {"other": "x"}})
+            await w.add_repository("broken", "/demo/broken", enc_secret="no-password")
+            await create_pvc(api, namespace, "data")
+            fill(await pvc_host_path(api, namespace, "data"))
+            target = {**PVC, "name": "data", "namespace": namespace}
+            bs, snaps = await w.backup_session_to("data-backup", "frequent", target, ["repo", "copy", "broken"])
+            cond, code, log = await w.run_job(
+                render_upstream("pvc-addon", "logical-backup", namespace, "PersistentVolumeClaim/data", w, session=bs))
+            assert (cond, code) == ("Complete", 0), log
+            results = [backup_result(await w.get(STORAGE, "snapshots", s), "dump") for s in snaps]
+            assert [r.code for r in results] == [None, None, "component-failed"], results
+            assert "has no key RESTIC_PASSWORD" in (results[2].error or "")
+            for path, r in (("demo/data", results[0]), ("demo/copy", results[1])):
+                (found,) = restic_snapshots(w.repo_dir / path / "repository/v1/frequent/dump")
+                assert (found["id"],) == r.restic_ids
+            assert not (w.repo_dir / "demo/broken").exists()
+
+            bs2, snap2 = await w.backup_session("data-backup", "frequent", target, stamp=1700000005,
+                                                timeout="1m", deadline="2020-01-01T00:00:00Z")
+            cond, code, log = await w.run_job(
+                render_upstream("pvc-addon", "logical-backup", namespace, "PersistentVolumeClaim/data", w, session=bs2))
+            assert (cond, code) == ("Complete", 0), log
+            r = backup_result(await w.get(STORAGE, "snapshots", snap2), "dump")
+            assert (r.code, r.error) == ("component-failed", "deadline exceeded")
+            await w.delete_jobs()
+
+    import asyncio
+    asyncio.run(body())
