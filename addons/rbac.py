@@ -73,6 +73,11 @@ KUBEDB_RULES: list[dict[str, Any]] = [
     {"apiGroups": ["appcatalog.appscode.com"], "resources": ["appbindings"], "verbs": ["get"]},
     {"apiGroups": ["kubedb.com"], "resources": ["*"], "verbs": ["get"]},
 ]
+#: manifest restores (kubedbmanifest-restore) create the objects they bring back
+MANIFEST_RESTORE_RULES: list[dict[str, Any]] = [
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+    {"apiGroups": ["appcatalog.appscode.com"], "resources": ["appbindings"], "verbs": ["create"]},
+]
 #: in the other namespaces (the BackupStorage's, the Snapshot's, the encryption Secret's): reads only
 _ELSEWHERE = {"backup": [
     {"apiGroups": ["storage.kubestash.com"], "resources": ["backupstorages", "repositories", "snapshots"],

@@ -11,6 +11,7 @@ is a stand-in with its group, kind and scope."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import subprocess
 from pathlib import Path
 from typing import Any, Iterator
@@ -23,7 +24,10 @@ from localkube.nodeagent import NodeAgent, run
 from runs.databases.servers import Postgres
 from support import HAVE_SHARED, NEEDS_SHARED_REASON
 
-from .objects import CORE, STORAGE, World, render_upstream
+from stashflow.addons.contract import restore_result
+from stashflow.addons.rbac import MANIFEST_RESTORE_RULES, executor_rbac
+
+from .objects import CORE, SA, STORAGE, World, render_upstream
 
 pytestmark = pytest.mark.skipif(not HAVE_SHARED, reason=NEEDS_SHARED_REASON)
 
@@ -106,6 +110,26 @@ def test_postgres_addon_session_and_restore(kube_cluster, kubestash_crds, namesp
             status = (await w.get(CORE, "restoresessions", "restore-pg"))["status"]["components"]["dump"]
             assert status["phase"] == "Succeeded", (status, log)
             assert pg.psql("SELECT count(*), max(name) FROM items;", db="shop").strip() == "500|item '99 ü"
+
+            # the manifests: AppBinding and Secret deleted, brought back by kubedbmanifest-restore
+            rbac = client.RbacAuthorizationV1Api(api)
+            for obj in executor_rbac(namespace, SA, "restore", name="manifest-restore", extra_rules=MANIFEST_RESTORE_RULES):
+                await (rbac.create_namespaced_role if obj["kind"] == "Role" else rbac.create_namespaced_role_binding)(
+                    namespace, obj)
+            await client.CustomObjectsApi(api).delete_namespaced_custom_object(
+                "appcatalog.appscode.com", "v1alpha1", namespace, "appbindings", "pg")
+            await client.CoreV1Api(api).delete_namespaced_secret("pg-auth", namespace)
+            await w.restore_session("restore-manifest", snap, target, component="manifest")
+            job = render_upstream("postgres-addon", "manifest-restore", namespace, "AppBinding.appcatalog.appscode.com/pg",
+                                  w, session="restore-manifest", restore_snapshot=snap)
+            cond, code, log = await w.run_job(job)
+            assert (cond, code) == ("Complete", 0), log
+            assert restore_result(await w.get(CORE, "restoresessions", "restore-manifest"), "manifest").ok, log
+            back = await client.CoreV1Api(api).read_namespaced_secret("pg-auth", namespace)
+            assert base64.b64decode(back.data["password"]).decode() == DB_PASSWORD
+            ab = await client.CustomObjectsApi(api).get_namespaced_custom_object(
+                "appcatalog.appscode.com", "v1alpha1", namespace, "appbindings", "pg")
+            assert ab["spec"]["clientConfig"]["url"] == f"postgres://127.0.0.1:{pg.port}/postgres"
 
             # a wrong database password: exit 0, component Failed with pg_dumpall's own error
             await client.CoreV1Api(api).patch_namespaced_secret("pg-auth", namespace,
