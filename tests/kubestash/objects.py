@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from kubernetes_asyncio import client
+from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from localkube.helpers import job_condition, job_pods, pod_log, wait_job_finished, wait_until
@@ -161,6 +161,23 @@ class World:
         if precreate:
             await self.status(CORE, "restoresessions", name, {"phase": "Running",
                                                               "components": {component: {"phase": "Pending"}}})
+
+    async def phases_since(self, snapshot: str, component: str, version: str) -> list[str]:
+        """Every phase the Snapshot's component goes through after resourceVersion ``version`` (read
+        before the Job was created), until it is terminal: each status write is its own
+        resourceVersion, so a watch from there misses none."""
+        seen: list[str] = []
+        async with watch.Watch() as w:
+            async for ev in w.stream(self.custom.list_namespaced_custom_object, STORAGE, V, self.ns, "snapshots",
+                                     field_selector=f"metadata.name={snapshot}", resource_version=version,
+                                     timeout_seconds=300):
+                obj = ev["raw_object"] if "raw_object" in ev else ev["object"]
+                phase = (((obj.get("status") or {}).get("components") or {}).get(component) or {}).get("phase")
+                if phase and (not seen or seen[-1] != phase):
+                    seen.append(phase)
+                if phase in ("Succeeded", "Failed"):
+                    break
+        return seen
 
     async def run_job(self, job: dict[str, Any], timeout: float = 240) -> tuple[str, int, str]:
         """Create the rendered Job; wait for it; return (condition, exit code, log)."""

@@ -5,6 +5,7 @@ EXECUTOR-CONTRACT.md lists. The result is read where KubeStash reads it: the com
 
 from __future__ import annotations
 
+import asyncio
 import filecmp
 import json
 import os
@@ -77,8 +78,11 @@ def test_upstream_pvc_backup_and_restore_byte_identical(kube_cluster, kubestash_
             assert c["image"] == "ghcr.io/kubestash/pvc:v0.28.0" and "command" not in c
             assert c["args"] == ["backup", f"--namespace={namespace}", f"--backupsession={bs}", "--enable-cache=true",
                                  "--scratch-dir=/kubestash-tmp", "--exclude=", "--paths=/kubestash-data"]
+            version = (await w.get(STORAGE, "snapshots", snap))["metadata"]["resourceVersion"]
+            phases = asyncio.create_task(w.phases_since(snap, "dump", version))
             cond, code, log = await w.run_job(job)
             assert (cond, code) == ("Complete", 0), log
+            assert await asyncio.wait_for(phases, 60) == ["Running", "Succeeded"]  # Running written first
             comp = (await w.get(STORAGE, "snapshots", snap))["status"]["components"]["dump"]
             assert comp["phase"] == "Succeeded", (comp, log)
             assert backup_result(await w.get(STORAGE, "snapshots", snap), "dump").ok
@@ -108,7 +112,6 @@ def test_upstream_pvc_backup_and_restore_byte_identical(kube_cluster, kubestash_
             assert same_tree(src, await pvc_host_path(api, namespace, "restored"))
             await w.delete_jobs()
 
-    import asyncio
     asyncio.run(body())
 
 
@@ -156,7 +159,6 @@ def test_upstream_workload_backup_and_restore(kube_cluster, kubestash_crds, name
             assert same_tree(src, await pvc_host_path(api, namespace, "app-restored"))
             await w.delete_jobs()
 
-    import asyncio
     asyncio.run(body())
 
 
@@ -218,7 +220,6 @@ def test_failures_are_read_from_components_not_exit_codes(kube_cluster, kubestas
             assert (await pvc_host_path(api, namespace, "restored") / "hello.txt").read_text() == "hello\n"
             await w.delete_jobs()
 
-    import asyncio
     asyncio.run(body())
 
 
@@ -241,7 +242,6 @@ def test_the_executor_reaches_the_api_as_its_service_account(kube_cluster, kubes
             assert "components" not in ((await w.get(STORAGE, "snapshots", snap)).get("status") or {})
             await w.delete_jobs()
 
-    import asyncio
     asyncio.run(body())
 
 
@@ -284,5 +284,4 @@ def test_two_repositories_and_a_deadline(kube_cluster, kubestash_crds, namespace
             assert (r.code, r.error) == ("component-failed", "deadline exceeded")
             await w.delete_jobs()
 
-    import asyncio
     asyncio.run(body())
