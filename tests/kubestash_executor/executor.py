@@ -179,8 +179,9 @@ class Executor:
         ref = spec.get("storageRef") or {}
         storage = self.get(STORAGE, "backupstorages", ref.get("namespace", ""), ref.get("name", ""), "BackupStorage")
         enc = encryption if encryption is not None else (spec.get("encryptionSecret") or {})
-        if not enc.get("name"):
-            raise Failure(f'Repository "{repo_ns}/{repo_name}" has no encryptionSecret')
+        if not enc.get("name"):  # restores read the RestoreSession's, never the Repository's
+            raise Failure("RestoreSession has no spec.dataSource.encryptionSecret" if encryption is not None
+                          else f'Repository "{repo_ns}/{repo_name}" has no encryptionSecret')
         password = _secret_data(self.get("", "secrets", enc.get("namespace", ""), enc["name"], "Secret")) \
             .get("RESTIC_PASSWORD")
         if not password:
