@@ -152,3 +152,172 @@ def restore_result(restore_session: Mapping[str, Any], component: str) -> Compon
 def backup_results(snapshot: Mapping[str, Any], components: list[str] | tuple[str, ...]) -> tuple[ComponentResult, ...]:
     """Every expected component of one Snapshot (a session's tasks each write one)."""
     return tuple(backup_result(snapshot, c) for c in components)
+
+
+# -- what must exist before a KubeStash executor's Job starts (EXECUTOR-CONTRACT.md's table) --------
+@dataclass(frozen=True)
+class Problem:
+    """One object field a KubeStash executor would miss: the session side must fix it before the Job."""
+
+    kind: str
+    name: str
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f'{self.kind} "{self.name}" {self.field}: {self.message}'
+
+
+def _get(obj: Mapping[str, Any] | None, path: str) -> Any:
+    cur: Any = obj or {}
+    for part in path.split("."):
+        cur = cur.get(part) if isinstance(cur, Mapping) else None
+    return cur
+
+
+def _key(obj: Mapping[str, Any]) -> tuple[str, str]:
+    meta = obj.get("metadata") or {}
+    return meta.get("namespace") or "", meta.get("name") or ""
+
+
+def _ref_problems(kind: str, name: str, field: str, ref: Any) -> list[Problem]:
+    if not isinstance(ref, Mapping) or not ref.get("name"):
+        return [Problem(kind, name, field, "missing: the executor reads it")]
+    if not ref.get("namespace"):
+        return [Problem(kind, name, f"{field}.namespace", "empty: KubeStash's webhook fills it and the executor "
+                                                           "reads it as written (an empty one is a 404)")]
+    return []
+
+
+def _repository_problems(repo: Mapping[str, Any] | None, ns: str, name: str,
+                         storages: dict[tuple[str, str], Mapping[str, Any]],
+                         secrets: dict[tuple[str, str], set[str]], *, own_encryption: bool) -> list[Problem]:
+    if repo is None:
+        return [Problem("Repository", f"{ns}/{name}", "", "does not exist")]
+    where = f"{ns}/{name}"
+    out = [] if _get(repo, "spec.path") else [Problem("Repository", where, "spec.path", "missing")]
+    out += _ref_problems("Repository", where, "spec.storageRef", _get(repo, "spec.storageRef"))
+    if own_encryption:
+        enc = _get(repo, "spec.encryptionSecret")
+        out += _ref_problems("Repository", where, "spec.encryptionSecret", enc)
+        out += _secret_problems(enc, secrets)
+    ref = _get(repo, "spec.storageRef") or {}
+    storage = storages.get((ref.get("namespace") or "", ref.get("name") or ""))
+    if ref.get("name") and ref.get("namespace"):
+        if storage is None:
+            out.append(Problem("BackupStorage", f'{ref["namespace"]}/{ref["name"]}', "", "does not exist"))
+        else:
+            backend = _get(storage, "spec.storage") or {}
+            provider = backend.get("provider")
+            sw = f'{ref["namespace"]}/{ref["name"]}'
+            if provider not in ("local", "s3", "gcs", "azure"):
+                out.append(Problem("BackupStorage", sw, "spec.storage.provider", f"{provider!r} is not one the executors read"))
+            elif provider == "local" and not _get(backend, "local.mountPath"):
+                out.append(Problem("BackupStorage", sw, "spec.storage.local.mountPath", "missing"))
+            elif provider != "local":
+                secret = _get(backend, f"{provider}.secretName")
+                if secret and (ref["namespace"], secret) not in secrets:
+                    out.append(Problem("Secret", f'{ref["namespace"]}/{secret}', "", "the storage Secret does not exist"))
+    return out
+
+
+def _secret_problems(enc: Any, secrets: dict[tuple[str, str], set[str]]) -> list[Problem]:
+    if not isinstance(enc, Mapping) or not enc.get("name") or not enc.get("namespace"):
+        return []
+    keys = secrets.get((enc["namespace"], enc["name"]))
+    where = f'{enc["namespace"]}/{enc["name"]}'
+    if keys is None:
+        return [Problem("Secret", where, "", "the encryption Secret does not exist")]
+    if "RESTIC_PASSWORD" not in keys:
+        return [Problem("Secret", where, "data.RESTIC_PASSWORD", "missing: restic's password")]
+    return []
+
+
+def backup_preconditions(backup_session: Mapping[str, Any], backup_configuration: Mapping[str, Any] | None,
+                         snapshots: list[Mapping[str, Any]], repositories: list[Mapping[str, Any]],
+                         storages: list[Mapping[str, Any]], secrets: Mapping[tuple[str, str], Any]) -> tuple[Problem, ...]:
+    """What a KubeStash backup executor would miss if its Job started now. ``secrets`` maps
+    ``(namespace, name)`` to the Secret's keys (values are never needed). Empty: good to go."""
+    ns, bs_name = _key(backup_session)
+    where = f"{ns}/{bs_name}"
+    out: list[Problem] = []
+    invoker = _get(backup_session, "spec.invoker") or {}
+    if (invoker.get("apiGroup"), invoker.get("kind")) != ("core.kubestash.com", "BackupConfiguration") or not invoker.get("name"):
+        out.append(Problem("BackupSession", where, "spec.invoker",
+                           "must be {apiGroup: core.kubestash.com, kind: BackupConfiguration, name}"))
+    if not _get(backup_session, "spec.session"):
+        out.append(Problem("BackupSession", where, "spec.session", "missing"))
+    if _get(backup_session, "spec.backupTimeout") and not _get(backup_session, "status.backupDeadline"):
+        out.append(Problem("BackupSession", where, "status.backupDeadline", "missing while spec.backupTimeout is set"))
+    if backup_configuration is None or _key(backup_configuration) != (ns, invoker.get("name") or ""):
+        out.append(Problem("BackupConfiguration", f"{ns}/{invoker.get('name') or ''}", "", "the invoker does not exist"))
+    elif not _get(backup_configuration, "spec.target.name"):
+        out.append(Problem("BackupConfiguration", f"{ns}/{invoker.get('name')}", "spec.target", "missing"))
+    listed = _get(backup_session, "status.snapshots") or []
+    if not listed:
+        out.append(Problem("BackupSession", where, "status.snapshots",
+                           "empty: the executor fails \"no snapshot found for backupsession\" (write it through "
+                           "the status subresource before the Job)"))
+    snaps = {_key(s): s for s in snapshots}
+    repos = {_key(r): r for r in repositories}
+    stores = {_key(s): s for s in storages}
+    keys = {k: set(v) for k, v in secrets.items()}
+    for i, entry in enumerate(listed):
+        name = (entry or {}).get("name")
+        snap = snaps.get((ns, name or ""))
+        if not name or snap is None:
+            out.append(Problem("BackupSession", where, f"status.snapshots[{i}].name", f"no Snapshot {ns}/{name}"))
+            continue
+        sw = f"{ns}/{name}"
+        repo_name = _get(snap, "spec.repository")
+        if not repo_name:
+            out.append(Problem("Snapshot", sw, "spec.repository", "missing"))
+            continue
+        if entry.get("repository") and entry["repository"] != repo_name:
+            out.append(Problem("BackupSession", where, f"status.snapshots[{i}].repository",
+                               f"{entry['repository']!r} but the Snapshot's is {repo_name!r}"))
+        if _get(snap, "spec.session") != _get(backup_session, "spec.session"):
+            out.append(Problem("Snapshot", sw, "spec.session", "must be the BackupSession's spec.session (the data's directory)"))
+        if _get(snap, "spec.version") != "v1":
+            out.append(Problem("Snapshot", sw, "spec.version", "must be v1 (repository/v1/<session>/<component>)"))
+        if _get(snap, "spec.backupSession") != bs_name:
+            out.append(Problem("Snapshot", sw, "spec.backupSession", f"must be {bs_name!r}"))
+        out += _repository_problems(repos.get((ns, repo_name)), ns, repo_name, stores, keys, own_encryption=True)
+    return tuple(out)
+
+
+def restore_preconditions(restore_session: Mapping[str, Any], component: str, snapshot: Mapping[str, Any] | None,
+                          repositories: list[Mapping[str, Any]], storages: list[Mapping[str, Any]],
+                          secrets: Mapping[tuple[str, str], Any]) -> tuple[Problem, ...]:
+    """What a KubeStash restore executor (``--snapshot`` = ``spec.dataSource.snapshot``) would miss."""
+    ns, name = _key(restore_session)
+    where = f"{ns}/{name}"
+    out: list[Problem] = []
+    ds = _get(restore_session, "spec.dataSource") or {}
+    for f in ("namespace", "repository", "snapshot"):
+        if not ds.get(f):
+            out.append(Problem("RestoreSession", where, f"spec.dataSource.{f}", "missing"))
+    if ds.get("snapshot") == "latest":
+        out.append(Problem("RestoreSession", where, "spec.dataSource.snapshot",
+                           "latest: resolve it to a Snapshot name first, the executor never does"))
+    enc = ds.get("encryptionSecret")
+    out += _ref_problems("RestoreSession", where, "spec.dataSource.encryptionSecret", enc)
+    keys = {k: set(v) for k, v in secrets.items()}
+    out += _secret_problems(enc, keys)
+    if (_get(restore_session, "status.components") or {}).get(component) is None:
+        out.append(Problem("RestoreSession", where, f"status.components.{component}",
+                           "not pre-created: the executor writes nothing into a nil map"))
+    if snapshot is None:
+        out.append(Problem("Snapshot", f"{ds.get('namespace')}/{ds.get('snapshot')}", "", "does not exist"))
+        return tuple(out)
+    sns, sname = _key(snapshot)
+    comp = (_get(snapshot, "status.components") or {}).get(component) or {}
+    ids = [(s.get("summary") or s).get("id") for s in comp.get("resticStats") or []]
+    if not ids or not all(ids):
+        out.append(Problem("Snapshot", f"{sns}/{sname}", f"status.components.{component}.resticStats",
+                           "no restic snapshot id to restore"))
+    repo_name = _get(snapshot, "spec.repository") or ""
+    repos = {_key(r): r for r in repositories}
+    out += _repository_problems(repos.get((sns, repo_name)), sns, repo_name, {_key(s): s for s in storages}, keys,
+                                own_encryption=False)
+    return tuple(out)

@@ -147,3 +147,87 @@ def test_executor_rbac_is_what_the_contract_lists() -> None:
     assert restore == EXECUTOR_RESTORE_RULES and EXECUTOR_BACKUP_RULES != EXECUTOR_RESTORE_RULES
     with pytest.raises(ValueError):
         executor_rbac("demo", "sa", "verify")
+
+
+# -- what must exist before the Job ---------------------------------------------------------------
+from stashflow.addons.contract import backup_preconditions, restore_preconditions  # noqa: E402
+
+
+def good_backup() -> dict:
+    ns = "demo"
+    return {
+        "bs": {"metadata": {"name": "bc-nightly-1", "namespace": ns},
+               "spec": {"invoker": {"apiGroup": "core.kubestash.com", "kind": "BackupConfiguration", "name": "bc"},
+                        "session": "nightly"},
+               "status": {"snapshots": [{"name": "repo-bc-nightly-1", "repository": "repo"}]}},
+        "bc": {"metadata": {"name": "bc", "namespace": ns}, "spec": {"target": {"kind": "PersistentVolumeClaim", "name": "d"}}},
+        "snaps": [{"metadata": {"name": "repo-bc-nightly-1", "namespace": ns},
+                   "spec": {"repository": "repo", "session": "nightly", "version": "v1", "backupSession": "bc-nightly-1"}}],
+        "repos": [{"metadata": {"name": "repo", "namespace": ns},
+                   "spec": {"path": "/demo", "storageRef": {"name": "s3", "namespace": "stash"},
+                            "encryptionSecret": {"name": "enc", "namespace": ns}}}],
+        "storages": [{"metadata": {"name": "s3", "namespace": "stash"},
+                      "spec": {"storage": {"provider": "s3", "s3": {"bucket": "b", "secretName": "s3-creds"}}}}],
+        "secrets": {("demo", "enc"): ["RESTIC_PASSWORD"], ("stash", "s3-creds"): ["AWS_ACCESS_KEY_ID"]},
+    }
+
+
+def check(o: dict) -> list[str]:
+    return [str(p) for p in backup_preconditions(o["bs"], o["bc"], o["snaps"], o["repos"], o["storages"], o["secrets"])]
+
+
+def test_good_backup_objects_have_no_problems() -> None:
+    assert check(good_backup()) == []
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (lambda o: o["bs"].pop("status"), 'BackupSession "demo/bc-nightly-1" status.snapshots: empty'),
+    (lambda o: o["bs"]["spec"]["invoker"].pop("apiGroup"), "spec.invoker: must be"),
+    (lambda o: o["bs"]["spec"].update(backupTimeout="1h"), "status.backupDeadline: missing"),
+    (lambda o: o.update(bc=None), 'BackupConfiguration "demo/bc" : the invoker does not exist'),
+    (lambda o: o["snaps"][0]["spec"].update(session="other"), "spec.session: must be"),
+    (lambda o: o["snaps"][0]["spec"].pop("version"), "spec.version: must be v1"),
+    (lambda o: o["snaps"].clear(), "status.snapshots[0].name: no Snapshot demo/repo-bc-nightly-1"),
+    (lambda o: o["repos"][0]["spec"]["storageRef"].pop("namespace"), "spec.storageRef.namespace: empty"),
+    (lambda o: o["repos"][0]["spec"]["encryptionSecret"].pop("namespace"), "spec.encryptionSecret.namespace: empty"),
+    (lambda o: o["repos"][0]["spec"].pop("path"), 'Repository "demo/repo" spec.path: missing'),
+    (lambda o: o["secrets"].pop(("demo", "enc")), "the encryption Secret does not exist"),
+    (lambda o: o["secrets"].update({("demo", "enc"): ["password"]}), "data.RESTIC_PASSWORD: missing"),
+    (lambda o: o["secrets"].pop(("stash", "s3-creds")), 'Secret "stash/s3-creds" : the storage Secret does not exist'),
+    (lambda o: o["storages"].clear(), 'BackupStorage "stash/s3" : does not exist'),
+])
+def test_each_missing_field_is_named(mutate, expected: str) -> None:  # type: ignore[no-untyped-def]
+    o = good_backup()
+    mutate(o)
+    problems = check(o)
+    assert any(expected in p for p in problems), problems
+
+
+def good_restore() -> tuple:
+    rs = {"metadata": {"name": "rs", "namespace": "demo"},
+          "spec": {"dataSource": {"namespace": "demo", "repository": "repo", "snapshot": "repo-bc-nightly-1",
+                                  "encryptionSecret": {"name": "enc", "namespace": "demo"}}},
+          "status": {"components": {"dump": {"phase": "Pending"}}}}
+    o = good_backup()
+    snap = o["snaps"][0]
+    snap["status"] = {"components": {"dump": {"phase": "Succeeded", "resticStats": [{"summary": {"id": "abc"}}]}}}
+    return rs, snap, o["repos"], o["storages"], o["secrets"]
+
+
+def test_restore_preconditions() -> None:
+    rs, snap, repos, storages, secrets = good_restore()
+    assert restore_preconditions(rs, "dump", snap, repos, storages, secrets) == ()
+    rs["spec"]["dataSource"]["snapshot"] = "latest"
+    del rs["status"]
+    problems = [str(p) for p in restore_preconditions(rs, "dump", snap, repos, storages, secrets)]
+    assert any("latest: resolve it" in p for p in problems) and any("not pre-created" in p for p in problems)
+    rs, snap, repos, storages, secrets = good_restore()
+    rs["spec"]["dataSource"].pop("encryptionSecret")
+    snap["status"]["components"]["dump"]["resticStats"] = []
+    problems = [str(p) for p in restore_preconditions(rs, "dump", snap, repos, storages, secrets)]
+    assert any("spec.dataSource.encryptionSecret: missing" in p for p in problems)
+    assert any("no restic snapshot id" in p for p in problems)
+    # the Repository's own encryptionSecret is not what a restore reads
+    rs, snap, repos, storages, secrets = good_restore()
+    repos[0]["spec"].pop("encryptionSecret")
+    assert restore_preconditions(rs, "dump", snap, repos, storages, secrets) == ()

@@ -19,6 +19,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from localkube.helpers import job_condition, job_pods, pod_log, wait_job_finished, wait_until
 from stashflow.addons.catalog import load
+from stashflow.addons.contract import backup_preconditions, restore_preconditions
 from stashflow.addons.model import AddonInfo, BackupStorage
 from stashflow.addons.names import ulid
 from stashflow.addons.rbac import executor_rbac
@@ -161,6 +162,28 @@ class World:
         if precreate:
             await self.status(CORE, "restoresessions", name, {"phase": "Running",
                                                               "components": {component: {"phase": "Pending"}}})
+
+    async def _listed(self) -> tuple[list, list, dict]:
+        repos = (await self.custom.list_namespaced_custom_object(STORAGE, V, self.ns, "repositories"))["items"]
+        stores = (await self.custom.list_namespaced_custom_object(STORAGE, V, self.ns, "backupstorages"))["items"]
+        secrets = {(self.ns, s.metadata.name): list(s.data or {})
+                   for s in (await self.core.list_namespaced_secret(self.ns)).items}
+        return repos, stores, secrets
+
+    async def backup_problems(self, bs: str) -> list[str]:
+        """stashflow's precondition check (addons/contract.py) on the objects as the API holds them."""
+        session = await self.get(CORE, "backupsessions", bs)
+        invoker = session["spec"]["invoker"]["name"]
+        bc = await self.get(CORE, "backupconfigurations", invoker)
+        snaps = (await self.custom.list_namespaced_custom_object(STORAGE, V, self.ns, "snapshots"))["items"]
+        repos, stores, secrets = await self._listed()
+        return [str(p) for p in backup_preconditions(session, bc, snaps, repos, stores, secrets)]
+
+    async def restore_problems(self, rs: str, component: str) -> list[str]:
+        session = await self.get(CORE, "restoresessions", rs)
+        snap = await self.get(STORAGE, "snapshots", session["spec"]["dataSource"]["snapshot"])
+        repos, stores, secrets = await self._listed()
+        return [str(p) for p in restore_preconditions(session, component, snap, repos, stores, secrets)]
 
     async def phases_since(self, snapshot: str, component: str, version: str) -> list[str]:
         """Every phase the Snapshot's component goes through after resourceVersion ``version`` (read

@@ -73,6 +73,7 @@ def test_upstream_pvc_backup_and_restore_byte_identical(kube_cluster, kubestash_
             fill(src)
             target = {**PVC, "name": "data", "namespace": namespace}
             bs, snap = await w.backup_session("data-backup", "frequent", target)
+            assert await w.backup_problems(bs) == []  # stashflow's check agrees the executor has what it reads
             job = render_upstream("pvc-addon", "logical-backup", namespace, "PersistentVolumeClaim/data", w, session=bs)
             c = job["spec"]["template"]["spec"]["containers"][0]
             assert c["image"] == "ghcr.io/kubestash/pvc:v0.28.0" and "command" not in c
@@ -100,6 +101,7 @@ def test_upstream_pvc_backup_and_restore_byte_identical(kube_cluster, kubestash_
             # restore into an empty PVC
             await create_pvc(api, namespace, "restored")
             await w.restore_session("restore-data", snap, {**PVC, "name": "restored", "namespace": namespace})
+            assert await w.restore_problems("restore-data", "dump") == []
             job = render_upstream("pvc-addon", "logical-backup-restore", namespace, "PersistentVolumeClaim/restored", w,
                                   session="restore-data", restore_snapshot=snap)
             assert job["spec"]["template"]["spec"]["containers"][0]["args"][:4] == [
@@ -197,6 +199,7 @@ def test_failures_are_read_from_components_not_exit_codes(kube_cluster, kubestas
 
             # 2. no status.snapshots: dies before writing, exit 1, the Snapshot untouched
             bs3, snap3 = await w.backup_session("data-backup", "frequent", target, stamp=1700000003, snapshots=False)
+            assert any("status.snapshots: empty" in p for p in await w.backup_problems(bs3))
             cond, code, log = await w.run_job(
                 render_upstream("pvc-addon", "logical-backup", namespace, "PersistentVolumeClaim/data", w, session=bs3))
             assert (cond, code) == ("Failed", 1) and "no snapshot found for backupsession" in log, log
@@ -209,6 +212,7 @@ def test_failures_are_read_from_components_not_exit_codes(kube_cluster, kubestas
             await create_pvc(api, namespace, "restored")
             await w.restore_session("restore-silent", snap, {**PVC, "name": "restored", "namespace": namespace},
                                     precreate=False)
+            assert any("not pre-created" in p for p in await w.restore_problems("restore-silent", "dump"))
             cond, code, log = await w.run_job(
                 render_upstream("pvc-addon", "logical-backup-restore", namespace, "PersistentVolumeClaim/restored", w,
                                 session="restore-silent", restore_snapshot=snap))
