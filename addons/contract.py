@@ -45,7 +45,7 @@ RESULT_CODES: dict[str, tuple[str, str]] = {
         "the executor's Job ended and it never wrote its component",
         "the executor died before writing or found nothing to do: read the Pod's log (a KubeStash executor "
         "exits 1 when the BackupSession has no status.snapshots, an object is missing or RBAC refuses it)"),
-    "component-unfinished": (
+    "component-unfinished": (  # Running, or written without a phase (progress only)
         "the executor's Job ended with its component still {phase}",
         "the executor was killed mid-run (deadline, eviction, OOM): its data is not a complete backup; "
         "read the Pod's log and run again"),
@@ -107,7 +107,9 @@ class ComponentResult:
 
 
 def _result(component: str, written: Mapping[str, Any] | None, *, backup: bool) -> ComponentResult:
-    if not written:
+    # A KubeStash executor writes Running before anything else: a component still Pending is the one
+    # stashflow pre-created (Snapshot components, RestoreSession status.components), never touched.
+    if not written or written.get("phase") == "Pending":
         msg, hint = RESULT_CODES["component-missing"]
         return ComponentResult(component, None, "component-missing", msg, hint)
     phase = written.get("phase")
@@ -144,8 +146,6 @@ def restore_result(restore_session: Mapping[str, Any], component: str) -> Compon
     The ``Pending`` entry stashflow pre-creates (the executor writes nothing into a nil map) counts as
     never written."""
     written = ((restore_session.get("status") or {}).get("components") or {}).get(component)
-    if written and written.get("phase") == "Pending" and len(written) == 1:
-        written = None
     return _result(component, written, backup=False)
 
 

@@ -79,7 +79,8 @@ def test_a_succeeded_component_is_good_whatever_the_exit_code_was() -> None:
     ({}, "component-missing", "never wrote"),
     ({"manifest": SUCCEEDED}, "component-missing", "never wrote"),
     ({"dump": {"phase": "Running"}}, "component-unfinished", "still Running"),
-    ({"dump": {"phase": "Pending"}}, "component-unfinished", "still Pending"),
+    # stashflow pre-creates the component Pending; an executor writes Running first: never touched
+    ({"dump": {"phase": "Pending", "driver": "Restic", "path": "repository/v1/s/dump"}}, "component-missing", "never wrote"),
     ({"dump": {"driver": "Restic", "resticStats": [{"progress": {"percentDone": "50.00%"}}]}}, "component-unfinished",
      "without a phase"),
     ({"dump": {"phase": "Failed", "error": "restic backup failed: Fatal: wrong password or no key found"}},
