@@ -87,6 +87,10 @@ CODES: dict[str, str] = {
     "job-failed": "the Job failed for a reason stashflow cannot classify",
     "run-timeout": "the run did not finish before its deadline",
     "no-result": "the Job succeeded but reported no result on any channel",
+    # KubeStash's executors (addons/contract.py): the result is the component they write, not the exit code
+    "component-missing": "a KubeStash executor's Job ended without writing its Snapshot/RestoreSession component (absent or still the pre-created Pending)",
+    "component-unfinished": "a KubeStash executor's Job ended with its component still Running (killed mid-run)",
+    "component-failed": "a KubeStash executor wrote its component Failed (it exits 0 on failure)",
     "snapshot-not-found": "no Snapshot to restore from",
     "repository-corrupt": "restic check found errors in the repository after the backup: the backup is not good",
     "repository-check-failed": "the repository could not be checked after the backup: the backup is not known good",

@@ -49,3 +49,64 @@ def rbac_objects(namespace: str) -> list[dict[str, Any]]:
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": CRD_READER},
          "subjects": [{"kind": "ServiceAccount", "name": NAME, "namespace": namespace}]},
     ]
+
+
+# -- KubeStash's executor images (EXECUTOR-CONTRACT.md "RBAC of the executor's ServiceAccount") ------
+#: what a backup executor reads and writes: the object walk and its one status write
+EXECUTOR_BACKUP_RULES: list[dict[str, Any]] = [
+    {"apiGroups": ["core.kubestash.com"], "resources": ["backupsessions", "backupconfigurations"], "verbs": ["get"]},
+    {"apiGroups": ["storage.kubestash.com"], "resources": ["snapshots", "repositories", "backupstorages"],
+     "verbs": ["get"]},
+    {"apiGroups": ["storage.kubestash.com"], "resources": ["snapshots/status"], "verbs": ["patch"]},
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
+]
+#: what a restore executor reads and writes
+EXECUTOR_RESTORE_RULES: list[dict[str, Any]] = [
+    {"apiGroups": ["core.kubestash.com"], "resources": ["restoresessions"], "verbs": ["get"]},
+    {"apiGroups": ["core.kubestash.com"], "resources": ["restoresessions/status"], "verbs": ["patch"]},
+    {"apiGroups": ["storage.kubestash.com"], "resources": ["snapshots", "repositories", "backupstorages"],
+     "verbs": ["get"]},
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
+]
+#: KubeDB's plugins also read the database's AppBinding and the database CR (DatabaseReady)
+KUBEDB_RULES: list[dict[str, Any]] = [
+    {"apiGroups": ["appcatalog.appscode.com"], "resources": ["appbindings"], "verbs": ["get"]},
+    {"apiGroups": ["kubedb.com"], "resources": ["*"], "verbs": ["get"]},
+]
+#: manifest restores (kubedbmanifest-restore) create the objects they bring back
+MANIFEST_RESTORE_RULES: list[dict[str, Any]] = [
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+    {"apiGroups": ["appcatalog.appscode.com"], "resources": ["appbindings"], "verbs": ["create"]},
+]
+#: in the other namespaces (the BackupStorage's, the Snapshot's, the encryption Secret's): reads only
+_ELSEWHERE = {"backup": [
+    {"apiGroups": ["storage.kubestash.com"], "resources": ["backupstorages", "repositories", "snapshots"],
+     "verbs": ["get"]},
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
+]}
+_ELSEWHERE["restore"] = _ELSEWHERE["backup"]
+
+
+def executor_rbac(namespace: str, service_account: str, kind: str, *, name: str | None = None,
+                  other_namespaces: tuple[str, ...] | list[str] = (), kubedb: bool = False,
+                  extra_rules: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Role + RoleBinding for a KubeStash executor's ServiceAccount (``kind`` ``backup`` or ``restore``)
+    in the session's namespace, and a read-only pair in each other namespace its object walk reaches:
+    a RoleBinding in one namespace does not reach a BackupStorage or Secret in another. The
+    ServiceAccount itself is the user's (``jobTemplate.spec.serviceAccountName``) or the caller's."""
+    if kind not in ("backup", "restore"):
+        raise ValueError(f"kind must be backup or restore, not {kind!r}")
+    role = name or f"stashflow-kubestash-{kind}-executor"
+    labels = {"app.kubernetes.io/managed-by": "stashflow"}
+    rules = [*(EXECUTOR_BACKUP_RULES if kind == "backup" else EXECUTOR_RESTORE_RULES),
+             *(KUBEDB_RULES if kubedb else []), *(extra_rules or [])]
+    out: list[dict[str, Any]] = []
+    for ns, ns_rules in [(namespace, rules), *[(o, _ELSEWHERE[kind]) for o in sorted(set(other_namespaces) - {namespace})]]:
+        meta = {"name": role, "namespace": ns, "labels": labels}
+        out += [
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": dict(meta), "rules": ns_rules},
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": dict(meta),
+             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role},
+             "subjects": [{"kind": "ServiceAccount", "name": service_account, "namespace": namespace}]},
+        ]
+    return out

@@ -51,6 +51,7 @@ from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from localkube.expansion import expand
+from localkube.images import program_for
 
 log = logging.getLogger("localkube.nodeagent")
 
@@ -1051,7 +1052,9 @@ class NodeAgent:
         sc = {**(pod["spec"].get("securityContext") or {}), **(c.get("securityContext") or {})}
         psc = pod["spec"].get("securityContext") or {}
         groups = list(psc.get("supplementalGroups") or []) + ([psc["fsGroup"]] if psc.get("fsGroup") is not None else [])
-        argv = [expand(a, env) for a in (c.get("command") or []) + (c.get("args") or [])]
+        # No command: the image's entrypoint would run the args; localkube/images.py says which program.
+        entry = [] if c.get("command") else (program_for(c.get("image")) or [])
+        argv = entry + [expand(a, env) for a in (c.get("command") or []) + (c.get("args") or [])]
         run_spec = {
             "state_dir": str(cdir), "hostname": tr.name, "mounts": mounts,
             "termination_log": {"source": str(tlog),

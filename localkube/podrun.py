@@ -48,6 +48,33 @@ def bind(source: str, target: str, read_only: bool) -> None:
         mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
 
 
+def in_root(root: str, path: str) -> str:
+    """``path`` as the chrooted process will see it, resolved on the host: symlinks inside the new
+    root (Debian's ``/var/run -> /run``) are followed relative to ``root``, never to the host's ``/``,
+    so ``/var/run/secrets/...`` (the ServiceAccount token) lands in the Pod's ``/run``."""
+    parts = [p for p in path.split("/") if p]
+    out = ""
+    hops = 0
+    while parts:
+        part = parts.pop(0)
+        if part == "..":
+            out = out.rsplit("/", 1)[0]
+            continue
+        if part == ".":
+            continue
+        candidate = f"{out}/{part}"
+        full = root + candidate
+        if os.path.islink(full) and hops < 40:
+            hops += 1
+            link = os.readlink(full)
+            parts = [p for p in link.split("/") if p] + parts
+            if link.startswith("/"):
+                out = ""
+            continue
+        out = candidate
+    return root + (out or "/")
+
+
 def ensure_target(path: str, is_file: bool) -> None:
     """Create a mount point (a file for file binds) inside the new root."""
     if is_file:
@@ -115,11 +142,11 @@ def build_root(spec: dict) -> str:
                        ("stderr", "/proc/self/fd/2")):
         os.symlink(dest, f"{dev}/{name}")
     tlog = spec["termination_log"]
-    ensure_target(root + tlog["target"], is_file=True)
-    bind(tlog["source"], root + tlog["target"], read_only=False)
+    ensure_target(in_root(root, tlog["target"]), is_file=True)
+    bind(tlog["source"], in_root(root, tlog["target"]), read_only=False)
     # Shallow mount points first, so that a volume mounted inside another lands on top of it.
     for m in sorted(spec["mounts"], key=lambda m: m["target"].count("/")):
-        target = root + m["target"]
+        target = in_root(root, m["target"])
         ensure_target(target, is_file=m.get("file", False))
         bind(m["source"], target, m.get("read_only", False))
     return root
