@@ -17,6 +17,8 @@ RULES: list[dict[str, Any]] = [
     # the pre-flight check reads Secrets as metadata only (PartialObjectMetadata): their values never
     # reach stashflow, but RBAC cannot grant less than get
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
+    # the pre-flight check: the ServiceAccount a Function runs as (stashflow.io/service-account) exists
+    {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["get"]},
     # one Lease per target: one run per target at a time (tasks/claim.py)
     {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
      "verbs": ["create", "get", "list", "update", "patch", "delete"]},
@@ -49,3 +51,39 @@ def rbac_objects(namespace: str) -> list[dict[str, Any]]:
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": CRD_READER},
          "subjects": [{"kind": "ServiceAccount", "name": NAME, "namespace": namespace}]},
     ]
+
+
+#: The ServiceAccounts stashflow's manifest Functions run as (their ``stashflow.io/service-account``
+#: annotation), and what each may do cluster-wide: only the verbs the executor uses.
+MANIFEST_READER = "stashflow-manifest-reader"
+MANIFEST_WRITER = "stashflow-manifest-writer"
+MANIFEST_RULES: dict[str, list[dict[str, Any]]] = {
+    # manifest-backup lists the selected types and reads their objects (discovery needs nothing more:
+    # every authenticated identity may read /api and /apis)
+    MANIFEST_READER: [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["get", "list"]}],
+    # manifest-restore reads each object, then server-side applies it (create for a new one, patch);
+    # restoring a Role or binding grants what it names, which RBAC allows only with escalate/bind
+    MANIFEST_WRITER: [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["get", "create", "patch"]},
+                      {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles", "clusterroles"],
+                       "verbs": ["escalate", "bind"]}],
+}
+
+
+def manifest_rbac_objects(namespace: str) -> list[dict[str, Any]]:
+    """The manifest Functions' two ServiceAccounts in ``namespace``, their ClusterRoles, and a
+    ClusterRoleBinding each: a namespace's objects can be restored from a run in another namespace
+    (the one backed up may be gone), and a cluster's need cluster-wide access anyway."""
+    labels = {"app.kubernetes.io/managed-by": "stashflow"}
+    out: list[dict[str, Any]] = []
+    for name, rules in MANIFEST_RULES.items():
+        out += [
+            {"apiVersion": "v1", "kind": "ServiceAccount",
+             "metadata": {"name": name, "namespace": namespace, "labels": labels}},
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+             "metadata": {"name": name, "labels": labels}, "rules": rules},
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+             "metadata": {"name": f"{name}-{namespace}", "labels": labels},
+             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+             "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}]},
+        ]
+    return out

@@ -30,6 +30,8 @@ TMP_VOLUME = "kubestash-tmp-volume"
 INTERIM_VOLUME = "kubestash-interim-volume"
 STORAGE_VOLUME = "stashflow-storage"
 CREDENTIALS_VOLUME = "stashflow-credentials"
+#: A Function annotation: the ServiceAccount its Pod runs as (the manifest Functions talk to the API).
+SERVICE_ACCOUNT_ANNOTATION = LABEL_PREFIX + "service-account"
 
 #: Snapshot component written by each well-known task (REFERENCE.md §4.4, [AM] constants).
 COMPONENT_BY_TASK = {
@@ -216,6 +218,9 @@ def render_plan(catalog: Catalog, request: RenderRequest) -> ExecutionPlan:
     volumes, pvcs = _volumes(resolved, request, job_name, labels)
     container = _container(resolved, request, component)
     pod_spec: dict[str, Any] = {"restartPolicy": "Never", "containers": [container], "volumes": volumes}
+    account = (resolved.function.metadata.annotations or {}).get(SERVICE_ACCOUNT_ANNOTATION)
+    if account:  # the plan's jobTemplate may still name another
+        pod_spec["serviceAccountName"] = account
     pod_meta: dict[str, Any] = {"labels": dict(labels)}
     job_meta: dict[str, Any] = {"name": job_name, "namespace": request.namespace, "labels": dict(labels),
                                 "annotations": {LABEL_PREFIX + "flow": resolved.flow_name,

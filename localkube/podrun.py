@@ -48,6 +48,35 @@ def bind(source: str, target: str, read_only: bool) -> None:
         mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
 
 
+def in_root(root: str, path: str) -> str:
+    """``path`` as the container sees it, resolved inside ``root``: symlinks are followed against the
+    new root, as runc's securejoin does (``/var/run`` is an absolute link to ``/run`` on Debian;
+    joined naively, a mount at ``/var/run/secrets/...`` would land on the host's ``/run``)."""
+    parts = [p for p in path.split("/") if p]
+    resolved: list[str] = []
+    hops = 0
+    while parts:
+        part = parts.pop(0)
+        if part == ".":
+            continue
+        if part == "..":
+            if resolved:
+                resolved.pop()
+            continue
+        here = os.path.join(root, *resolved, part)
+        if os.path.islink(here):
+            hops += 1
+            if hops > 40:
+                raise OSError(40, f"too many levels of symbolic links in {path}")
+            link = os.readlink(here)
+            if link.startswith("/"):
+                resolved = []
+            parts = [p for p in link.split("/") if p] + parts
+            continue
+        resolved.append(part)
+    return os.path.join(root, *resolved)
+
+
 def ensure_target(path: str, is_file: bool) -> None:
     """Create a mount point (a file for file binds) inside the new root."""
     if is_file:
@@ -115,11 +144,12 @@ def build_root(spec: dict) -> str:
                        ("stderr", "/proc/self/fd/2")):
         os.symlink(dest, f"{dev}/{name}")
     tlog = spec["termination_log"]
-    ensure_target(root + tlog["target"], is_file=True)
-    bind(tlog["source"], root + tlog["target"], read_only=False)
+    tlog_target = in_root(root, tlog["target"])
+    ensure_target(tlog_target, is_file=True)
+    bind(tlog["source"], tlog_target, read_only=False)
     # Shallow mount points first, so that a volume mounted inside another lands on top of it.
     for m in sorted(spec["mounts"], key=lambda m: m["target"].count("/")):
-        target = root + m["target"]
+        target = in_root(root, m["target"])
         ensure_target(target, is_file=m.get("file", False))
         bind(m["source"], target, m.get("read_only", False))
     return root
