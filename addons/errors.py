@@ -94,6 +94,8 @@ CODES: dict[str, str] = {
     "namespace-not-found": "the run's namespace does not exist (found before anything was created)",
     "pvc-not-found": "a PersistentVolumeClaim the run needs does not exist (found before anything was created)",
     "secret-not-found": "a Secret the run needs does not exist (found before anything was created)",
+    "target-not-found": "the workload to back up or restore does not exist, or mounts no data volume (found before "
+                        "anything was created)",
     "serviceaccount-not-found": "the ServiceAccount the run's Pod runs as does not exist (found before anything was "
                                 "created)",
 }

@@ -19,6 +19,8 @@ RULES: list[dict[str, Any]] = [
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
     # the pre-flight check: the ServiceAccount a Function runs as (stashflow.io/service-account) exists
     {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["get"]},
+    # a workload backup reads its target (StatefulSet, Deployment, DaemonSet) to mount its data volumes
+    {"apiGroups": ["apps"], "resources": ["statefulsets", "deployments", "daemonsets"], "verbs": ["get"]},
     # one Lease per target: one run per target at a time (tasks/claim.py)
     {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
      "verbs": ["create", "get", "list", "update", "patch", "delete"]},

@@ -27,7 +27,7 @@ import sys
 import time
 from typing import Any, Sequence
 
-from . import manifest_cli, report
+from . import manifest_cli, report, workload_cli
 from .pipeline import Command, Ended, Pipeline
 
 PROG = "stashflow-executor"
@@ -85,6 +85,7 @@ def parser() -> argparse.ArgumentParser:
             p.add_argument("--to-file", help="write the restored file here instead of into a tool")
         p.add_argument("tool", nargs=argparse.REMAINDER, help="-- TOOL ARGS...")
     manifest_cli.add_parsers(sub, _Parser)
+    workload_cli.add_parsers(sub)
     return top
 
 
@@ -98,6 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if opts.mode.startswith("manifest-"):
         return manifest_cli.main(opts)
+    if opts.mode.startswith("workload-"):
+        return workload_cli.main(opts)
     started = time.monotonic()
     try:
         tool = _tool_argv(opts)

@@ -49,7 +49,7 @@ def test_every_image_a_function_names_has_a_pinned_recipe() -> None:
         assert default in tags and tags == set(pinned[name]), (function.name, tags, set(pinned[name]))
         for base, restic in pinned[name].values():
             assert re.match(r"^\d+\.\d+", base) and "latest" not in base and re.match(r"^\d+\.\d+\.\d+$", restic)
-    assert named == 8
+    assert named == 10
 
 
 def test_the_build_script_says_when_no_builder_is_usable(tmp_path: Path) -> None:
