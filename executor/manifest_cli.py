@@ -140,8 +140,11 @@ def backup(opts: argparse.Namespace, started: float) -> int:
         for why, n in sorted(done.left_out.items()):
             _say(f"left out {n}: {why}")
         if done.total == 0:
+            why = (f"; {len(done.forbidden)} type(s) may not be listed by this ServiceAccount "
+                   f"({', '.join(done.forbidden[:5])}): give it get/list (stashflow install --manifests)"
+                   if done.forbidden else "; check the selectors")
             return _fail(opts, f"{PROG}: manifest-backup: no object matched the selection "
-                               f"(namespaces {','.join(sel.namespaces)}): nothing to back up; check the selectors")
+                               f"(namespaces {','.join(sel.namespaces)}): nothing to back up{why}")
         _say(f"{done.total} objects written: " + ", ".join(f"{k} {v}" for k, v in sorted(done.counts.items())))
         argv = ["restic", "backup", "--json", *_cache_args(opts),
                 *[f"--tag={t}" for t in opts.tag if t and not t.endswith("=")],

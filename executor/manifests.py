@@ -147,6 +147,8 @@ class Selection:
     def resource_selected(self, res: Resource) -> bool:
         if any(res.named_by(w) for w in self.exclude_resources):
             return False
+        if res.qualified == "namespaces":  # the selected namespaces themselves: their objects need them
+            return True
         if self.resources:
             return any(res.named_by(w) for w in self.resources)
         return res.qualified not in MANAGED_RESOURCES
@@ -159,8 +161,8 @@ class Selection:
     def object_selected(self, res: Resource, obj: dict[str, Any]) -> bool:
         """Selection of one object: its namespace (a Namespace object: itself), type, labels."""
         meta = obj.get("metadata") or {}
-        if res.qualified == "namespaces":
-            in_scope = self.namespace_selected(meta.get("name", ""))
+        if res.qualified == "namespaces":  # whatever its labels: the objects selected in it need it
+            return self.namespace_selected(meta.get("name", "")) and self.resource_selected(res)
         elif res.namespaced:
             in_scope = self.namespace_selected(meta.get("namespace", ""))
         else:
@@ -286,6 +288,7 @@ class Dumped:
 
     counts: dict[str, int] = field(default_factory=dict)
     left_out: dict[str, int] = field(default_factory=dict)
+    forbidden: list[str] = field(default_factory=list)  # types this identity may not list
 
     @property
     def total(self) -> int:
@@ -293,7 +296,8 @@ class Dumped:
 
 
 def _objects(api: Api, res: Resource, sel: Selection) -> Iterator[dict[str, Any]]:
-    query = {"labelSelector": ",".join(f"{k}={v}" for k, v in sel.and_labels)} if sel.and_labels else {}
+    query = {"labelSelector": ",".join(f"{k}={v}" for k, v in sel.and_labels)} \
+        if sel.and_labels and res.qualified != "namespaces" else {}
     if res.namespaced and not sel.all_namespaces:
         for ns in sel.namespaces:
             if sel.namespace_selected(ns):
@@ -315,6 +319,8 @@ def dump(api: Api, sel: Selection, dest: str, say: Callable[[str], None]) -> Dum
         except ApiError as exc:
             if exc.status in (403, 404, 405):  # forbidden or not listable here: say so, go on
                 say(f"skipping {res.qualified}: {exc}")
+                if exc.status == 403:
+                    done.forbidden.append(res.qualified)
                 continue
             raise
         for item in items:

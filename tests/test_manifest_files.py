@@ -66,6 +66,12 @@ def test_kubedumps_selectors() -> None:
     for word in ("deployments", "deployments.apps", "Deployment", "deployment"):
         assert DEPLOYMENTS.named_by(word), word
     assert not DEPLOYMENTS.named_by("deployments.extensions")
+    namespaces = Resource("", "v1", "namespaces", "Namespace", False)
+    only_maps = Selection.parse(namespaces="demo", default_namespace="x", resources="configmaps", and_labels="app:web")
+    assert only_maps.object_selected(namespaces, {"metadata": {"name": "demo"}})  # its objects need it
+    assert not only_maps.object_selected(namespaces, {"metadata": {"name": "other"}})
+    assert not only_maps.object_selected(SECRETS, {"metadata": {"name": "s", "namespace": "demo",
+                                                                "labels": {"app": "web"}}})
     cluster = Selection.parse(namespaces="", default_namespace="x", cluster_resources="true")
     assert cluster.object_selected(ROLES, {"metadata": {"name": "r"}})
     assert not Selection.parse(namespaces="", default_namespace="x").object_selected(ROLES, {"metadata": {"name": "r"}})

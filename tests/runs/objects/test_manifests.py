@@ -251,8 +251,36 @@ def test_namespace_backed_up_deleted_dry_run_restored_equal(kube_cluster, namesp
     assert restore.is_completed(), restore.message
     assert read_app(kube_cluster, app_namespace) == before
 
+    # kubedump's selectors: labels that must all match, a type left out; the Namespace comes along
+    selected = run_flow(ADDON, "manifest-backup", target=target, namespace=namespace,
+                        kubeconfig=str(kube_cluster.kubeconfig), storage=storage, directory="manifests",
+                        encryption_secret="restic-password", IncludeNamespaces=app_namespace,
+                        ANDedLabelSelectors="app:web,tier:front", ExcludeResources="deployments.apps",
+                        session="selected", history_limit=0)
+    assert selected.is_completed(), selected.message
+    assert sorted(restic_files(repo)) == [f"/kubestash-tmp/manifest/cluster/namespaces/{app_namespace}.yaml",
+                                          f"{base}/configmaps/settings.yaml", f"{base}/services/web.yaml"]
+
     # the Secret's value went nowhere but the repository
     for state in (backup, restore, dry):
         assert not any(SECRET_VALUE in line or _b64(SECRET_VALUE) in line
                        for line in flow_run_logs(state.state_details.flow_run_id))
     eventually(lambda: nothing_left(kube_cluster, namespace), timeout=60)  # history_limit 0: no Job kept
+
+
+def test_without_the_service_account_the_run_fails_before_creating_anything(kube_cluster, namespace, prefect_api,
+                                                                          host_tmp) -> None:
+    """No `stashflow install --manifests`: the Pod's ServiceAccount is missing, the run says so at once
+    (instead of a Job whose Pods the admission plugin refuses), and creates no Job or Snapshot."""
+    storage = {"apiVersion": "storage.kubestash.com/v1alpha1", "kind": "BackupStorage",
+               "metadata": {"name": "local", "namespace": namespace},
+               "spec": {"storage": {"provider": "local", "local": {"mountPath": "/stashflow-repo",
+                                                                   "hostPath": {"path": str(host_tmp)}}}}}
+    state = run_flow(ADDON, "manifest-backup", target=f"Namespace/{namespace}", namespace=namespace,
+                     kubeconfig=str(kube_cluster.kubeconfig), storage=storage, encryption_secret="restic-password")
+    assert state.is_failed()
+    assert state.message.startswith("serviceaccount-not-found: "), state.message
+    assert 'ServiceAccount "stashflow-manifest-reader" does not exist' in state.message
+    assert nothing_left(kube_cluster, namespace)
+    from ..observe import snapshots
+    assert snapshots(kube_cluster, namespace) == []
