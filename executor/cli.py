@@ -84,7 +84,7 @@ def parser() -> argparse.ArgumentParser:
             p.add_argument("--snapshot", default="latest", help="restic snapshot to read (default latest)")
             p.add_argument("--to-file", help="write the restored file here instead of into a tool")
         p.add_argument("tool", nargs=argparse.REMAINDER, help="-- TOOL ARGS...")
-    manifest_cli.add_parsers(sub, _Parser)
+    manifest_cli.add_parsers(sub)
     workload_cli.add_parsers(sub)
     return top
 

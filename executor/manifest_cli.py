@@ -29,7 +29,7 @@ from .yamlform import FormError
 PROG = "stashflow-executor"
 
 
-def add_parsers(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
+def add_parsers(sub: Any) -> None:
     for mode in ("manifest-backup", "manifest-restore"):
         p = sub.add_parser(mode)
         p.add_argument("--component", default=os.environ.get("COMPONENT_NAME") or "manifest")
@@ -183,7 +183,7 @@ class _Restorer:
         self.failures: list[str] = []
         self.new_namespaces: set[str] = set()  # dry run: namespaces that would be created
 
-    def _count(self, what: str) -> None:
+    def count(self, what: str) -> None:
         self.counts[what] = self.counts.get(what, 0) + 1
 
     def _get(self, res: Resource, saved: Saved) -> dict[str, Any] | None:
@@ -197,7 +197,7 @@ class _Restorer:
     def apply(self, res: Resource, saved: Saved) -> None:
         would = "would " if self.dry_run else ""
         if saved.namespace and saved.namespace in self.new_namespaces:
-            self._count("created")
+            self.count("created")
             _say(f"{would}create {saved.describe()} (in a namespace that would be created)")
             return
         current = self._get(res, saved)
@@ -206,7 +206,7 @@ class _Restorer:
                                                "then restore again")
         if current is not None and not self.override:
             paths = manifests.changed_paths(manifests.clean(current, res), saved.obj)
-            self._count("kept")
+            self.count("kept")
             _say(f"kept {saved.describe()}: it exists" + (f" and differs in {', '.join(paths[:8])}"
                                                            f"{' ...' if len(paths) > 8 else ''}" if paths else "")
                  + " (OverrideResources=false)")
@@ -214,17 +214,17 @@ class _Restorer:
         result = self.api.apply(res.path(saved.namespace, saved.name), saved.obj, manager=manifests.MANAGER,
                                 force=True, dry_run=self.dry_run)
         if current is None:
-            self._count("created")
+            self.count("created")
             if self.dry_run and res.qualified == "namespaces":
                 self.new_namespaces.add(saved.name)
             _say(f"{'would create' if self.dry_run else 'created'} {saved.describe()}")
             return
         paths = manifests.changed_paths(manifests.clean(current, res), manifests.clean(result, res))
         if not paths:
-            self._count("unchanged")
+            self.count("unchanged")
             _say(f"unchanged {saved.describe()}")
             return
-        self._count("updated")
+        self.count("updated")
         _say(f"{'would update' if self.dry_run else 'updated'} {saved.describe()}: "
              f"{', '.join(paths[:8])}{' ...' if len(paths) > 8 else ''}")
 
@@ -274,11 +274,11 @@ def restore(opts: argparse.Namespace, started: float) -> int:
             continue
         owner = manifests.controlled_by(item.obj)
         if owner:
-            restorer._count("skipped")
+            restorer.count("skipped")
             _say(f"skipped {item.describe()}: {owner} controls it and makes it again")
             continue
         if res.qualified == "persistentvolumes" and not restore_pvs:
-            restorer._count("skipped")
+            restorer.count("skipped")
             _say(f"skipped {item.describe()}: RestorePVs=false")
             continue
         if res.qualified in ("persistentvolumeclaims", "persistentvolumes"):
@@ -289,7 +289,7 @@ def restore(opts: argparse.Namespace, started: float) -> int:
         try:
             restorer.apply(res, item)
         except ApiError as exc:
-            restorer._count("failed")
+            restorer.count("failed")
             restorer.failures.append(f"{item.describe()}: {exc}")
             _say(f"failed {item.describe()}: {exc}")
     summary = ", ".join(f"{k} {v}" for k, v in sorted(restorer.counts.items())) or "nothing"
