@@ -102,6 +102,10 @@ CODES: dict[str, str] = {
     "hook-failed": "a hook's action failed (exit code, HTTP status, closed port) after its retries",
     "hook-timeout": "a hook's action did not finish within its timeout",
     "hook-no-pod": "no Running Pod matches a Pod-executor hook's selector",
+    "target-not-found": "the workload to back up or restore does not exist, or mounts no data volume (found before "
+                        "anything was created)",
+    "serviceaccount-not-found": "the ServiceAccount the run's Pod runs as does not exist (found before anything was "
+                                "created)",
 }
 
 

@@ -17,6 +17,10 @@ RULES: list[dict[str, Any]] = [
     # the pre-flight check reads Secrets as metadata only (PartialObjectMetadata): their values never
     # reach stashflow, but RBAC cannot grant less than get
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
+    # the pre-flight check: the ServiceAccount a Function runs as (stashflow.io/service-account) exists
+    {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["get"]},
+    # a workload backup reads its target (StatefulSet, Deployment, DaemonSet) to mount its data volumes
+    {"apiGroups": ["apps"], "resources": ["statefulsets", "deployments", "daemonsets"], "verbs": ["get"]},
     # one Lease per target: one run per target at a time (tasks/claim.py)
     {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
      "verbs": ["create", "get", "list", "update", "patch", "delete"]},
@@ -108,5 +112,41 @@ def executor_rbac(namespace: str, service_account: str, kind: str, *, name: str 
             {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": dict(meta),
              "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role},
              "subjects": [{"kind": "ServiceAccount", "name": service_account, "namespace": namespace}]},
+        ]
+    return out
+
+
+#: The ServiceAccounts stashflow's manifest Functions run as (their ``stashflow.io/service-account``
+#: annotation), and what each may do cluster-wide: only the verbs the executor uses.
+MANIFEST_READER = "stashflow-manifest-reader"
+MANIFEST_WRITER = "stashflow-manifest-writer"
+MANIFEST_RULES: dict[str, list[dict[str, Any]]] = {
+    # manifest-backup lists the selected types and reads their objects (discovery needs nothing more:
+    # every authenticated identity may read /api and /apis)
+    MANIFEST_READER: [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["get", "list"]}],
+    # manifest-restore reads each object, then server-side applies it (create for a new one, patch);
+    # restoring a Role or binding grants what it names, which RBAC allows only with escalate/bind
+    MANIFEST_WRITER: [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["get", "create", "patch"]},
+                      {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles", "clusterroles"],
+                       "verbs": ["escalate", "bind"]}],
+}
+
+
+def manifest_rbac_objects(namespace: str) -> list[dict[str, Any]]:
+    """The manifest Functions' two ServiceAccounts in ``namespace``, their ClusterRoles, and a
+    ClusterRoleBinding each: a namespace's objects can be restored from a run in another namespace
+    (the one backed up may be gone), and a cluster's need cluster-wide access anyway."""
+    labels = {"app.kubernetes.io/managed-by": "stashflow"}
+    out: list[dict[str, Any]] = []
+    for name, rules in MANIFEST_RULES.items():
+        out += [
+            {"apiVersion": "v1", "kind": "ServiceAccount",
+             "metadata": {"name": name, "namespace": namespace, "labels": labels}},
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+             "metadata": {"name": name, "labels": labels}, "rules": rules},
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+             "metadata": {"name": f"{name}-{namespace}", "labels": labels},
+             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+             "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}]},
         ]
     return out

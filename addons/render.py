@@ -21,6 +21,8 @@ from .model import AddonInfo, AddonVolumeInfo, BackupStorage, ContainerRuntimeSe
 from .names import label_value, name_problem, ulid, valid_name
 from .resolve import ResolvedTask, Value, resolve_task
 from .template import kube_escape
+from .workloads import ENV as WORKLOAD_ENV
+from .workloads import PodVolumes, job_volumes
 
 MANAGED_BY = "stashflow"
 LABEL_PREFIX = "stashflow.io/"
@@ -30,6 +32,8 @@ TMP_VOLUME = "kubestash-tmp-volume"
 INTERIM_VOLUME = "kubestash-interim-volume"
 STORAGE_VOLUME = "stashflow-storage"
 CREDENTIALS_VOLUME = "stashflow-credentials"
+#: A Function annotation: the ServiceAccount its Pod runs as (the manifest Functions talk to the API).
+SERVICE_ACCOUNT_ANNOTATION = LABEL_PREFIX + "service-account"
 
 #: Snapshot component written by each well-known task (REFERENCE.md §4.4, [AM] constants).
 COMPONENT_BY_TASK = {
@@ -129,6 +133,7 @@ class RenderRequest:
     labels: Mapping[str, str] = field(default_factory=dict)
     now: datetime | None = None
     snapshot_id: str | None = None
+    target_volumes: list[PodVolumes] | None = None  # a workload's data volumes, read by the tasks layer
 
 
 @dataclass
@@ -216,6 +221,14 @@ def render_plan(catalog: Catalog, request: RenderRequest) -> ExecutionPlan:
     volumes, pvcs = _volumes(resolved, request, job_name, labels)
     container = _container(resolved, request, component)
     pod_spec: dict[str, Any] = {"restartPolicy": "Never", "containers": [container], "volumes": volumes}
+    if request.target_volumes is not None:  # the workload's data, per Pod (addons/workloads.py)
+        extra, mounts, described = job_volumes(request.target_volumes, read_only=kind == "backup")
+        pod_spec["volumes"].extend(extra)
+        container.setdefault("volumeMounts", []).extend(mounts)
+        _upsert_env(container.setdefault("env", []), [{"name": WORKLOAD_ENV, "value": kube_escape(described)}])
+    account = (resolved.function.metadata.annotations or {}).get(SERVICE_ACCOUNT_ANNOTATION)
+    if account:  # the plan's jobTemplate may still name another
+        pod_spec["serviceAccountName"] = account
     pod_meta: dict[str, Any] = {"labels": dict(labels)}
     job_meta: dict[str, Any] = {"name": job_name, "namespace": request.namespace, "labels": dict(labels),
                                 "annotations": {LABEL_PREFIX + "flow": resolved.flow_name,

@@ -27,7 +27,7 @@ import sys
 import time
 from typing import Any, Sequence
 
-from . import report
+from . import manifest_cli, report, workload_cli
 from .pipeline import Command, Ended, Pipeline
 
 PROG = "stashflow-executor"
@@ -84,6 +84,8 @@ def parser() -> argparse.ArgumentParser:
             p.add_argument("--snapshot", default="latest", help="restic snapshot to read (default latest)")
             p.add_argument("--to-file", help="write the restored file here instead of into a tool")
         p.add_argument("tool", nargs=argparse.REMAINDER, help="-- TOOL ARGS...")
+    manifest_cli.add_parsers(sub)
+    workload_cli.add_parsers(sub)
     return top
 
 
@@ -95,6 +97,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         log = next((a.split("=", 1)[1] for a in given if a.startswith("--termination-log=")), None)
         _fail(argparse.Namespace(termination_log=log), f"{PROG}: {exc}")
         return 2
+    if opts.mode.startswith("manifest-"):
+        return manifest_cli.main(opts)
+    if opts.mode.startswith("workload-"):
+        return workload_cli.main(opts)
     started = time.monotonic()
     try:
         tool = _tool_argv(opts)

@@ -448,10 +448,11 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
 
 def cmd_install(args: argparse.Namespace) -> int:
     from stashflow.addons.crd import snapshot_crd
-    from stashflow.addons.rbac import rbac_objects
+    from stashflow.addons.rbac import manifest_rbac_objects, rbac_objects
 
     if args.print:
-        yaml.safe_dump_all([snapshot_crd(), *rbac_objects(args.namespace)], sys.stdout, sort_keys=False)
+        extra = manifest_rbac_objects(args.namespace) if args.manifests else []
+        yaml.safe_dump_all([snapshot_crd(), *rbac_objects(args.namespace), *extra], sys.stdout, sort_keys=False)
         return 0
     import asyncio
 
@@ -460,7 +461,7 @@ def cmd_install(args: argparse.Namespace) -> int:
 
     async def apply() -> list[str]:
         async with connect(args.kubeconfig, args.context) as kube:
-            return await install(kube, args.namespace)
+            return await install(kube, args.namespace, manifests=args.manifests)
 
     for line in asyncio.run(apply()):
         print(line)
@@ -545,6 +546,9 @@ def build_parser(extensions: Sequence[Callable[[Any], None]] = ()) -> argparse.A
     p = sub.add_parser("install", help="apply the Snapshot CRD (when missing) and RBAC for stashflow in a namespace")
     p.add_argument("--namespace", "-n", default="default")
     p.add_argument("--print", action="store_true", help="print the objects instead of applying them")
+    p.add_argument("--manifests", action="store_true",
+                   help="also the ServiceAccounts the stashflow-manifests Functions run as (cluster-wide read; "
+                        "get/create/patch for restores)")
     _cluster_options(p)
     p.set_defaults(func=cmd_install)
 

@@ -49,30 +49,32 @@ def bind(source: str, target: str, read_only: bool) -> None:
 
 
 def in_root(root: str, path: str) -> str:
-    """``path`` as the chrooted process will see it, resolved on the host: symlinks inside the new
-    root (Debian's ``/var/run -> /run``) are followed relative to ``root``, never to the host's ``/``,
-    so ``/var/run/secrets/...`` (the ServiceAccount token) lands in the Pod's ``/run``."""
+    """``path`` as the container sees it, resolved inside ``root``: symlinks are followed against the
+    new root, as runc's securejoin does (``/var/run`` is an absolute link to ``/run`` on Debian;
+    joined naively, a mount at ``/var/run/secrets/...`` would land on the host's ``/run``)."""
     parts = [p for p in path.split("/") if p]
-    out = ""
+    resolved: list[str] = []
     hops = 0
     while parts:
         part = parts.pop(0)
-        if part == "..":
-            out = out.rsplit("/", 1)[0]
-            continue
         if part == ".":
             continue
-        candidate = f"{out}/{part}"
-        full = root + candidate
-        if os.path.islink(full) and hops < 40:
-            hops += 1
-            link = os.readlink(full)
-            parts = [p for p in link.split("/") if p] + parts
-            if link.startswith("/"):
-                out = ""
+        if part == "..":
+            if resolved:
+                resolved.pop()
             continue
-        out = candidate
-    return root + (out or "/")
+        here = os.path.join(root, *resolved, part)
+        if os.path.islink(here):
+            hops += 1
+            if hops > 40:
+                raise OSError(40, f"too many levels of symbolic links in {path}")
+            link = os.readlink(here)
+            if link.startswith("/"):
+                resolved = []
+            parts = [p for p in link.split("/") if p] + parts
+            continue
+        resolved.append(part)
+    return os.path.join(root, *resolved)
 
 
 def ensure_target(path: str, is_file: bool) -> None:
@@ -142,8 +144,9 @@ def build_root(spec: dict) -> str:
                        ("stderr", "/proc/self/fd/2")):
         os.symlink(dest, f"{dev}/{name}")
     tlog = spec["termination_log"]
-    ensure_target(in_root(root, tlog["target"]), is_file=True)
-    bind(tlog["source"], in_root(root, tlog["target"]), read_only=False)
+    tlog_target = in_root(root, tlog["target"])
+    ensure_target(tlog_target, is_file=True)
+    bind(tlog["source"], tlog_target, read_only=False)
     # Shallow mount points first, so that a volume mounted inside another lands on top of it.
     for m in sorted(spec["mounts"], key=lambda m: m["target"].count("/")):
         target = in_root(root, m["target"])

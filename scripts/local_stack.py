@@ -185,6 +185,15 @@ class LocalStack:
                 "data": {"RESTIC_PASSWORD": base64.b64encode(password.encode()).decode()}})
             return await pvc_host_path(api, namespace, "data"), await pvc_host_path(api, namespace, "restored")
 
+    def secret(self, namespace: str, name: str, data: dict[str, str]) -> None:
+        """A Secret in the demo namespace (e.g. a database password for a Function's authSecret)."""
+        async def create() -> None:
+            async with self.cluster.api_client() as api:
+                await client.CoreV1Api(api).create_namespaced_secret(namespace, {
+                    "metadata": {"name": name},
+                    "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}})
+        asyncio.run(create())
+
     # ------------------------------------------------------------------ stashflow
 
     def stashflow(self, *args: str, check: bool = True) -> int:

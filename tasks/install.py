@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from stashflow.addons.errors import Conflict
-from stashflow.addons.rbac import rbac_objects
+from stashflow.addons.rbac import manifest_rbac_objects, rbac_objects
 
 from .kube import Kube
 from .resources import ensure_snapshot_crd
@@ -32,10 +32,11 @@ async def _apply(kube: Kube, obj: dict[str, Any]) -> str:
     return f"{kind}/{name} updated"
 
 
-async def install(kube: Kube, namespace: str) -> list[str]:
-    """The Snapshot CRD when the cluster has none, then the ServiceAccount, Role and RoleBinding."""
+async def install(kube: Kube, namespace: str, *, manifests: bool = False) -> list[str]:
+    """The Snapshot CRD when the cluster has none, then the ServiceAccount, Role and RoleBinding;
+    with ``manifests``, the manifest Functions' ServiceAccounts and their cluster-wide roles too."""
     crd = await ensure_snapshot_crd(kube)
     done = [f"CustomResourceDefinition/snapshots.storage.kubestash.com {'already present' if crd == 'present' else 'installed'}"]
-    for obj in rbac_objects(namespace):
+    for obj in [*rbac_objects(namespace), *(manifest_rbac_objects(namespace) if manifests else [])]:
         done.append(await _apply(kube, obj))
     return done

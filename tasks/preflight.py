@@ -23,13 +23,13 @@ _METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 class Needed:
     """One object the run's Pod refers to: kind, name, and where the reference is (for the message)."""
 
-    kind: str  # "PersistentVolumeClaim" | "Secret"
+    kind: str  # "PersistentVolumeClaim" | "Secret" | "ServiceAccount"
     name: str
     where: str
 
 
 def needed(plan: ExecutionPlan, job: dict[str, Any] | None = None) -> Iterator[Needed]:
-    """The PVCs and Secrets the Job's Pod refers to, except the PVCs the run makes itself."""
+    """The PVCs, Secrets and ServiceAccount the Job's Pod refers to, except the PVCs the run makes itself."""
     spec = (job or plan.job)["spec"]["template"]["spec"]
     own = {p["metadata"]["name"] for p in plan.pvcs}
     seen: set[tuple[str, str]] = set()
@@ -39,6 +39,7 @@ def needed(plan: ExecutionPlan, job: dict[str, Any] | None = None) -> Iterator[N
             seen.add((kind, name))
             yield Needed(kind, name, where)
 
+    yield from once("ServiceAccount", spec.get("serviceAccountName"), "the Pod's serviceAccountName")
     for volume in spec.get("volumes") or []:
         claim = (volume.get("persistentVolumeClaim") or {}).get("claimName")
         yield from once("PersistentVolumeClaim", claim, f"volume {volume['name']}")
@@ -77,7 +78,8 @@ async def check(kube: Kube, plan: ExecutionPlan) -> list[Needed]:
     first missing object; return what could not be checked for lack of permission."""
     unchecked = []
     for item in needed(plan):
-        plural = {"PersistentVolumeClaim": "persistentvolumeclaims", "Secret": "secrets"}[item.kind]
+        plural = {"PersistentVolumeClaim": "persistentvolumeclaims", "Secret": "secrets",
+                  "ServiceAccount": "serviceaccounts"}[item.kind]
         found = await _exists(kube, f"{item.kind} {plan.namespace}/{item.name}",
                               f"/api/v1/namespaces/{plan.namespace}/{plural}/{item.name}")
         if found is None:
@@ -85,8 +87,14 @@ async def check(kube: Kube, plan: ExecutionPlan) -> list[Needed]:
         elif not found:
             if await _exists(kube, f"Namespace {plan.namespace}", f"/api/v1/namespaces/{plan.namespace}") is False:
                 raise namespace_missing(plan.namespace)
-            code = "pvc-not-found" if item.kind == "PersistentVolumeClaim" else "secret-not-found"
+            code = {"PersistentVolumeClaim": "pvc-not-found", "Secret": "secret-not-found",
+                    "ServiceAccount": "serviceaccount-not-found"}[item.kind]
             target = " (the target)" if item.kind == "PersistentVolumeClaim" and item.name == plan.target.name else ""
+            if item.kind == "ServiceAccount":
+                raise RunError(
+                    f'ServiceAccount "{item.name}" does not exist in namespace {plan.namespace}; the run\'s Pod runs as it',
+                    code=code, hint=f"create it with the access the Function needs (stashflow install -n {plan.namespace} "
+                                    "--manifests makes stashflow's own); nothing was created")
             raise RunError(
                 f'{item.kind} "{item.name}"{target} does not exist in namespace {plan.namespace}; the run needs it '
                 f"for {item.where}", code=code,

@@ -32,7 +32,9 @@ from stashflow.addons.render import (
 )
 from stashflow.addons.resolve import Value
 
-from . import claim, resources
+from stashflow.addons.workloads import ANNOTATION as WORKLOAD_ANNOTATION
+
+from . import claim, resources, workloads
 from . import preflight as preflight_check
 from .claim import Claim
 from .kube import current
@@ -115,6 +117,12 @@ async def _restore_source(spec: RunSpec) -> tuple[dict[str, Any], str]:
     return found, next(iter(components))
 
 
+def _mounts_target_volumes(catalog: Catalog, spec: RunSpec) -> bool:
+    _, _, _, task_ = catalog.task(spec.request.addon, spec.request.task)
+    function = catalog.functions.get(task_.function)
+    return function is not None and (function.metadata.annotations or {}).get(WORKLOAD_ANNOTATION) == "true"
+
+
 @task(name="resolve-parameters", **STEP)
 async def resolve_parameters(spec: RunSpec, catalog: Catalog) -> ExecutionPlan:
     """Defaults ⊕ params ⊕ variables ⊕ built-ins → the execution plan (every object of the run)."""
@@ -143,8 +151,13 @@ async def resolve_parameters(spec: RunSpec, catalog: Catalog) -> ExecutionPlan:
         repository = RepositoryContext(name=spec.repository or spec.target.name, storage=storage,
                                        directory=spec.directory, encryption_secret=spec.encryption_secret)
     info = spec.addon_info or {}
+    pods = None
+    if _mounts_target_volumes(catalog, spec):
+        pods = await workloads.target_volumes(current(), spec.request.target, spec.request.namespace)
+        logger.info("%s: %s", spec.request.target, "; ".join(
+            f"{p.pod}: {', '.join(m.mount_path for m in p.mounts)}" for p in pods))
     request = dataclasses.replace(
-        spec.request, builtins=builtins, repository=repository, component=component,
+        spec.request, builtins=builtins, repository=repository, component=component, target_volumes=pods,
         addon_info=AddonInfo.model_validate({"name": spec.request.addon, **{k: v for k, v in info.items()
                                                                              if k != "addonVolumes"}}) if info else None,
         addon_volumes=[AddonVolumeInfo.model_validate(v) for v in info.get("addonVolumes") or []],

@@ -236,7 +236,7 @@ def test_target_parsing() -> None:
 
 def test_the_builtin_catalog_validates_and_renders_without_a_shell() -> None:
     rc, out, _ = run_cli("validate", "addons/catalog")
-    assert rc == 0 and out.startswith("ok: 4 Addons (8 tasks)")
+    assert rc == 0 and out.startswith("ok: 6 Addons (12 tasks)")
     rc, out, err = run_cli("render", "stashflow-pvc", "logical-backup", "--namespace", "demo", "--target", "pvc/data",
                            "--var", "backupSession=data-nightly-1", "--param", "paths=/kubestash-data/a dir")
     assert rc == 0, err
@@ -276,3 +276,21 @@ def test_the_database_functions_run_the_executor_with_values_as_arguments(addon:
     secret = next(v for v in pod["volumes"] if v["name"] == "stashflow-auth")
     assert secret["secret"]["secretName"] == given["authSecret"]
     assert not any("valueFrom" in e or "PASSWORD" in e["name"] for e in c.get("env", []))
+
+
+def test_the_manifest_functions_run_as_their_own_service_accounts_with_values_as_arguments() -> None:
+    """kubedump's selector parameters reach the executor verbatim, one argument each; the backup's Pod
+    runs as the reader, the restore's as the writer (the Functions' stashflow.io/service-account)."""
+    for task, account, extra in (("manifest-backup", "stashflow-manifest-reader", []),
+                                 ("manifest-restore", "stashflow-manifest-writer", ["--param", "dryRun=true"])):
+        rc, out, err = run_cli("render", "stashflow-manifests", task, "-n", "ops", "--target", "Namespace/shop",
+                               "--param", "IncludeNamespaces=shop,$(HOME)", "--param", "ANDedLabelSelectors=app:web x",
+                               *extra)
+        assert rc == 0, err
+        job = next(o for o in yaml.safe_load_all(out) if o["kind"] == "Job")
+        pod = job["spec"]["template"]["spec"]
+        assert pod["serviceAccountName"] == account
+        args = [expand(a, {}) for a in pod["containers"][0]["args"]]
+        assert args[0] == task and "--namespace=ops" in args
+        assert "--include-namespaces=shop,$(HOME)" in args and "--and-label-selectors=app:web x" in args
+        assert ("--dry-run=true" in args) == (task == "manifest-restore")

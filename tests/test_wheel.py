@@ -157,4 +157,4 @@ def test_the_installed_command_runs_from_the_wheel_alone(venv: Path, probe: dict
     # validate checks only the paths it is given: the plan and the catalog the wheel installed
     validate = _run(venv, "stashflow", "validate", str(EXAMPLE_PLAN), probe["catalog"])
     assert validate.returncode == 0, validate.stdout + validate.stderr
-    assert validate.stdout.startswith("ok: 4 Addons")  # the built-in catalog, from inside the wheel
+    assert validate.stdout.startswith("ok: 6 Addons")  # the built-in catalog, from inside the wheel

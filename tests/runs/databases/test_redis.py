@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import subprocess
 
 from kubernetes_asyncio import client
 
 from localkube.helpers import create_pvc, pvc_host_path
 
-from ..observe import api, eventually, nothing_left, snapshot, snapshots
+from ..observe import api, eventually, flow_run_artifacts, nothing_left, snapshot, snapshots
 from .conftest import DB_PASSWORD, Flows
 from .servers import Redis, free_port, resp
 
@@ -100,3 +101,42 @@ def test_wrong_password_and_server_down_fail_with_redis_clis_words(flows: Flows,
             eventually(lambda: nothing_left(flows.cluster, flows.namespace), timeout=60)
     finally:
         redis.stop()
+
+
+def test_disk_full_during_restore_fails_with_restics_words_and_leaves_no_partial_file(flows: Flows,
+                                                                                      redis: Redis) -> None:
+    """The restore's target filesystem fills: the PVC's directory on the host is a real 1 MiB tmpfs
+    (mounted there by the test, root on this machine), the RDB is ~4 MB. restic's write into the
+    executor's partial file fails with ENOSPC; the run fails with restic's own line, the partial file
+    is gone, and the Snapshot restored from stays Succeeded (a restore records no Snapshot of its own)."""
+    flows.secret("redis-auth", {"password": DB_PASSWORD})
+    redis.start()
+    try:
+        fill(redis)
+        backup = flows.backup(ADDON, TARGET, host="127.0.0.1", port=str(redis.port), authSecret="redis-auth",
+                              history_limit=0)
+    finally:
+        redis.stop()
+    assert backup.is_completed(), backup.message
+
+    async def new_volume(c: client.ApiClient):  # type: ignore[no-untyped-def]
+        await create_pvc(c, flows.namespace, "small")
+        return await pvc_host_path(c, flows.namespace, "small")
+    data_dir = api(flows.cluster, new_volume)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0777", "stashflow-disk-full-test", str(data_dir)],
+                   check=True)
+    try:
+        restore = flows.restore(ADDON, "PersistentVolumeClaim/small", repository="cache", history_limit=0)
+        line = "cannot dump file: Write: write /dev/stdout: no space left on device"
+        assert restore.is_failed()
+        error = str(restore.result(raise_on_failure=False))
+        assert restore.message.startswith("job-exit-code: ") and line in error, (restore.message, error)
+        assert "restic exited with code" in error
+        artifacts = flow_run_artifacts(restore.state_details.flow_run_id)
+        assert any(a.type == "markdown" and line in a.data for a in artifacts)
+        assert list(data_dir.iterdir()) == []  # no partial dump.rdb on the full filesystem
+        source = snapshot(flows.cluster, flows.namespace, backup.result()["snapshot"])
+        assert source["status"]["phase"] == "Succeeded"
+        eventually(lambda: nothing_left(flows.cluster, flows.namespace), timeout=60)
+    finally:
+        subprocess.run(["umount", str(data_dir)], check=True)
