@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.client.schemas.actions import DeploymentUpdate, GlobalConcurrencyLimitCreate
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterTags
 from prefect.client.schemas.schedules import CronSchedule
 from prefect.deployments.runner import EntrypointType, RunnerDeployment
@@ -25,6 +25,13 @@ from stashflow.flows.addon_flows import CATALOG_ENV, flows, python_name
 
 from .plans import MANAGED_TAG, DeploymentSpec
 from .pools import KubernetesPool, PoolType, ensure_pool
+
+#: A worker's flow run without pull steps copies the deployment's path (or the worker's working
+#: directory: in a flow-run Pod, ``/``) into its workspace before it imports the flow, even for a
+#: module-path entrypoint (Prefect 3.9's workspace supervisor). stashflow's flows are installed
+#: packages: the run only needs a working directory.
+WORKER_PULL_STEPS = [{"prefect.deployments.steps.set_working_directory": {"directory": "."}}]
+
 
 def catalog_env() -> dict[str, str]:
     """``STASHFLOW_CATALOG`` for workers, when the catalog is not the built-in one (which any
@@ -100,7 +107,10 @@ async def deploy(specs: list[DeploymentSpec], *, plan_tags: set[str], prune: boo
         deployment = await arunner_deployment(spec)
         if spec.work_pool and pool_type is PoolType.KUBERNETES:
             deployment.job_variables = {**deployment.job_variables, "namespace": spec.parameters["namespace"]}
-        await deployment.apply(work_pool_name=spec.work_pool)
+        deployment_id = await deployment.apply(work_pool_name=spec.work_pool)
+        if spec.work_pool:
+            async with get_client() as client:
+                await client.update_deployment(deployment_id, DeploymentUpdate(pull_steps=WORKER_PULL_STEPS))
         applied.append(spec.full_name)
     pruned: list[str] = []
     if prune:

@@ -46,7 +46,8 @@ def prefect_database(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Every Prefect-server test runs on SQLite and on PostgreSQL (one server each, in turn)."""
     if "prefect_database" in metafunc.fixturenames:
-        metafunc.parametrize("prefect_database", ["sqlite", "postgresql"], indirect=True, scope="session")
+        databases = ["sqlite"] if metafunc.definition.get_closest_marker("sqlite_only") else ["sqlite", "postgresql"]
+        metafunc.parametrize("prefect_database", databases, indirect=True, scope="session")
 
 
 @pytest.fixture(scope="session")
