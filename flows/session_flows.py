@@ -81,7 +81,7 @@ def _storage_annotations(repo: SessionRepository) -> dict[str, str]:
     stored = {"apiVersion": storage.api_version, "kind": storage.kind,
               "metadata": {k: v for k, v in (("name", storage.name), ("namespace", storage.namespace)) if v},
               "spec": {"storage": storage.spec.storage.dump() if storage.spec.storage else {}}}
-    values = {ANN_STORAGE: storage.name, ANN_DIRECTORY: repo.directory, ANN_SECRET: repo.encryption_secret or "",
+    values = {ANN_STORAGE: storage.name, ANN_DIRECTORY: repo.directory.strip("/"), ANN_SECRET: repo.encryption_secret or "",
               ANN_STORAGE_OBJECT: json.dumps(stored, separators=(",", ":"), sort_keys=True)}
     return {k: v for k, v in values.items() if v}
 
@@ -130,7 +130,8 @@ def _configuration_spec(params: SessionParameters, target: Target | None) -> dic
                           **({"encryptionSecret": {"name": r.encryption_secret}} if r.encryption_secret else {})}
                          for r in params.repositories]}]}
     if target is not None:
-        spec["target"] = {"apiGroup": target.api_group, "kind": target.kind, "name": target.name}
+        spec["target"] = {**({"apiGroup": target.api_group} if target.api_group else {}), "kind": target.kind,
+                          "name": target.name}
     return spec
 
 
