@@ -51,7 +51,7 @@ def parse_target(text: str | None) -> Target | None:
     if not text:
         return None
     target = Target.parse(text)
-    return None if target.name == "na" and target.api_group in ("na", "") else target
+    return None if target.name == "na" and target.api_group == "na" else target
 
 
 def task_target(target: Target | None) -> str:
