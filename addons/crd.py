@@ -71,7 +71,7 @@ class KindSpec:
     plural: str
     short_names: tuple[str, ...]
     categories: tuple[str, ...]
-    columns: tuple[tuple[str, str, str], ...]  # (name, jsonPath, type), Age added last
+    columns: tuple[tuple[str, ...], ...]  # (name, jsonPath, type[, format]), Age added last
     spec: Schema
     status: Schema | None  # None: no status subresource
 
@@ -132,7 +132,7 @@ KINDS: dict[str, KindSpec] = {k.kind: k for k in [
     KindSpec(STORAGE, "Repository", "repositories", ("repo",), _ALL,
              (("Integrity", ".status.integrity", "boolean"), ("Snapshot-Count", ".status.snapshotCount", "integer"),
               ("Size", ".status.size", "string"), ("Phase", ".status.phase", "string"),
-              ("Last-Successful-Backup", ".status.lastBackupTime", "date")),
+              ("Last-Successful-Backup", ".status.lastBackupTime", "date", "date-time")),
              _obj(["storageRef"], appRef=_TYPED_REF, storageRef=_REF, path=_STR,
                   deletionPolicy=_enum("Delete", "WipeOut", default="Delete"), encryptionSecret=_REF, paused=_BOOL),
              _obj(phase=_enum("NotReady", "Ready"), lastBackupTime=_TIME, integrity=_BOOL, snapshotCount=_INT32,
@@ -179,7 +179,8 @@ def crd(kind: str) -> dict[str, Any]:
                 "storage": True,
                 "subresources": {"status": {}} if k.status is not None else {},
                 "additionalPrinterColumns": [
-                    *({"jsonPath": path, "name": name, "type": type_} for name, path, type_ in k.columns),
+                    *({**({"format": c[3]} if len(c) > 3 else {}), "jsonPath": c[1], "name": c[0], "type": c[2]}
+                      for c in k.columns),
                     {"jsonPath": ".metadata.creationTimestamp", "name": "Age", "type": "date"}],
                 "schema": {"openAPIV3Schema": {"type": "object", "properties": properties}},
             }],
