@@ -10,6 +10,7 @@ import asyncio
 import base64
 import hashlib
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +119,7 @@ def test_a_session_of_two_tasks_into_two_repositories(kube_cluster, namespace, n
 
     # two Snapshots (one per repository), two components each (one per task), both Succeeded
     names = {"repo-a": "repo-a-data-backup-nightly-1700000000", "repo-b": "repo-b-data-backup-nightly-1700000000"}
-    assert {s["backup_session"] if False else n for n in summary["snapshots"]} == set(names.values())
+    assert set(summary["snapshots"]) == set(names.values())
     listed = {s["metadata"]["name"]: s for s in snapshots(kube_cluster, namespace)}
     assert set(listed) == set(names.values())
     assert [s["name"] for s in bs["status"]["snapshots"]] == [names["repo-a"], names["repo-b"]]
@@ -151,16 +152,31 @@ def test_a_session_of_two_tasks_into_two_repositories(kube_cluster, namespace, n
         (n, s["spec"]["repository"], s["spec"]["session"], s["status"]["phase"]) for n, s in listed.items())
     assert not leases(kube_cluster, namespace)  # the session gave its target back
 
-    # a restore from EITHER repository gives the same files, byte for byte
-    for repo, name in names.items():
-        for path in restored.iterdir():
-            import shutil
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-        for task in ("logical-backup-restore", "config-backup-restore"):
-            done = run_flow("pvc-pair", task, target="PersistentVolumeClaim/restored", namespace=namespace,
-                            snapshot=name, kubeconfig=str(kube_cluster.kubeconfig))
-            assert done.is_completed(), (repo, task, done.message)
-        assert tree(restored) == before, repo
+    # a restore from EITHER repository gives the same files, byte for byte: from repo-a by Snapshot name,
+    # task by task; from repo-b as a RestoreSession of latest (one run: both components, latest resolved)
+    for task in ("logical-backup-restore", "config-backup-restore"):
+        done = run_flow("pvc-pair", task, target="PersistentVolumeClaim/restored", namespace=namespace,
+                        snapshot=names["repo-a"], kubeconfig=str(kube_cluster.kubeconfig))
+        assert done.is_completed(), (task, done.message)
+    assert tree(restored) == before
+    for path in restored.iterdir():
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    from stashflow.flows.restore_sessions import restore_session
+
+    done = asyncio.run(restore_session(
+        name="restore-b", namespace=namespace, target="PersistentVolumeClaim/restored", addon="pvc-pair",
+        tasks=[{"name": "logical-backup-restore"}, {"name": "config-backup-restore"}],
+        data_source={"repository": "repo-b", "snapshot": "latest"},
+        cluster={"kubeconfig": str(kube_cluster.kubeconfig)}, return_state=True))
+    assert done.is_completed(), done.message
+    assert tree(restored) == before
+    rs = custom(kube_cluster, "restoresessions", "core.kubestash.com", namespace, "restore-b")
+    assert rs["spec"]["dataSource"] == {"namespace": namespace, "repository": "repo-b",
+                                        "snapshot": names["repo-b"]}  # latest, resolved to a name
+    assert rs["status"]["phase"] == "Succeeded" and rs["status"]["totalComponents"] == 2
+    assert {c: v["phase"] for c, v in rs["status"]["components"].items()} == {"dump": "Succeeded",
+                                                                               "config-backup": "Succeeded"}
+    assert not leases(kube_cluster, namespace)
 
 
 def test_one_unreachable_repository_fails_only_its_snapshot(kube_cluster, namespace, node_agent, prefect_api,
