@@ -288,6 +288,13 @@ async def _session(kube: Any, params: SessionParameters, ref: sessions.BackupSes
     if failures or any(r.get("phase") == "FailedToApply" for r in retention):
         retry_at = await _retry(params)
     status = await steps.finish_session(ns, name, finished, retention, cleaned, started, retry_at)
+    try:
+        from .artifacts import next_scheduled_run
+
+        await steps.update_configuration(ns, params.configuration, params.session, await next_scheduled_run(),
+                                         status["phase"])
+    except Exception as exc:  # noqa: BLE001 - the configuration's status never changes the session's outcome
+        logger.warning("BackupConfiguration status not updated: %s", exc)
     summary = {"backup_session": name, "phase": status["phase"], "duration": status.get("duration"),
                "snapshots": {n: {"phase": s.get("phase"), "size": s.get("size"), "integrity": s.get("integrity"),
                                  "components": sorted((s.get("components") or {}))} for n, s in finished.items()}}

@@ -248,3 +248,23 @@ def session_error(name: str, namespace: str, failures: dict[str, str]) -> RunErr
     detail = "; ".join(f"{where}: {why}" for where, why in failures.items())
     return RunError(f"BackupSession {namespace}/{name} failed: {detail}", code=code,
                     hint="see each task's flow run; a Snapshot of another repository may have succeeded")
+
+
+@task(name="update-configuration", **STEP)
+async def update_configuration(namespace: str, configuration: str, session: str, next_schedule: datetime | None,
+                               last_phase: str) -> None:
+    """The BackupConfiguration's status: Ready (its sessions are scheduled by Prefect deployments), and this
+    session's entry with its next scheduled run (``sessions[].nextSchedule``)."""
+    kube = current()
+    bc = await objects.read(kube, "BackupConfiguration", namespace, configuration)
+    status = bc.get("status") or {}
+    entry: dict[str, Any] = {"name": session, "conditions": [sessions.condition(
+        "SchedulerEnsured", True, "SchedulerEnsured", f"scheduled by a Prefect deployment; last session {last_phase}")]}
+    if next_schedule is not None:
+        entry["nextSchedule"] = next_schedule.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    entries = [e for e in status.get("sessions") or [] if e.get("name") != session] + [entry]
+    await objects.patch_status(kube, "BackupConfiguration", namespace, configuration,
+                               {"phase": "Ready", "sessions": sorted(entries, key=lambda e: e["name"]),
+                                "conditions": sessions.set_condition(status.get("conditions") or [], sessions.condition(
+                                    "ValidationPassed", True, "ResourceValidationPassed",
+                                    "checked by stashflow's plan check (stashflow validate)"))})

@@ -116,6 +116,7 @@ def test_a_session_of_two_tasks_into_two_repositories(kube_cluster, namespace, n
                                                 "repository": "repo-a", "phase": "Applied"}]
     bc = custom(kube_cluster, "backupconfigurations", "core.kubestash.com", namespace, "data-backup")
     assert bc["spec"]["target"]["namespace"] == namespace  # namespaces filled, as the executors read them
+    assert bc["status"]["phase"] == "Ready" and [s["name"] for s in bc["status"]["sessions"]] == ["nightly"]
 
     # two Snapshots (one per repository), two components each (one per task), both Succeeded
     names = {"repo-a": "repo-a-data-backup-nightly-1700000000", "repo-b": "repo-b-data-backup-nightly-1700000000"}

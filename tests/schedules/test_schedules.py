@@ -128,7 +128,9 @@ def test_with_max_retry_1_it_ends_failed_after_two_attempts(kube_cluster, namesp
 
 def test_a_second_backup_of_the_same_target_is_skipped_not_queued(kube_cluster, namespace, node_agent, serve,
                                                                   tmp_path) -> None:
-    node_agent.script({"stashflow.io/task": "backup"}, succeed(after=12.0, message=REPORT))
+    # long enough that the second run starts while the first holds the target, however slowly a flow-run
+    # process starts on a loaded machine (a session also applies its objects before its Job)
+    node_agent.script({"stashflow.io/task": "backup"}, succeed(after=45.0, message=REPORT))
     plan = write_plan(tmp_path / "plan.yaml", namespace, [session("a"), session("b")], name="overlap")
     serve(plan, "--kubeconfig", str(kube_cluster.kubeconfig))
     first, second = f"backup-session/{namespace}-overlap-a", f"backup-session/{namespace}-overlap-b"
