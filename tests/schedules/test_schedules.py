@@ -178,11 +178,13 @@ def backdate(prefect_home: str, run: Any, when: datetime) -> None:
 def test_after_downtime_only_the_latest_missed_run_runs(kube_cluster, namespace, node_agent, prefect_server, serve,
                                                         tmp_path) -> None:
     node_agent.script({"stashflow.io/task": "backup"}, succeed(message=REPORT))
-    plan = write_plan(tmp_path / "plan.yaml", namespace, [session("tick", "* * * * *")], name="missed")
+    # daily: the backdated runs below are the only ones due; an every-minute schedule would add a real run
+    # at the next minute, which (as the latest missed run) would skip the fourth whenever the runner is slow
+    plan = write_plan(tmp_path / "plan.yaml", namespace, [session("tick", "0 3 * * *")], name="missed")
     name = f"backup-session/{namespace}-missed-tick"
     subprocess.run([STASHFLOW, "deploy", str(plan), "--kubeconfig", str(kube_cluster.kubeconfig)],
                    env=prefect_server, check=True, timeout=120)
-    # four runs of the every-minute schedule fell due while no worker ran: 4, 3, 2 and 1 minute ago
+    # four runs of the schedule fell due while no worker ran: 4, 3, 2 and 1 minute ago
     runs = auto_scheduled(name, 4)
     now = datetime.now(timezone.utc)
     for minutes_ago, run in zip((4, 3, 2, 1), runs):
