@@ -136,10 +136,15 @@ def _configuration_spec(params: SessionParameters, target: Target | None) -> dic
 
 
 def _fill_namespaces(spec: dict[str, Any], ns: str) -> dict[str, Any]:
-    """What KubeStash's webhook defaults: the namespace of every reference (the executors read them)."""
+    """What KubeStash's webhook defaults: the namespace of every reference (the executors read them); and
+    what its CRD requires that a stashflow plan may leave out (``scheduler.jobTemplate``, which configures
+    KubeStash's trigger CronJob: Prefect schedules here)."""
     import copy
 
     spec = copy.deepcopy(spec)
+    for session in spec.get("sessions") or []:
+        if isinstance(session.get("scheduler"), dict):
+            session["scheduler"].setdefault("jobTemplate", {})
     if isinstance(spec.get("target"), dict) and spec["target"].get("name") not in (None, "na"):
         spec["target"].setdefault("namespace", ns)
     for backend in spec.get("backends") or []:
@@ -249,6 +254,9 @@ async def _session(kube: Any, params: SessionParameters, ref: sessions.BackupSes
     missing: dict[str, dict[str, str]] = {snapshot_of[r.name]: {} for r in params.repositories}
     for task in params.tasks:
         flow_ = flow_for(params.addon, task.name)
+        # stashflow's own (env-contract) Functions: one Job per task and repository. A Function that speaks
+        # KubeStash's API contract reads every Snapshot of status.snapshots itself, so it would run once per
+        # task: that choice belongs to the contract module (addons/contract.py), not here.
         for repo in params.repositories:
             where = f"{task.name} → {repo.name}"
             component = component_of(task.name)

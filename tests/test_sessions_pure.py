@@ -170,6 +170,13 @@ def test_plan_objects_fill_namespaces_and_task_parameters_write_into_the_session
     assert repository["spec"]["encryptionSecret"] == {"name": "pw", "namespace": "demo"}
     assert configuration["spec"]["target"] == {"kind": "PersistentVolumeClaim", "name": "data", "namespace": "demo"}
     assert configuration["spec"]["backends"][0]["storageRef"] == {"name": "s", "namespace": "demo"}
+    # a plan as written, without what KubeStash's CRD requires and stashflow does not use
+    written = params.model_copy(update={"advanced": params.advanced.model_copy(update={"configuration": {
+        "target": {"kind": "PersistentVolumeClaim", "name": "data"},
+        "sessions": [{"name": "nightly", "scheduler": {"schedule": "0 2 * * *"}}]}})})
+    configuration = plan_objects(written, Target("PersistentVolumeClaim", "data"))[-1]
+    assert configuration["spec"]["sessions"][0]["scheduler"] == {"schedule": "0 2 * * *", "jobTemplate": {}}
+    assert configuration["spec"]["target"]["namespace"] == "demo"
     flow = task_parameters(params, params.tasks[1], params.repositories[0], "pair-nightly-1", 300)
     assert flow["paths"] == "/x" and flow["repository"]["name"] == "repo-a"
     assert flow["advanced"]["within_session"] is True and flow["advanced"]["session"] == "pair-nightly-1"
