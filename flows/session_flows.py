@@ -26,7 +26,7 @@ from prefect.states import Failed, State
 
 from stashflow.addons import sessions
 from stashflow.addons.durations import deadline_seconds, parse_duration
-from stashflow.addons.errors import InputError, RunError, StashflowError
+from stashflow.addons.errors import InputError, StashflowError
 from stashflow.addons.names import label_value
 from stashflow.addons.render import COMPONENT_BY_TASK, FLOW_RUN_LABEL, Target
 from stashflow.tasks import claim
