@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .crd import KINDS
+
 NAME = "stashflow"
 
 RULES: list[dict[str, Any]] = [
@@ -14,6 +16,16 @@ RULES: list[dict[str, Any]] = [
     {"apiGroups": ["storage.kubestash.com"], "resources": ["snapshots"],
      "verbs": ["create", "get", "list", "patch", "delete"]},
     {"apiGroups": ["storage.kubestash.com"], "resources": ["snapshots/status"], "verbs": ["patch"]},
+    # a session run (flows/session_flows.py) applies the plan's objects and records the session in them
+    {"apiGroups": ["storage.kubestash.com"], "resources": ["backupstorages", "repositories"],
+     "verbs": ["create", "get", "patch"]},
+    {"apiGroups": ["storage.kubestash.com"], "resources": ["repositories/status"], "verbs": ["patch"]},
+    {"apiGroups": ["core.kubestash.com"], "resources": ["backupconfigurations"], "verbs": ["create", "get", "patch"]},
+    {"apiGroups": ["core.kubestash.com"], "resources": ["backupsessions"], "verbs": ["create", "get", "list", "delete"]},
+    {"apiGroups": ["core.kubestash.com"], "resources": ["restoresessions"], "verbs": ["create", "get"]},
+    {"apiGroups": ["core.kubestash.com"],
+     "resources": ["backupconfigurations/status", "backupsessions/status", "restoresessions/status"],
+     "verbs": ["patch"]},
     # the pre-flight check reads Secrets as metadata only (PartialObjectMetadata): their values never
     # reach stashflow, but RBAC cannot grant less than get
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
@@ -27,17 +39,17 @@ RULES: list[dict[str, Any]] = [
 ]
 
 
-#: Cluster-wide, read only, one object: which Snapshot CRD is installed (stashflow's or KubeStash's).
+#: Cluster-wide, read only, the CRDs of KubeStash's kinds: which are installed (stashflow's or KubeStash's).
 CRD_READER = "stashflow-snapshot-crd-reader"
 CRD_RULES: list[dict[str, Any]] = [
     {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"],
-     "resourceNames": ["snapshots.storage.kubestash.com"], "verbs": ["get"]},
+     "resourceNames": [kind.crd_name for kind in KINDS.values()], "verbs": ["get"]},
 ]
 
 
 def rbac_objects(namespace: str) -> list[dict[str, Any]]:
     """ServiceAccount, Role and RoleBinding named ``stashflow`` in ``namespace``, and a
-    ClusterRole(Binding) that lets it read the Snapshot CRD and nothing else cluster-wide."""
+    ClusterRole(Binding) that lets it read KubeStash's CRDs and nothing else cluster-wide."""
     labels = {"app.kubernetes.io/managed-by": "stashflow"}
     meta = {"name": NAME, "namespace": namespace, "labels": labels}
     return [

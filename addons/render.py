@@ -134,6 +134,9 @@ class RenderRequest:
     now: datetime | None = None
     snapshot_id: str | None = None
     target_volumes: list[PodVolumes] | None = None  # a workload's data volumes, read by the tasks layer
+    #: one task of a session run (flows/session_flows.py): one Job per (task, repository), named and
+    #: labelled with the repository; the session owns the Snapshot, the task writes its component
+    within_session: bool = False
 
 
 @dataclass
@@ -155,6 +158,8 @@ class ExecutionPlan:
     #: the restic repository's full location (URL and, for local storage, its volume), hashed:
     #: what decides whether it was initialised, whatever the repository's name
     repository_location: str | None = None
+    #: one task of a session run: the session made the Snapshot and finishes it; this run writes its component
+    within_session: bool = False
 
     @property
     def kind(self) -> Literal["backup", "restore"]:
@@ -191,9 +196,10 @@ def render_plan(catalog: Catalog, request: RenderRequest) -> ExecutionPlan:
     given = {k: (v.value if isinstance(v, Value) else v) for k, v in request.builtins.items()}
     session = str(given.get(session_var) or request.session or valid_name(request.target.name, str(int(now.timestamp()))))
     _check_name(session, session_var)
-    job_name = valid_name(session, task.name, str(request.attempt) if request.attempt > 1 else "")
     component = request.component or COMPONENT_BY_TASK.get(task.name, task.name)
     repo_name = request.repository.name if request.repository else request.target.name
+    job_name = valid_name(session, task.name, repo_name if request.within_session else "",
+                          str(request.attempt) if request.attempt > 1 else "")
     snap_name = snapshot_name(repo_name, session) if kind == "backup" else None
 
     builtins: dict[str, Any] = {
@@ -250,7 +256,7 @@ def render_plan(catalog: Catalog, request: RenderRequest) -> ExecutionPlan:
         if location:
             snapshot["metadata"]["labels"][REPOSITORY_LOCATION_LABEL] = location
     return ExecutionPlan(resolved, request.namespace, request.target, session, job_name, component,
-                         repo_name, snap_name, labels, pvcs, job, snapshot, location)
+                         repo_name, snap_name, labels, pvcs, job, snapshot, location, request.within_session)
 
 
 def run_labels(request: RenderRequest, resolved: ResolvedTask, session: str) -> dict[str, str]:
@@ -270,6 +276,8 @@ def run_labels(request: RenderRequest, resolved: ResolvedTask, session: str) -> 
         labels[LABEL_PREFIX + "invoker-name"] = label_value(request.invoker_name or "")
     if request.plan_session:
         labels[LABEL_PREFIX + "plan-session"] = label_value(request.plan_session)
+    if request.within_session and request.repository:
+        labels[LABEL_PREFIX + "repository"] = label_value(request.repository.name)
     labels.update({k: label_value(v) for k, v in request.labels.items()})
     return labels
 

@@ -21,7 +21,8 @@ from prefect.deployments.runner import EntrypointType, RunnerDeployment
 from prefect.exceptions import ObjectAlreadyExists
 
 from stashflow.addons.catalog import BUILTIN_CATALOG
-from stashflow.flows.addon_flows import CATALOG_ENV, flows, python_name
+from stashflow.flows.addon_flows import CATALOG_ENV
+from stashflow.flows.session_flows import backup_session
 
 from .plans import MANAGED_TAG, DeploymentSpec
 from .pools import KubernetesPool, PoolType, ensure_pool
@@ -58,11 +59,11 @@ def _deployment_options(spec: DeploymentSpec) -> dict[str, Any]:
 
 
 def runner_deployment(spec: DeploymentSpec) -> RunnerDeployment:
-    return flows()[python_name(spec.addon, spec.task)].to_deployment(**_deployment_options(spec))
+    return backup_session.to_deployment(**_deployment_options(spec))
 
 
 async def arunner_deployment(spec: DeploymentSpec) -> RunnerDeployment:
-    return await flows()[python_name(spec.addon, spec.task)].ato_deployment(**_deployment_options(spec))
+    return await backup_session.ato_deployment(**_deployment_options(spec))
 
 
 async def ensure_locks(specs: list[DeploymentSpec]) -> None:

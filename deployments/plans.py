@@ -1,4 +1,4 @@
-"""BackupConfigurations → one deployment per (plan, session, addon task) (DESIGN.md §3).
+"""BackupConfigurations → one deployment per (plan, session), run by the ``backup-session`` flow.
 
 ``scheduler.schedule`` → a cron schedule (a ``CRON_TZ=`` or ``TZ=`` prefix sets the time zone,
 UTC otherwise); ``paused`` on the plan or ``scheduler.suspend`` → a paused deployment;
@@ -20,10 +20,11 @@ from stashflow.addons.model import BackupConfiguration, BackupStorage, Retention
 from stashflow.addons.names import label_value
 from stashflow.addons.source import format_path
 from stashflow.addons.render import Target
-from stashflow.flows.addon_flows import entrypoint
 from stashflow.flows.naming import target_tag
-from stashflow.flows.parameters import RunParameters, Storage, from_task_reference
-from stashflow.flows.plan_check import check_plans, cron_problem, late_after, split_schedule
+from stashflow.flows.parameters import Storage, from_task_reference
+from stashflow.flows.plan_check import NO_TARGET, check_plans, cron_problem, late_after, plan_target, split_schedule
+from stashflow.flows.session_flows import ENTRYPOINT, FLOW_NAME
+from stashflow.flows.session_parameters import SessionParameters, SessionRepository, SessionTask
 from stashflow.flows.policies import lock_name
 
 MANAGED_TAG = "stashflow"
@@ -31,12 +32,12 @@ MANAGED_TAG = "stashflow"
 
 @dataclass
 class DeploymentSpec:
-    """One deployment to create or update."""
+    """One deployment to create or update: one session of a plan, run by the ``backup-session`` flow."""
 
     name: str  # unique per flow: <namespace>-<plan>-<session>
-    flow: str  # <addon>:<task>
+    flow: str  # backup-session
     addon: str
-    task: str
+    tasks: list[str]
     entrypoint: str  # module path of the flow object
     parameters: dict[str, Any]
     cron: str
@@ -79,7 +80,7 @@ def _lookup(catalog: Catalog, model: type, ref: Any, default_ns: str, plan: Back
 
 def plan_deployments(catalog: Catalog, *, work_pool: str | None = None, kubeconfig: str | None = None,
                      checked: bool = False) -> list[DeploymentSpec]:
-    """Every deployment the catalog's BackupConfigurations ask for; all problems raised together.
+    """One deployment per session of every BackupConfiguration in the catalog; all problems raised together.
 
     The plans are checked by ``check_plans``, the check ``stashflow validate`` runs: what
     validates deploys, and what does not, does not."""
@@ -89,14 +90,9 @@ def plan_deployments(catalog: Catalog, *, work_pool: str | None = None, kubeconf
     specs: list[DeploymentSpec] = []
     for plan in catalog.of_kind(BackupConfiguration):
         namespace = plan.namespace or "default"
-        target_ref = plan.spec.target
-        if target_ref is None:
-            problems.append(CatalogError("the plan has no target", code="missing-field", location=plan.location(("spec",)),
-                                         obj=plan.ref, field="spec.target"))
-            continue
-        group = f".{target_ref.api_group}" if target_ref.api_group else ""
-        target = f"{target_ref.kind or 'PersistentVolumeClaim'}{group}/{target_ref.name}"
-        target_ns = target_ref.namespace or namespace
+        target_text = plan_target(plan)
+        target = None if target_text == NO_TARGET else target_text
+        target_ns = (plan.spec.target.namespace if plan.spec.target else None) or namespace
         backends = {b.name: (i, b) for i, b in enumerate(plan.spec.backends or [])}
         for s_index, session in enumerate(plan.spec.sessions or []):
             base = ("spec", "sessions", s_index)
@@ -104,28 +100,8 @@ def plan_deployments(catalog: Catalog, *, work_pool: str | None = None, kubeconf
                 problems.append(CatalogError("a session needs a scheduler and an addon", code="missing-field",
                                              location=plan.location(base), obj=plan.ref, field=format_path(base)))
                 continue
-            repos = session.repositories or []
-            if not repos:
-                problems.append(CatalogError("a session needs a repository", code="missing-field",
-                                             location=plan.location(base), obj=plan.ref,
-                                             field=format_path(base + ("repositories",))))
-                continue
-            repo = repos[0]
-            backend_entry = backends.get(repo.backend or "") or (next(iter(backends.values())) if len(backends) == 1
-                                                                  else None)
-            if backend_entry is None:
-                problems.append(CatalogError(f'repository "{repo.name}" names backend "{repo.backend}", which the plan '
-                                             "does not define", code="unknown-object",
-                                             location=plan.location(base + ("repositories", 0, "backend")),
-                                             obj=plan.ref, field=format_path(base + ("repositories", 0, "backend"))))
-                continue
-            b_index, backend = backend_entry
-            bpath = ("spec", "backends", b_index)
-            storage = _lookup(catalog, BackupStorage, backend.storage_ref, namespace, plan, bpath + ("storageRef",),
-                              problems)
-            policy = _lookup(catalog, RetentionPolicy, backend.retention_policy, namespace, plan,
-                             bpath + ("retentionPolicy",), problems) if backend.retention_policy else None
-            if storage is None:
+            repositories = _repositories(catalog, plan, session, s_index, backends, namespace, problems)
+            if not repositories:
                 continue
             cron, timezone = split_schedule(session.scheduler.schedule)
             problem = schedule_problem(cron, timezone)
@@ -141,6 +117,7 @@ def plan_deployments(catalog: Catalog, *, work_pool: str | None = None, kubeconf
             retry = session.retry_config
             info = session.addon.dump()
             addon_settings = {k: v for k, v in info.items() if k in ("jobTemplate", "containerRuntimeSettings")}
+            tasks = []
             for t_index, ref in enumerate(session.addon.tasks or []):
                 try:
                     catalog.task(session.addon.name, ref.name)
@@ -151,43 +128,79 @@ def plan_deployments(catalog: Catalog, *, work_pool: str | None = None, kubeconf
                                                  hint=exc.hint))
                     continue
                 # each task its own settings: a later task never inherits an earlier one's addonVolumes
-                task_params, advanced = from_task_reference(ref, addon_settings)
-                schedule: dict[str, Any] = {"late_after_seconds": late_after(cron, timezone)}
-                if retry:
-                    schedule["max_retry"] = retry.max_retry if retry.max_retry is not None else 1
-                    if retry.delay:
-                        schedule["retry_delay"] = retry.delay
-                if session.scheduler.starting_deadline_seconds is not None:
-                    schedule["starting_deadline_seconds"] = session.scheduler.starting_deadline_seconds
-                limits: dict[str, Any] = {
-                    "history_limit": session.session_history_limit if session.session_history_limit is not None else 1}
-                if session.backup_timeout:  # whole seconds, rounded up: 0.1s is 1 s, never "no deadline"
-                    limits["timeout"] = whole_seconds(session.backup_timeout)
-                run = RunParameters(
-                    target=target, namespace=target_ns,
-                    task_params=task_params,
-                    retention=policy.spec.dump() if policy is not None else None,
-                    repository={"name": repo.name, "storage": Storage.of(storage),
-                                "directory": (repo.directory or "").strip("/"),
-                                "encryption_secret": repo.encryption_secret.name if repo.encryption_secret else None},
-                    limits=limits, schedule=schedule, cluster={"kubeconfig": kubeconfig},
-                    advanced={**advanced, "plan_session": session.name,
-                              "invoker": {"kind": "BackupConfiguration", "name": plan.name}})
-                params = run.to_flow("backup")
-                flow = f"{session.addon.name}:{ref.name}"
-                tag = plan_tag(plan)
-                specs.append(DeploymentSpec(
-                    name=label_value(f"{namespace}-{plan.name}-{session.name}"),
-                    flow=flow, addon=session.addon.name, task=ref.name,
-                    entrypoint=entrypoint(session.addon.name, ref.name), parameters=params, cron=cron,
-                    timezone=timezone, paused=paused,
-                    tags=[MANAGED_TAG, tag, f"session:{session.name}", target_tag(target_ns, target),
-                          f"addon:{session.addon.name}", f"task:{ref.name}"],
-                    lock=lock_name(target_ns, Target.parse(target)),
-                    description=f"{flow} of {target} in {target_ns}, from BackupConfiguration {namespace}/{plan.name} "
-                                f"session {session.name}",
-                    plan_tag=tag, work_pool=work_pool,
-                ))
+                task_params, advanced = from_task_reference(ref, {})
+                tasks.append(SessionTask(name=ref.name, params={**task_params, **advanced["extra_params"]},
+                                         variables=advanced["variables"],
+                                         addon_volumes=advanced["addon"].get("addonVolumes") or []))
+            if len(tasks) < len(session.addon.tasks or []) or not tasks:
+                continue
+            schedule: dict[str, Any] = {"late_after_seconds": late_after(cron, timezone)}
+            if retry:
+                schedule["max_retry"] = retry.max_retry if retry.max_retry is not None else 1
+                if retry.delay:
+                    schedule["retry_delay"] = retry.delay
+            if session.scheduler.starting_deadline_seconds is not None:
+                schedule["starting_deadline_seconds"] = session.scheduler.starting_deadline_seconds
+            limits: dict[str, Any] = {
+                "history_limit": session.session_history_limit if session.session_history_limit is not None else 1}
+            if session.backup_timeout:  # whole seconds, rounded up: 0.1s is 1 s, never "no deadline"
+                limits["timeout"] = whole_seconds(session.backup_timeout)
+            run = SessionParameters(
+                configuration=plan.name, session=session.name, namespace=target_ns, target=target,
+                addon=session.addon.name, tasks=tasks, repositories=repositories, limits=limits, schedule=schedule,
+                cluster={"kubeconfig": kubeconfig},
+                advanced={"addon": addon_settings, "configuration": plan.spec.dump()})
+            tag = plan_tag(plan)
+            where = f"{target} in {target_ns}" if target else f"{target_ns} (no target)"
+            specs.append(DeploymentSpec(
+                name=label_value(f"{namespace}-{plan.name}-{session.name}"),
+                flow=FLOW_NAME, addon=session.addon.name, tasks=[t.name for t in tasks], entrypoint=ENTRYPOINT,
+                parameters=run.to_flow(), cron=cron, timezone=timezone, paused=paused,
+                tags=[MANAGED_TAG, tag, f"session:{session.name}",
+                      target_tag(target_ns, target) if target else f"target:{target_ns}/none",
+                      f"addon:{session.addon.name}", *(f"task:{t.name}" for t in tasks)],
+                lock=lock_name(target_ns, Target.parse(target or NO_TARGET)),
+                description=f"session {session.name} of BackupConfiguration {namespace}/{plan.name}: "
+                            f"{session.addon.name} {', '.join(t.name for t in tasks)} of {where} into "
+                            f"{', '.join(r.name for r in repositories)}",
+                plan_tag=tag, work_pool=work_pool,
+            ))
     raise_all(problems)
     return specs
 
+
+def _repositories(catalog: Catalog, plan: BackupConfiguration, session: Any, s_index: int,
+                  backends: dict[str, tuple[int, Any]], namespace: str,
+                  problems: list[StashflowError]) -> list[SessionRepository]:
+    """Every repository of a session, with its BackupStorage and its backend's RetentionPolicy."""
+    base = ("spec", "sessions", s_index)
+    repos = session.repositories or []
+    if not repos:
+        problems.append(CatalogError("a session needs a repository", code="missing-field",
+                                     location=plan.location(base), obj=plan.ref,
+                                     field=format_path(base + ("repositories",))))
+        return []
+    out = []
+    for r_index, repo in enumerate(repos):
+        backend_entry = backends.get(repo.backend or "") or (next(iter(backends.values())) if len(backends) == 1
+                                                              else None)
+        if backend_entry is None:
+            path = base + ("repositories", r_index, "backend")
+            problems.append(CatalogError(f'repository "{repo.name}" names backend "{repo.backend}", which the plan '
+                                         "does not define", code="unknown-object", location=plan.location(path),
+                                         obj=plan.ref, field=format_path(path)))
+            continue
+        b_index, backend = backend_entry
+        bpath = ("spec", "backends", b_index)
+        storage = _lookup(catalog, BackupStorage, backend.storage_ref, namespace, plan, bpath + ("storageRef",),
+                          problems)
+        policy = _lookup(catalog, RetentionPolicy, backend.retention_policy, namespace, plan,
+                         bpath + ("retentionPolicy",), problems) if backend.retention_policy else None
+        if storage is None:
+            continue
+        out.append(SessionRepository(
+            name=repo.name, storage=Storage.of(storage), directory=(repo.directory or "").strip("/"),
+            encryption_secret=repo.encryption_secret.name if repo.encryption_secret else None,
+            deletion_policy=repo.deletion_policy, retention_policy=policy.name if policy is not None else None,
+            retention=policy.spec.dump() if policy is not None else None))
+    return out if len(out) == len(repos) else []

@@ -97,7 +97,7 @@ def _spec_from_parameters(addon: Addon, task: Task, run: RunParameters) -> RunSp
         addon=addon.name, task=task.name, namespace=run.namespace, target=target, params=params, builtins=builtins,
         session=session, plan_session=run.advanced.plan_session, invoker_kind=invoker.kind if invoker else None,
         invoker_name=invoker.name if invoker else None, attempt=run.advanced.attempt, timeout_seconds=timeout,
-        labels={FLOW_RUN_LABEL: run_id} if run_id else {},
+        labels={FLOW_RUN_LABEL: run_id} if run_id else {}, within_session=run.advanced.within_session,
     )
     repo = run.repository
     return RunSpec(

@@ -447,12 +447,12 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
 
 
 def cmd_install(args: argparse.Namespace) -> int:
-    from stashflow.addons.crd import snapshot_crd
+    from stashflow.addons.crd import all_crds
     from stashflow.addons.rbac import manifest_rbac_objects, rbac_objects
 
     if args.print:
         extra = manifest_rbac_objects(args.namespace) if args.manifests else []
-        yaml.safe_dump_all([snapshot_crd(), *rbac_objects(args.namespace), *extra], sys.stdout, sort_keys=False)
+        yaml.safe_dump_all([*all_crds(), *rbac_objects(args.namespace), *extra], sys.stdout, sort_keys=False)
         return 0
     import asyncio
 

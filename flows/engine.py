@@ -83,6 +83,8 @@ async def execute(spec: RunSpec, catalog: Catalog, connection: Connection,
     async with connection.connect() as kube:
         plan = await resolve_parameters(spec, catalog)
         await preflight(plan)
+        if plan.within_session:  # the session claimed the target for all its tasks
+            return await _run(kube, spec, plan, None, started, retention)
         held = await claim_target(plan)
         _fault_point("claim-target")
         try:
@@ -91,7 +93,7 @@ async def execute(spec: RunSpec, catalog: Catalog, connection: Connection,
             await _shielded(claim.release(kube, held))
 
 
-async def _run(kube: Kube, spec: RunSpec, plan: ExecutionPlan, held: claim.Claim, started: float,
+async def _run(kube: Kube, spec: RunSpec, plan: ExecutionPlan, held: claim.Claim | None, started: float,
                retention: dict[str, Any] | None, retry: str | None = None) -> dict[str, Any]:
     """The run's steps, with the target held."""
     logger = get_run_logger()
@@ -107,7 +109,8 @@ async def _run(kube: Kube, spec: RunSpec, plan: ExecutionPlan, held: claim.Claim
         except JobFailed as failed:  # the step is Failed; the run goes on to record why
             outcome = failed.outcome
         _fault_point("wait-for-job")
-        await claim.renew(kube, held)
+        if held is not None:
+            await claim.renew(kube, held)
         verified = await verify_repository(plan) if outcome.succeeded and plan.snapshot is not None else {}
         result = await record_snapshot(plan, outcome, started, verified)
         _fault_point("record-snapshot")
@@ -125,6 +128,8 @@ async def _run(kube: Kube, spec: RunSpec, plan: ExecutionPlan, held: claim.Claim
         except StashflowError as exc:  # reported, after the backup's own outcome
             logger.error("retention failed: %s", exc)
             retention_error = exc
+    if plan.within_session and outcome.succeeded and "error_code" not in result:
+        return result  # the session keeps its history, finishes the Snapshot and tells the overview
     if outcome.succeeded and "error_code" not in result:
         # a limit of 0 keeps nothing, not even this run's Job
         deleted = await resources.prune_history(kube, plan.namespace, plan.labels, spec.history_limit,
@@ -150,8 +155,10 @@ async def _failed(kube: Kube, spec: RunSpec, plan: ExecutionPlan, outcome: JobOu
     logger = get_run_logger()
     diagnosis = outcome.diagnosis
     stopped = outcome.phase in STOPPED_PHASES or (diagnosis is not None and diagnosis.category in STOPPED_CATEGORIES)
-    if stopped or spec.history_limit <= 0:
+    if stopped or (spec.history_limit <= 0 and not plan.within_session):
         deleted = await resources.delete_run_objects(kube, plan.namespace, resources.selector(plan.labels))
+    elif plan.within_session:
+        deleted = []  # kept with its session, within the session history limit
     else:  # keep the failed Job for debugging, counted in the history limit
         deleted = await resources.prune_history(kube, plan.namespace, plan.labels, spec.history_limit, plan.job_name)
     if deleted:
@@ -166,7 +173,7 @@ async def _failed(kube: Kube, spec: RunSpec, plan: ExecutionPlan, outcome: JobOu
         facts.append(("retry", retry))
     key = artifacts.target_key("failure", plan.namespace, plan.target.kind, plan.target.name)
     code = result.get("error_code")
-    if plan.snapshot_name is not None:
+    if plan.snapshot_name is not None and not plan.within_session:
         final = code if code in RESULT_FAILURES else "run-timeout" if outcome.phase == "TimedOut" else \
             diagnosis.code if diagnosis else "job-failed"
         await publish_overview(kube, plan, "Failed", final)

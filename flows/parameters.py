@@ -152,6 +152,8 @@ class Advanced(Group):
     addon: dict[str, Any] = Field(default_factory=dict, description="The plan's addon settings: jobTemplate, "
                                                                     "containerRuntimeSettings, addonVolumes.")
     invoker: Invoker | None = Field(None, description="The plan or RestoreSession that invoked this run.")
+    within_session: bool = Field(False, description="Set by a backup-session run: the session holds the target "
+                                                    "and made the Snapshot; this run writes its component into it.")
 
 
 #: The groups, in form order, and the kinds of task each applies to.

@@ -159,15 +159,12 @@ def check_backup_plan(plan: BackupConfiguration, catalog: Catalog) -> list[Stash
     c = _Collector(plan, catalog)
     namespace = plan.namespace or "default"
     c.name(plan.namespace, ("metadata", "namespace"), label=True, what="namespace")
-    target_ref = plan.spec.target
-    if target_ref is None:
-        c.add("the plan has no target", ("spec",), "missing-field")
-        return c.problems
-    group = f".{target_ref.api_group}" if target_ref.api_group else ""
-    target_text = f"{target_ref.kind or 'PersistentVolumeClaim'}{group}/{target_ref.name}"
-    target_ns = target_ref.namespace or namespace
-    c.name(target_ref.namespace, ("spec", "target", "namespace"), label=True, what="namespace")
-    c.name(target_ref.name, ("spec", "target", "name"), what="object name")
+    target_text = plan_target(plan)
+    target_ns = (plan.spec.target.namespace if plan.spec.target else None) or namespace
+    if target_text != NO_TARGET:  # a cluster-wide plan (kubedump) has none: its session has no target lock
+        assert plan.spec.target is not None
+        c.name(plan.spec.target.namespace, ("spec", "target", "namespace"), label=True, what="namespace")
+        c.name(plan.spec.target.name, ("spec", "target", "name"), what="object name")
     try:
         target = Target.parse(target_text)
     except StashflowError as exc:
@@ -192,24 +189,32 @@ def check_backup_plan(plan: BackupConfiguration, catalog: Catalog) -> list[Stash
         if not repos:
             c.add("a session needs a repository", base + ("repositories",), "missing-field")
             continue
-        repo = repos[0]
-        rpath = base + ("repositories", 0)
-        c.name(repo.name, rpath + ("name",), what="repository name")
-        c.path(repo.directory, rpath + ("directory",))
-        if repo.encryption_secret is not None:
-            c.name(repo.encryption_secret.name, rpath + ("encryptionSecret", "name"), what="Secret name")
-        backend_entry = backends.get(repo.backend or "") or (next(iter(backends.values())) if len(backends) == 1
-                                                              else None)
-        if backend_entry is None:
-            c.add(f'repository "{repo.name}" names backend "{repo.backend}", which the plan does not define',
-                  rpath + ("backend",), "unknown-object")
-            continue
-        b_index, backend = backend_entry
-        bpath: FieldPath = ("spec", "backends", b_index)
-        storage = _lookup(c, catalog, BackupStorage, backend.storage_ref, namespace, bpath + ("storageRef",))
-        if backend.retention_policy is not None:
-            _lookup(c, catalog, RetentionPolicy, backend.retention_policy, namespace, bpath + ("retentionPolicy",))
-        if storage is None:
+        stored = []  # every repository gets its own copy: each is checked, and each task rendered into it
+        seen_repos: dict[str, int] = {}
+        for r_index, repo in enumerate(repos):
+            rpath = base + ("repositories", r_index)
+            c.name(repo.name, rpath + ("name",), what="repository name")
+            if repo.name in seen_repos:
+                c.add(f'repository "{repo.name}" is named twice in the session (also repositories[{seen_repos[repo.name]}])',
+                      rpath + ("name",), "duplicate-object", "each repository of a session gets its own Snapshot")
+            seen_repos.setdefault(repo.name, r_index)
+            c.path(repo.directory, rpath + ("directory",))
+            if repo.encryption_secret is not None:
+                c.name(repo.encryption_secret.name, rpath + ("encryptionSecret", "name"), what="Secret name")
+            backend_entry = backends.get(repo.backend or "") or (next(iter(backends.values())) if len(backends) == 1
+                                                                  else None)
+            if backend_entry is None:
+                c.add(f'repository "{repo.name}" names backend "{repo.backend}", which the plan does not define',
+                      rpath + ("backend",), "unknown-object")
+                continue
+            b_index, backend = backend_entry
+            bpath: FieldPath = ("spec", "backends", b_index)
+            storage = _lookup(c, catalog, BackupStorage, backend.storage_ref, namespace, bpath + ("storageRef",))
+            if backend.retention_policy is not None:
+                _lookup(c, catalog, RetentionPolicy, backend.retention_policy, namespace, bpath + ("retentionPolicy",))
+            if storage is not None:
+                stored.append((repo, storage))
+        if len(stored) < len(repos):
             continue
         spath = base + ("scheduler", "schedule")
         cron, tz = split_schedule(session.scheduler.schedule)
@@ -233,17 +238,21 @@ def check_backup_plan(plan: BackupConfiguration, catalog: Catalog) -> list[Stash
             variables = _variables(c, ref.variables, tpath + ("variables",))
             if c.problems:
                 continue  # render only a plan that is otherwise right: one cause, one line
-            request = RenderRequest(
-                addon=info.name, task=ref.name, namespace=target_ns, target=target, params=params, builtins=variables,
-                session=valid_name(target.name, str(int(SAMPLE_TIME.timestamp()))), plan_session=session.name,
-                invoker_kind="BackupConfiguration", invoker_name=plan.name, timeout_seconds=timeout,
-                repository=RepositoryContext(name=repo.name, storage=storage, directory=(repo.directory or "").strip("/"),
-                                             encryption_secret=repo.encryption_secret.name if repo.encryption_secret
-                                             else None),
-                addon_info=AddonInfo.model_validate({k: v for k, v in info.dump().items() if k != "tasks"}),
-                addon_volumes=list(ref.addon_volumes or []), now=SAMPLE_TIME, snapshot_id="0" * 26,
-            )
-            c.rendered(request, tpath)
+            for repo, storage in stored:
+                request = RenderRequest(
+                    addon=info.name, task=ref.name, namespace=target_ns, target=target, params=params,
+                    builtins=variables, session=valid_name(plan.name, session.name, str(int(SAMPLE_TIME.timestamp()))),
+                    plan_session=session.name, invoker_kind="BackupConfiguration", invoker_name=plan.name,
+                    timeout_seconds=timeout,
+                    repository=RepositoryContext(name=repo.name, storage=storage,
+                                                 directory=(repo.directory or "").strip("/"),
+                                                 encryption_secret=repo.encryption_secret.name
+                                                 if repo.encryption_secret else None),
+                    addon_info=AddonInfo.model_validate({k: v for k, v in info.dump().items() if k != "tasks"}),
+                    addon_volumes=list(ref.addon_volumes or []), now=SAMPLE_TIME, snapshot_id="0" * 26,
+                    within_session=True,
+                )
+                c.rendered(request, tpath)
     return c.problems
 
 
@@ -267,6 +276,20 @@ def check_hooks(c: _Collector, catalog: Catalog, hooks: Any, namespace: str, pat
             except StashflowError as exc:
                 c.relocate(exc, hpath)
     return plans
+
+
+#: What a session's tasks are run for when the plan has no target (KubeStash's ``{apiGroup: na, name: na}``).
+NO_TARGET = "na.na/na"
+
+
+def plan_target(plan: BackupConfiguration) -> str:
+    """The plan's target as KIND[.GROUP]/NAME, or ``NO_TARGET`` for a cluster-wide plan (no target, or
+    KubeStash's ``{apiGroup: na, kind: ..., name: na}``)."""
+    ref = plan.spec.target
+    if ref is None or not ref.name or (ref.name == "na" and ref.api_group == "na"):
+        return NO_TARGET
+    group = f".{ref.api_group}" if ref.api_group else ""
+    return f"{ref.kind or 'PersistentVolumeClaim'}{group}/{ref.name}"
 
 
 def _lookup(c: _Collector, catalog: Catalog, model: type, ref: Any, default_ns: str, path: FieldPath) -> Any:

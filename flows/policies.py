@@ -135,8 +135,10 @@ def retry_note(attempt: int, max_retry: int, delay: str | None, deployed: bool) 
     return f"attempt {attempt + 1} of {max_retry + 1} follows" + (f" in {delay}" if delay else " now")
 
 
-async def schedule_retry(parameters: dict[str, Any], attempt: int, max_retry: int, delay: str | None) -> str | None:
-    """Start a new attempt through this run's deployment; returns a note for the log, or None."""
+async def schedule_retry(parameters: dict[str, Any], attempt: int, max_retry: int, delay: str | None, *,
+                         name_key: str = "session") -> str | None:
+    """Start a new attempt through this run's deployment; returns a note for the log, or None.
+    ``name_key`` is the ``advanced`` field naming the run, dropped so that the attempt gets its own."""
     if not current_deployment.id or attempt > max_retry:
         return None
     from prefect.deployments import run_deployment
@@ -145,7 +147,7 @@ async def schedule_retry(parameters: dict[str, Any], attempt: int, max_retry: in
     when = datetime.now(timezone.utc) + timedelta(seconds=seconds)
     advanced = dict(parameters.get("advanced") or {})
     advanced.update(attempt=attempt + 1)
-    advanced.pop("session", None)  # a new attempt is a new run: its own name, Job and Snapshot
+    advanced.pop(name_key, None)  # a new attempt is a new run: its own name, Job and Snapshot
     again = {**parameters, "advanced": advanced}
     run = await run_deployment(current_deployment.id, parameters=again, scheduled_time=when, timeout=0,
                                as_subflow=False, tags=[f"attempt:{attempt + 1}"])

@@ -23,7 +23,7 @@ from kubernetes_asyncio import client
 
 from stashflow.addons.errors import Conflict, NotFound, RunError
 from stashflow.addons.names import label_value, valid_name
-from stashflow.addons.render import LABEL_PREFIX, MANAGED_BY, ExecutionPlan
+from stashflow.addons.render import LABEL_PREFIX, MANAGED_BY, ExecutionPlan, Target
 
 from . import resources
 from .kube import Kube
@@ -45,7 +45,24 @@ class Claim:
     orphans_failed: tuple[str, ...] = ()
 
 
-def lease_name(plan: ExecutionPlan) -> str:
+@dataclass(frozen=True)
+class Claimant:
+    """Who claims a target: one Addon-task run (``of_plan``) or a whole session run (flows/session_flows.py)."""
+
+    namespace: str
+    target: Target
+    labels: dict[str, str]
+    holder: str  # the identity; the same identity may claim again (adoption after a restart)
+    job: str  # named on the Lease, for whoever finds the target busy
+    snapshot: str | None = None  # its own Snapshot, never an orphan
+    backup_session: str | None = None  # a session's Snapshots are its own, never orphans
+
+    @classmethod
+    def of_plan(cls, plan: ExecutionPlan) -> "Claimant":
+        return cls(plan.namespace, plan.target, dict(plan.labels), holder_of(plan), plan.job_name, plan.snapshot_name)
+
+
+def lease_name(plan: ExecutionPlan | Claimant) -> str:
     return valid_name("stashflow-target", plan.target.kind.lower(), plan.target.name)
 
 
@@ -63,11 +80,11 @@ def now_micro_rfc3339() -> str:
     return _micro_now().strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _lease_body(plan: ExecutionPlan, holder: str) -> client.V1Lease:
+def _lease_body(plan: Claimant, holder: str) -> client.V1Lease:
     now = now_micro_rfc3339()
     return client.V1Lease(
         metadata=client.V1ObjectMeta(name=lease_name(plan), namespace=plan.namespace, labels=dict(plan.labels),
-                                     annotations={HOLDER_ANNOTATION: plan.job_name,
+                                     annotations={HOLDER_ANNOTATION: plan.job,
                                                   LABEL_PREFIX + "target": str(plan.target)}),
         spec=client.V1LeaseSpec(holder_identity=holder, acquire_time=now, renew_time=now,
                                 lease_duration_seconds=GRACE_SECONDS))
@@ -95,8 +112,9 @@ def _renewed_within(lease: Any, seconds: float) -> bool:
     return (_micro_now() - renewed).total_seconds() < seconds
 
 
-async def claim_target(kube: Kube, plan: ExecutionPlan) -> Claim:
+async def claim_target(kube: Kube, who: ExecutionPlan | Claimant) -> Claim:
     """Hold the target for this run, or raise ``RunError`` (``target-busy``) naming who holds it."""
+    plan = who if isinstance(who, Claimant) else Claimant.of_plan(who)
     for _ in range(3):  # the holder may give the Lease back between our create and our read
         try:
             return await _claim(kube, plan)
@@ -110,9 +128,9 @@ class _Released(Exception):
     """The Lease went away while this run looked at it: claim again."""
 
 
-async def _claim(kube: Kube, plan: ExecutionPlan) -> Claim:
+async def _claim(kube: Kube, plan: Claimant) -> Claim:
     coord = client.CoordinationV1Api(kube.api)
-    name, ns, holder = lease_name(plan), plan.namespace, holder_of(plan)
+    name, ns, holder = lease_name(plan), plan.namespace, plan.holder
     try:
         await kube.call(f"create Lease {ns}/{name}", coord.create_namespaced_lease, ns, _lease_body(plan, holder))
         created = True
@@ -187,7 +205,7 @@ async def release(kube: Kube, claim: Claim) -> None:
         pass  # gone already, or taken over: nothing of ours to give back
 
 
-async def fail_orphans(kube: Kube, plan: ExecutionPlan) -> list[str]:
+async def fail_orphans(kube: Kube, plan: Claimant) -> list[str]:
     """With the target held, a stashflow Snapshot of it still Pending/Running from another session has
     no run behind it any more: mark it Failed, saying so. Returns their names."""
     selector = (f"app.kubernetes.io/managed-by={MANAGED_BY},kubestash.com/app-ref-kind={label_value(plan.target.kind)},"
@@ -200,7 +218,9 @@ async def fail_orphans(kube: Kube, plan: ExecutionPlan) -> list[str]:
     for snap in snapshots:
         status = snap.get("status") or {}
         name = snap["metadata"]["name"]
-        if status.get("phase") not in (None, "Pending", "Running") or name == plan.snapshot_name:
+        if status.get("phase") not in (None, "Pending", "Running") or name == plan.snapshot:
+            continue
+        if plan.backup_session and (snap.get("spec") or {}).get("backupSession") == plan.backup_session:
             continue
         reason = ("orphaned: the run that made this Snapshot stopped before recording a result, and its Job is "
                   "no longer running")

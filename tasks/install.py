@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from stashflow.addons.crd import KINDS
 from stashflow.addons.errors import Conflict
 from stashflow.addons.rbac import manifest_rbac_objects, rbac_objects
 
 from .kube import Kube
-from .resources import ensure_snapshot_crd
+from .objects import ensure_crds
 
 
 async def _apply(kube: Kube, obj: dict[str, Any]) -> str:
@@ -33,10 +34,11 @@ async def _apply(kube: Kube, obj: dict[str, Any]) -> str:
 
 
 async def install(kube: Kube, namespace: str, *, manifests: bool = False) -> list[str]:
-    """The Snapshot CRD when the cluster has none, then the ServiceAccount, Role and RoleBinding;
-    with ``manifests``, the manifest Functions' ServiceAccounts and their cluster-wide roles too."""
-    crd = await ensure_snapshot_crd(kube)
-    done = [f"CustomResourceDefinition/snapshots.storage.kubestash.com {'already present' if crd == 'present' else 'installed'}"]
+    """stashflow's CRDs of KubeStash's kinds where the cluster has none (a KubeStash CRD there is left
+    alone), then the ServiceAccount, Role and RoleBinding; with ``manifests``, the manifest Functions'
+    ServiceAccounts and their cluster-wide roles too."""
+    done = [f"CustomResourceDefinition/{KINDS[kind].crd_name} {'already present' if state == 'present' else 'installed'}"
+            for kind, state in (await ensure_crds(kube)).items()]
     for obj in [*rbac_objects(namespace), *(manifest_rbac_objects(namespace) if manifests else [])]:
         done.append(await _apply(kube, obj))
     return done

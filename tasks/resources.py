@@ -14,14 +14,14 @@ import logging
 from typing import Any
 
 from stashflow.addons import crd
-from stashflow.addons.errors import Conflict, Forbidden, NotFound, Unavailable
+from stashflow.addons.errors import Conflict, Forbidden, NotFound
 from stashflow.addons.render import LABEL_PREFIX, MANAGED_BY
 
 from .kube import Kube
 
 log = logging.getLogger("stashflow.resources")
 
-IDENTITY_LABELS = ("session", "task", "target-kind", "target-name", "attempt")
+IDENTITY_LABELS = ("session", "task", "target-kind", "target-name", "attempt", "repository")
 MERGE_PATCH = "application/merge-patch+json"
 
 
@@ -29,8 +29,9 @@ def identity(labels: dict[str, str]) -> dict[str, str]:
     return {k: labels.get(LABEL_PREFIX + k, "") for k in IDENTITY_LABELS}
 
 
-def selector(labels: dict[str, str], keys: tuple[str, ...] = ("session", "task", "attempt")) -> str:
-    """A label selector for a run's objects (by default: its session, task and attempt)."""
+def selector(labels: dict[str, str], keys: tuple[str, ...] = ("session", "task", "attempt", "repository")) -> str:
+    """A label selector for a run's objects (by default: its session, task, attempt and, within a session
+    run, repository)."""
     parts = [f"app.kubernetes.io/managed-by={MANAGED_BY}"]
     parts += [f"{LABEL_PREFIX}{k}={labels[LABEL_PREFIX + k]}" for k in keys if LABEL_PREFIX + k in labels]
     return ",".join(parts)
@@ -135,23 +136,9 @@ async def latest_snapshot(kube: Kube, namespace: str, repository: str) -> dict[s
 async def ensure_snapshot_crd(kube: Kube, timeout: float = 30.0) -> str:
     """Install stashflow's Snapshot CRD when the cluster has none: ``"present"``, ``"installed"``,
     or ``"unknown"`` when this identity may not read CRDs (then `stashflow install` did it)."""
-    try:
-        await kube.call("read CRD", kube.extensions.read_custom_resource_definition, crd.CRD_NAME)
-        return "present"
-    except Forbidden:
-        return "unknown"
-    except NotFound:
-        pass  # none: install stashflow's below
-    with contextlib.suppress(Conflict):  # another run installed it at the same moment
-        await kube.call("create Snapshot CRD", kube.extensions.create_custom_resource_definition, crd.snapshot_crd())
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while loop.time() < end:
-        found = await kube.call("read CRD", kube.extensions.read_custom_resource_definition, crd.CRD_NAME)
-        if any(c.type == "Established" and c.status == "True" for c in (found.status.conditions or [])):
-            return "installed"
-        await asyncio.sleep(0.1)
-    raise Unavailable("the Snapshot CRD was created but did not become Established")
+    from .objects import ensure_crd
+
+    return await ensure_crd(kube, crd.KIND, timeout)
 
 
 async def snapshot_schema(kube: Kube) -> str:

@@ -21,6 +21,7 @@ from stashflow.addons.catalog import Catalog
 from stashflow.addons.errors import InputError, NotFound, RunError
 from stashflow.addons.model import AddonInfo, AddonVolumeInfo, BackupStorage
 from stashflow.addons.render import (
+    COMPONENT_BY_TASK,
     FLOW_RUN_LABEL,
     LABEL_PREFIX,
     ExecutionPlan,
@@ -114,7 +115,21 @@ async def _restore_source(spec: RunSpec) -> tuple[dict[str, Any], str]:
     components = status.get("components") or {}
     if not components:
         raise RunError(f'Snapshot "{found["metadata"]["name"]}" has no components', code="snapshot-not-found")
-    return found, next(iter(components))
+    return found, restore_component(spec.request.task, list(components), found["metadata"]["name"])
+
+
+def restore_component(task: str, components: list[str], snapshot: str) -> str:
+    """Which component of a Snapshot a restore task reads: the only one, else the one its task writes
+    (``logical-backup-restore`` → ``dump``; ``config-backup-restore`` → what ``config-backup`` writes)."""
+    if len(components) == 1:
+        return components[0]
+    stem = task[: -len("-restore")] if task.endswith("-restore") else task
+    for name in (COMPONENT_BY_TASK.get(task), COMPONENT_BY_TASK.get(stem), stem):
+        if name in components:
+            return name
+    raise RunError(f'Snapshot "{snapshot}" has components {", ".join(sorted(components))}; none of them is the one '
+                   f"restore task {task} reads", code="snapshot-not-found",
+                   hint="restore each component with the restore task of the backup task that wrote it")
 
 
 def _mounts_target_volumes(catalog: Catalog, spec: RunSpec) -> bool:
@@ -223,7 +238,14 @@ async def provision_volumes(plan: ExecutionPlan) -> list[str]:
 async def launch_job(plan: ExecutionPlan, pvcs: list[str]) -> dict[str, Any]:
     """Record the Snapshot as Pending, then create (or adopt) the Job; the Job owns the PVCs."""
     kube, logger = current(), get_run_logger()
-    if plan.snapshot is not None:
+    if plan.snapshot is not None and plan.within_session:
+        try:  # the session made it before any Job: this run only writes its component into it
+            await resources.read(kube, "Snapshot", plan.namespace, plan.snapshot_name)
+        except NotFound:
+            raise RunError(f"the session's Snapshot {plan.snapshot_name} is not in namespace {plan.namespace}",
+                           code="snapshot-not-found", hint="a task within a session runs from its session's flow, "
+                                                           "which creates the Snapshot first") from None
+    elif plan.snapshot is not None:
         snapshot, adopted = await resources.create_or_adopt(kube, plan.snapshot)
         if not adopted or not (snapshot.get("status") or {}).get("phase"):
             await resources.patch_snapshot_status(kube, plan.namespace, plan.snapshot_name, plan.snapshot["status"])
@@ -320,6 +342,9 @@ async def record_snapshot(plan: ExecutionPlan, outcome: JobOutcome, started: flo
     try:
         existing = await resources.read(kube, "Snapshot", plan.namespace, plan.snapshot_name)
     except NotFound:
+        if plan.within_session:
+            raise RunError(f"the session's Snapshot {plan.snapshot_name} was deleted during the run",
+                           code="snapshot-not-found", hint="the session records what is left") from None
         # deleted while the run went on: the data is in the repository, so record it again
         logger.warning("Snapshot %s was deleted during the run; creating it again", plan.snapshot_name)
         existing, _ = await resources.create_or_adopt(kube, plan.snapshot)
@@ -354,6 +379,19 @@ async def record_snapshot(plan: ExecutionPlan, outcome: JobOutcome, started: flo
     prefix = base["path"].rsplit("/", 1)[0]  # repository/v1/<session>
     components = {name: {"path": f"{prefix}/{name}", "driver": base["driver"], "duration": duration, **c}
                   for name, c in components.items()}
+    if plan.within_session:  # its own components only: the session finishes the Snapshot's phase and size
+        own = {n: (nested_restic_stats(c) if await resources.snapshot_schema(kube) == "kubestash" else c)
+               for n, c in components.items()}
+        failed_here = not outcome.succeeded or bool(summary.get("error_code"))
+        patch: dict[str, Any] = {"components": own, "lastUpdateTime": now_rfc3339()}
+        if failed_here:
+            patch["conditions"] = conditions
+        await resources.patch_snapshot_status(kube, plan.namespace, plan.snapshot_name, patch)
+        phase = "Failed" if failed_here else aggregate(components)["phase"]
+        logger.info("Snapshot %s: component %s %s (result from %s)", plan.snapshot_name, plan.component, phase,
+                    channel)
+        summary.update(snapshot=plan.snapshot_name, phase=phase, components=components, channel=channel)
+        return summary
     stale = {name: None for name in ((existing.get("status") or {}).get("components") or {}) if name not in components}
     status = {**aggregate(components), "components": {**components, **stale}, "lastUpdateTime": now_rfc3339(),
               "conditions": conditions}

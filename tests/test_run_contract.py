@@ -73,9 +73,10 @@ def test_each_task_of_a_session_deploys_with_its_own_addon_volumes(tmp_path: Pat
     path = tmp_path / "plan.yaml"
     path.write_text(yaml.safe_dump_all([plan, {**STORAGE, "metadata": {"name": "local", "namespace": "demo"}}]))
     catalog = load([REPO / "addons" / "catalog", path])
-    first, second = plan_deployments(catalog, work_pool=None)
-    assert first.parameters["advanced"]["addon"]["addonVolumes"][0]["name"] == "kubestash-tmp-volume"
-    assert "addonVolumes" not in (second.parameters.get("advanced") or {}).get("addon", {})
+    (deployment,) = plan_deployments(catalog, work_pool=None)  # one session, one deployment
+    first, second = deployment.parameters["tasks"]
+    assert first["addon_volumes"][0]["name"] == "kubestash-tmp-volume"
+    assert second["addon_volumes"] == []
 
 
 def test_a_failures_diagnosis_says_what_retry_follows() -> None:

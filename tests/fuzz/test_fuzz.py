@@ -186,44 +186,50 @@ def test_fuzz_render(tmp_path: Path) -> None:
 
 def recheck_deployment(deployment: dict[str, Any]) -> None:
     """What a deployment run does with its parameters before it touches the cluster, done here:
-    Prefect's parameter validation of the flow, the schedule, then the parameters → RunSpec →
-    render → the API's rules, as ``tasks.steps.resolve_parameters`` does for a backup (that
-    step is a Prefect task that needs a run context, so its pure part is repeated here)."""
+    Prefect's parameter validation of the session flow, the schedule, then for each task and
+    repository the Addon-task run's parameters → RunSpec → render → the API's rules, as
+    ``tasks.steps.resolve_parameters`` does for a backup (that step is a Prefect task that needs
+    a run context, so its pure part is repeated here)."""
     from stashflow.addons.durations import parse_duration
     from stashflow.addons.model import AddonInfo, AddonVolumeInfo, BackupStorage, RetentionPolicy
     from stashflow.addons.render import RepositoryContext, check_objects, render_plan
-    from stashflow.flows import addon_flows
+    from stashflow.flows import addon_flows, session_flows
     from stashflow.flows.plan_check import cron_problem
-
-    from stashflow.flows.parameters import RunParameters
+    from stashflow.flows.session_parameters import SessionParameters
 
     params = deployment["parameters"]
-    flow_obj = addon_flows.flows()[deployment["entrypoint"].rsplit(":", 1)[1]]
-    validated = flow_obj.validate_parameters(params)  # the typed models check durations, names, choices
+    assert deployment["entrypoint"] == session_flows.ENTRYPOINT
+    validated = session_flows.backup_session.validate_parameters(params)  # durations, names, choices
+    session = SessionParameters(**validated)
     schedule = deployment["schedules"][0]
     assert cron_problem(schedule["cron"], schedule["timezone"]) is None, schedule
-    if params.get("retention") is not None:
-        RetentionPolicy.model_validate({"apiVersion": RetentionPolicy.API_VERSION, "kind": "RetentionPolicy",
-                                        "metadata": {"name": "r"}, "spec": params["retention"]})
     catalog = addon_flows.loaded()[0]
-    addon, list_name, _, task = catalog.task(*flow_obj.name.split(":", 1))
-    run = RunParameters.from_flow(validated, {p.name for p in task.parameters or []
-                                              if addon_flows.form_parameter(p.name)})
-    if run.limits.timeout:
-        parse_duration(run.limits.timeout)
-    spec = addon_flows._spec_from_parameters(addon, task, run)
-    storage = spec.storage
-    assert isinstance(storage, BackupStorage)
-    info = run.advanced.addon
-    request = dataclasses.replace(
-        spec.request,
-        repository=RepositoryContext(name=spec.repository or spec.target.name, storage=storage,
-                                     directory=spec.directory, encryption_secret=spec.encryption_secret),
-        addon_info=AddonInfo.model_validate({"name": addon.name, **{k: v for k, v in info.items()
-                                                                   if k != "addonVolumes"}}) if info else None,
-        addon_volumes=[AddonVolumeInfo.model_validate(v) for v in info.get("addonVolumes") or []],
-    )
-    check_objects(render_plan(catalog, request).objects())
+    for repo in session.repositories:
+        if repo.retention is not None:
+            RetentionPolicy.model_validate({"apiVersion": RetentionPolicy.API_VERSION, "kind": "RetentionPolicy",
+                                            "metadata": {"name": "r"}, "spec": repo.retention})
+        for t in session.tasks:
+            addon, list_name, _, task = catalog.task(session.addon, t.name)
+            flow_obj = addon_flows.flow_for(session.addon, t.name)
+            flow_params = session_flows.task_parameters(session, t, repo, "plan-session-1700000000", 60)
+            run = addon_flows.RunParameters.from_flow(
+                flow_obj.validate_parameters(flow_params),
+                {p.name for p in task.parameters or [] if addon_flows.form_parameter(p.name)})
+            if run.limits.timeout:
+                parse_duration(run.limits.timeout)
+            spec = addon_flows._spec_from_parameters(addon, task, run)
+            storage = spec.storage
+            assert isinstance(storage, BackupStorage)
+            info = run.advanced.addon
+            request = dataclasses.replace(
+                spec.request,
+                repository=RepositoryContext(name=spec.repository or spec.target.name, storage=storage,
+                                             directory=spec.directory, encryption_secret=spec.encryption_secret),
+                addon_info=AddonInfo.model_validate({"name": addon.name, **{k: v for k, v in info.items()
+                                                                           if k != "addonVolumes"}}) if info else None,
+                addon_volumes=[AddonVolumeInfo.model_validate(v) for v in info.get("addonVolumes") or []],
+            )
+            check_objects(render_plan(catalog, request).objects())
 
 
 def test_fuzz_deploy_write(tmp_path: Path) -> None:

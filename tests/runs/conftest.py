@@ -16,7 +16,8 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 os.environ["STASHFLOW_CATALOG"] = os.pathsep.join([str(REPO / "addons" / "catalog"),
-                                                   str(REPO / "tests" / "data" / "flow-catalog.yaml")])
+                                                   str(REPO / "tests" / "data" / "flow-catalog.yaml"),
+                                                   str(REPO / "tests" / "data" / "session-catalog.yaml")])
 
 
 @pytest.fixture(autouse=True)

@@ -14,7 +14,8 @@ from typing import Iterator
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-CATALOG = os.pathsep.join([str(REPO / "addons" / "catalog"), str(REPO / "tests" / "data" / "flow-catalog.yaml")])
+CATALOG = os.pathsep.join([str(REPO / "addons" / "catalog"), str(REPO / "tests" / "data" / "flow-catalog.yaml"),
+                           str(REPO / "tests" / "data" / "session-catalog.yaml")])
 os.environ["STASHFLOW_CATALOG"] = CATALOG
 
 

@@ -36,31 +36,34 @@ def test_deploy_creates_updates_and_prunes(prefect_server, tmp_path) -> None:
                           timeout=120)
     assert done.returncode == 0, done.stderr
     found = deployments_of("plan:shop.db-backup")
-    assert sorted(found) == ["scripted:backup/shop-db-backup-hourly", "scripted:backup/shop-db-backup-nightly"]
-    nightly, hourly = found["scripted:backup/shop-db-backup-nightly"], found["scripted:backup/shop-db-backup-hourly"]
+    assert sorted(found) == ["backup-session/shop-db-backup-hourly", "backup-session/shop-db-backup-nightly"]
+    nightly, hourly = found["backup-session/shop-db-backup-nightly"], found["backup-session/shop-db-backup-hourly"]
     (schedule,) = nightly.schedules
     assert (schedule.schedule.cron, schedule.schedule.timezone) == ("0 2 * * *", "Europe/Berlin")
     assert not nightly.paused and hourly.paused
     p = nightly.parameters
     assert p["target"] == "PersistentVolumeClaim/data" and p["namespace"] == "shop"
-    assert p["message"] == "it's \"quoted\""
+    assert (p["configuration"], p["session"], p["addon"]) == ("db-backup", "nightly", "scripted")
+    assert p["tasks"] == [{"name": "backup", "params": {"message": "it's \"quoted\""}, "variables": {},
+                           "addon_volumes": []}]
     assert p["schedule"]["max_retry"] == 2 and p["schedule"]["retry_delay"] == "5m"
     assert p["limits"] == {"timeout": "1h", "history_limit": 3}
-    assert p["retention"] == {"successfulSnapshots": {"daily": 7}} and p["repository"]["name"] == "data-nightly"
-    assert p["repository"]["storage"]["spec"]["storage"]["provider"] == "local"
+    (repo,) = p["repositories"]
+    assert repo["retention"] == {"successfulSnapshots": {"daily": 7}} and repo["name"] == "data-nightly"
+    assert repo["storage"]["spec"]["storage"]["provider"] == "local"
     assert {"stashflow", "plan:shop.db-backup", "addon:scripted", "task:backup", "session:nightly",
             "target:shop/pvc/data"} <= set(nightly.tags)
-    # the flow's form: the task's parameters with their usage
-    assert nightly.parameter_openapi_schema["properties"]["message"]["description"].startswith("A value passed")
+    # the flow's form: the session's groups with their descriptions
+    assert nightly.parameter_openapi_schema["properties"]["tasks"]["description"].startswith("Its tasks")
 
     changed = write_plan(tmp_path / "plan.yaml", "shop", [session("nightly", "0 3 * * *")], name="db-backup")
     done = subprocess.run([STASHFLOW, "deploy", str(changed)], env=prefect_server, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr
-    assert "pruned scripted:backup/shop-db-backup-hourly" in done.stdout
+    assert "pruned backup-session/shop-db-backup-hourly" in done.stdout
     found = deployments_of("plan:shop.db-backup")
-    assert list(found) == ["scripted:backup/shop-db-backup-nightly"]
-    (schedule,) = found["scripted:backup/shop-db-backup-nightly"].schedules
+    assert list(found) == ["backup-session/shop-db-backup-nightly"]
+    (schedule,) = found["backup-session/shop-db-backup-nightly"].schedules
     assert (schedule.schedule.cron, schedule.schedule.timezone) == ("0 3 * * *", "UTC")
 
 
@@ -114,8 +117,8 @@ def test_prefect_deploy_accepts_the_written_prefect_yaml(prefect_server, tmp_pat
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     found = deployments_of("plan:web.site")
-    assert sorted(found) == ["scripted:backup/web-site-nightly", "scripted:backup/web-site-weekly"]
-    assert found["scripted:backup/web-site-weekly"].work_pool_name == "stashflow"
+    assert sorted(found) == ["backup-session/web-site-nightly", "backup-session/web-site-weekly"]
+    assert found["backup-session/web-site-weekly"].work_pool_name == "stashflow"
 
 
 def test_the_repositorys_prefect_yaml_is_what_its_example_plan_gives(tmp_path) -> None:

@@ -1,0 +1,232 @@
+"""A RestoreSession is one run too: the ``restore-session`` flow (``stashflow.flows.restore_sessions:restore_session``).
+
+As KubeStash runs one: ``dataSource.snapshot: latest`` is resolved to a concrete Snapshot name (the
+repository's newest Succeeded one) before anything runs, the RestoreSession object is created (its
+references' namespaces filled) with ``status.components`` pre-created ``{<component>: {phase: Pending}}``
+(KubeStash's executors write nothing when it is missing), the target is claimed once, the restore tasks
+run in order, each its own flow run (a subflow) reading its component of that Snapshot, and each
+component's phase, duration and error are recorded; the RestoreSession's phase follows its components
+(one Failed fails it).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Annotated, Any
+
+from prefect import flow, get_run_logger
+from prefect import task as prefect_task
+from prefect.runtime import flow_run as current_flow_run
+from prefect.states import Failed, State
+from pydantic import BaseModel, ConfigDict, Field
+
+from stashflow.addons import sessions
+from stashflow.addons.durations import deadline_seconds
+from stashflow.addons.errors import RunError, StashflowError
+from stashflow.addons.model.types import Blank, ObjectName
+from stashflow.addons.render import FLOW_RUN_LABEL, LABEL_PREFIX, MANAGED_BY
+from stashflow.tasks import claim, objects, resources
+from stashflow.tasks.kube import current
+from stashflow.tasks.steps import STEP, restore_component
+
+from .addon_flows import flow_for, loaded, state_message
+from .engine import Connection
+from .parameters import Cluster, Group, Limits, RunParameters, form_parameter
+from .session_flows import _shielded, parse_target, task_target
+from .session_parameters import SessionTask
+
+FLOW_NAME = "restore-session"
+ENTRYPOINT = f"{__name__}:restore_session"
+
+
+class DataSource(Group):
+    """Where the restore reads from (``spec.dataSource``)."""
+
+    repository: str | None = Field(None, description="The Repository; needed for latest.")
+    snapshot: str = Field("latest", description="A Snapshot name, or latest (the repository's newest Succeeded).")
+    namespace: str | None = Field(None, description="Where the Snapshot is (default: the session's namespace).")
+    encryption_secret: Annotated[ObjectName | None, Blank] = Field(None, description="Secret with RESTIC_PASSWORD.")
+
+
+class RestoreParameters(BaseModel):
+    """One restore session's parameters, typed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: ObjectName
+    namespace: str = "default"
+    target: str | None = None
+    addon: str
+    tasks: list[SessionTask]
+    data_source: DataSource
+    limits: Limits = Field(default_factory=Limits)
+    cluster: Cluster = Field(default_factory=Cluster)
+    addon_settings: dict[str, Any] = Field(default_factory=dict)
+
+
+def restore_session_object(params: RestoreParameters, snapshot: str) -> dict[str, Any]:
+    """The RestoreSession as KubeStash's executors read it: namespaces filled, the concrete Snapshot."""
+    ns = params.namespace
+    target = parse_target(params.target)
+    source: dict[str, Any] = {"namespace": params.data_source.namespace or ns, "snapshot": snapshot}
+    if params.data_source.repository:
+        source["repository"] = params.data_source.repository
+    if params.data_source.encryption_secret:
+        source["encryptionSecret"] = {"name": params.data_source.encryption_secret, "namespace": ns}
+    spec: dict[str, Any] = {"dataSource": source, "addon": {"name": params.addon, "tasks": [
+        {"name": t.name, **({"params": t.params} if t.params else {})} for t in params.tasks]}}
+    if target is not None:
+        spec["target"] = sessions.app_ref(target, ns)
+    if params.limits.timeout:
+        spec["restoreTimeout"] = params.limits.timeout
+    labels = {"app.kubernetes.io/managed-by": MANAGED_BY, LABEL_PREFIX + "session": params.name}
+    if current_flow_run.id:
+        labels[FLOW_RUN_LABEL] = str(current_flow_run.id)
+    return {"apiVersion": "core.kubestash.com/v1alpha1", "kind": "RestoreSession",
+            "metadata": {"name": params.name, "namespace": ns, "labels": labels}, "spec": spec}
+
+
+@prefect_task(name="start-restore", **STEP)
+async def start_restore(params: RestoreParameters) -> tuple[str, dict[str, str], dict[str, Any]]:
+    """``latest`` → a Snapshot name; the RestoreSession with its components Pending. Returns the Snapshot's
+    name, each task's component, and the RestoreSession."""
+    kube, logger = current(), get_run_logger()
+    await objects.ensure_crds(kube, ["RestoreSession", "Snapshot"])
+    source_ns = params.data_source.namespace or params.namespace
+    if params.data_source.snapshot in ("", "latest"):
+        if not params.data_source.repository:
+            raise RunError('a restore of "latest" needs dataSource.repository', code="invalid-argument")
+        found = await resources.latest_snapshot(kube, source_ns, params.data_source.repository)
+        if found is None:
+            raise RunError(f'repository "{params.data_source.repository}" has no Succeeded Snapshot in namespace '
+                           f"{source_ns}", code="snapshot-not-found", hint="run a backup first, or name a Snapshot")
+    else:
+        found = await resources.read(kube, "Snapshot", source_ns, params.data_source.snapshot)
+    name = found["metadata"]["name"]
+    have = list(((found.get("status") or {}).get("components") or {}))
+    components = {t.name: restore_component(t.name, have, name) for t in params.tasks}
+    logger.info("restoring Snapshot %s (components %s)", name, ", ".join(components.values()))
+    rs = restore_session_object(params, name)
+    try:
+        await objects.create(kube, rs)
+    except StashflowError as exc:
+        if exc.code != "api-conflict":
+            raise
+    now = datetime.now(timezone.utc)
+    status: dict[str, Any] = {"components": {c: {"phase": "Pending"} for c in components.values()},
+                              "totalComponents": len(set(components.values())), "phase": "Running",
+                              "conditions": [sessions.condition("RestoreExecutorEnsured", True,
+                                                                "SuccessfullyEnsuredRestoreExecutor")]}
+    if params.limits.timeout:
+        status["restoreDeadline"] = (now + timedelta(seconds=deadline_seconds(params.limits.timeout))).strftime(
+            "%Y-%m-%dT%H:%M:%SZ")
+    await objects.patch_status(kube, "RestoreSession", params.namespace, params.name, status)
+    return name, components, rs
+
+
+async def _record(namespace: str, name: str, component: str, value: dict[str, Any]) -> None:
+    await objects.patch_status(current(), "RestoreSession", namespace, name, {"components": {component: value}})
+
+
+@flow(name=FLOW_NAME, retries=0, validate_parameters=True)
+async def restore_session(name: str, addon: str, tasks: list[SessionTask], data_source: DataSource,
+                          namespace: str = "default", target: str | None = None, limits: Limits = Limits(),
+                          cluster: Cluster = Cluster(), addon_settings: dict[str, Any] | None = None) -> Any:
+    """Run a KubeStash RestoreSession: latest resolved, its components Pending, its restore tasks in order.
+
+    Args:
+        name: The RestoreSession's name.
+        addon: The Addon of the restore tasks.
+        tasks: The restore tasks, in order.
+        data_source: The repository and Snapshot (a name, or latest) to restore from.
+        namespace: Namespace of the RestoreSession and its target.
+        target: What is restored into, as KIND/NAME.
+        limits: restoreTimeout (one deadline for the session), stuck Pods, Jobs kept.
+        cluster: How to reach the cluster.
+        addon_settings: jobTemplate, containerRuntimeSettings.
+    """
+    logger = get_run_logger()
+    try:
+        params = RestoreParameters(name=name, addon=addon, tasks=tasks, data_source=data_source, namespace=namespace,
+                                   target=target, limits=limits, cluster=cluster,
+                                   addon_settings=addon_settings or {})
+        catalog, _ = loaded()
+        for t in params.tasks:
+            catalog.task(params.addon, t.name)
+        return await _run(params)
+    except StashflowError as exc:
+        logger.error("%s", exc.format())
+        return Failed(message=state_message(exc), data=exc)
+
+
+async def _run(params: RestoreParameters) -> dict[str, Any]:
+    logger = get_run_logger()
+    started = time.time()
+    ns, parsed = params.namespace, parse_target(params.target)
+    timeout = deadline_seconds(params.limits.timeout) if params.limits.timeout else None
+    deadline = started + timeout if timeout else None
+    connection = Connection(params.cluster.kubeconfig, params.cluster.context, params.cluster.credentials_block)
+    async with connection.connect() as kube:
+        snapshot, components, _ = await start_restore(params)
+        held = None
+        if parsed is not None:
+            held = await claim.claim_target(kube, claim.Claimant(
+                namespace=ns, target=parsed, labels={"app.kubernetes.io/managed-by": MANAGED_BY,
+                                                     LABEL_PREFIX + "session": params.name},
+                holder=f"{params.name}/restore", job=params.name))
+        failures: dict[str, str] = {}
+        try:
+            for t in params.tasks:
+                component = components[t.name]
+                left = deadline - time.time() if deadline else None
+                if left is not None and left <= 0:
+                    failures[t.name] = f"run-timeout: restoreTimeout {params.limits.timeout} passed before {t.name}"
+                    await _record(ns, params.name, component, {"phase": "Failed", "error": failures[t.name]})
+                    continue
+                await _record(ns, params.name, component, {"phase": "Running"})
+                begun = time.time()
+                run = RunParameters(
+                    target=task_target(parsed), namespace=ns,
+                    task_params={k: v for k, v in t.params.items() if form_parameter(k)}, snapshot=snapshot,
+                    repository={"name": params.data_source.repository,
+                                "encryption_secret": params.data_source.encryption_secret},
+                    limits={"timeout": f"{math.ceil(left)}s" if left else None,
+                            "stuck_after": params.limits.stuck_after, "history_limit": params.limits.history_limit},
+                    cluster=params.cluster,
+                    advanced={"session": params.name, "variables": t.variables,
+                              "extra_params": {k: v for k, v in t.params.items() if not form_parameter(k)},
+                              "addon": {**params.addon_settings,
+                                        **({"addonVolumes": t.addon_volumes} if t.addon_volumes else {})},
+                              "invoker": {"kind": "RestoreSession", "name": params.name}, "within_session": True})
+                state: State = await flow_for(params.addon, t.name)(**run.to_flow("restore"), return_state=True)
+                took = sessions.duration(time.time() - begun)
+                if held is not None:
+                    await claim.renew(kube, held)
+                if state.is_completed():
+                    await _record(ns, params.name, component, {"phase": "Succeeded", "duration": took})
+                else:
+                    failures[t.name] = state.message or state.type.value
+                    await _record(ns, params.name, component,
+                                  {"phase": "Failed", "duration": took, "error": failures[t.name]})
+        finally:
+            if held is not None:
+                await _shielded(claim.release(kube, held), logger)
+        rs = await objects.read(kube, "RestoreSession", ns, params.name)
+        status = rs.get("status") or {}
+        phase = sessions.restore_phase(status.get("components") or {})
+        conditions = sessions.set_condition(status.get("conditions") or [], sessions.condition(
+            "MetricsPushed", True, "SessionFinished", "The session's final step ran (stashflow pushes no metrics)."))
+        final = {"phase": phase, "duration": sessions.duration(time.time() - started), "conditions": conditions}
+        await objects.patch_status(kube, "RestoreSession", ns, params.name, final)
+        logger.info("RestoreSession %s/%s: %s", ns, params.name, phase)
+    if phase != "Succeeded":
+        first = next(iter(failures.values()), "job-failed: a component did not succeed")
+        raise RunError(f"RestoreSession {ns}/{params.name} failed: " + "; ".join(
+            f"{k}: {v}" for k, v in failures.items()), code=first.split(":", 1)[0].strip() or "job-failed",
+            hint="see each restore task's flow run")
+    return {"restore_session": params.name, "snapshot": snapshot, "phase": phase, "components": components}
+
+
+__all__ = ["DataSource", "ENTRYPOINT", "FLOW_NAME", "RestoreParameters", "restore_session", "restore_session_object"]

@@ -1,0 +1,441 @@
+"""A session is one run: the ``backup-session`` flow (``stashflow.flows.session_flows:backup_session``).
+
+As KubeStash runs a BackupConfiguration's session (REFERENCE.md §4.1): the plan's objects are applied
+(BackupStorage, Repository, BackupConfiguration), the target is claimed once for the session, the
+BackupSession ``<config>-<session>-<unix time>`` is created with one Pending Snapshot per repository
+(named in its ``status.snapshots`` before any Job starts), then the session's Addon tasks run in order,
+each **its own Prefect flow, as a subflow**, once per repository: every repository gets its own full
+backup (one Job per task and repository), so one unreachable repository fails only its Snapshot. Each
+task writes its component into its repository's Snapshot (``advanced.within_session``). Then each
+Snapshot is finished from its components, retention runs per repository, the Repositories' status is
+updated, ``sessionHistoryLimit`` is applied and the BackupSession gets the phase ``CalculatePhase``
+gives. ``backupTimeout`` is one deadline for the whole session; ``retryConfig`` starts a new session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run as current_flow_run
+from prefect.states import Failed, State
+
+from stashflow.addons import sessions
+from stashflow.addons.durations import deadline_seconds, parse_duration
+from stashflow.addons.errors import InputError, StashflowError
+from stashflow.addons.names import label_value
+from stashflow.addons.render import COMPONENT_BY_TASK, FLOW_RUN_LABEL, Target
+from stashflow.tasks import claim
+from stashflow.tasks import session_steps as steps
+from stashflow.tasks.retention import apply_retention
+from stashflow.tasks.steps import ANN_DIRECTORY, ANN_SECRET, ANN_STORAGE, ANN_STORAGE_OBJECT, resolve_parameters
+
+from . import policies
+from .addon_flows import _spec_from_parameters, flow_for, loaded, state_message
+from .engine import Connection
+from .parameters import Cluster, Limits, RunParameters, SchedulePolicy
+from .session_parameters import SessionAdvanced, SessionParameters, SessionRepository, SessionTask
+
+__all__ = ["ENTRYPOINT", "FLOW_NAME", "SessionParameters", "backup_session", "plan_objects", "task_parameters"]
+
+FLOW_NAME = "backup-session"
+ENTRYPOINT = f"{__name__}:backup_session"
+
+
+def parse_target(text: str | None) -> Target | None:
+    """The plan's target, or None for a cluster-wide plan (no target, or KubeStash's ``na``)."""
+    if not text:
+        return None
+    target = Target.parse(text)
+    return None if target.name == "na" and target.api_group == "na" else target
+
+
+def task_target(target: Target | None) -> str:
+    """What a task of the session is run for: the target, or KubeStash's ``na`` reference without one."""
+    return str(target) if target is not None else "na.na/na"
+
+
+def _run_name() -> str:
+    p = current_flow_run.parameters
+    ns = str(p.get("namespace") or "default")
+    advanced = p.get("advanced") or {}
+    name = advanced.get("backup_session") if isinstance(advanced, dict) else getattr(advanced, "backup_session", None)
+    when = current_flow_run.scheduled_start_time
+    return f"{ns}/{p.get('configuration')}/{p.get('session')} " + (name or (f"{when:%Y-%m-%d %H:%M}" if when else ""))
+
+
+def component_of(task: str) -> str:
+    """The component a task writes (the rule the run's rendering uses)."""
+    return COMPONENT_BY_TASK.get(task, task)
+
+
+def _storage_annotations(repo: SessionRepository) -> dict[str, str]:
+    """Where a Snapshot's data is, so that a restore needs only the Snapshot's name (as a task run records it)."""
+    import json
+
+    storage = repo.storage.to_object()
+    stored = {"apiVersion": storage.api_version, "kind": storage.kind,
+              "metadata": {k: v for k, v in (("name", storage.name), ("namespace", storage.namespace)) if v},
+              "spec": {"storage": storage.spec.storage.dump() if storage.spec.storage else {}}}
+    values = {ANN_STORAGE: storage.name, ANN_DIRECTORY: repo.directory.strip("/"), ANN_SECRET: repo.encryption_secret or "",
+              ANN_STORAGE_OBJECT: json.dumps(stored, separators=(",", ":"), sort_keys=True)}
+    return {k: v for k, v in values.items() if v}
+
+
+def plan_objects(params: SessionParameters, target: Target | None) -> list[dict[str, Any]]:
+    """The BackupStorages, Repositories and BackupConfiguration a session needs in the cluster."""
+    ns = params.namespace
+    out: list[dict[str, Any]] = []
+    seen: set[tuple[str, str]] = set()
+    labels = {"app.kubernetes.io/managed-by": "stashflow"}
+    for repo in params.repositories:
+        storage_ns = repo.storage.namespace or ns
+        if (storage_ns, repo.storage.name) not in seen:
+            seen.add((storage_ns, repo.storage.name))
+            out.append({"apiVersion": "storage.kubestash.com/v1alpha1", "kind": "BackupStorage",
+                        "metadata": {"name": repo.storage.name, "namespace": storage_ns, "labels": labels},
+                        "spec": repo.storage.spec})
+    for repo in params.repositories:
+        out.append(sessions.repository(_repo_ref(params, repo), ns, params.configuration, target))
+    spec = params.advanced.configuration or _configuration_spec(params, target)
+    out.append({"apiVersion": "core.kubestash.com/v1alpha1", "kind": "BackupConfiguration",
+                "metadata": {"name": params.configuration, "namespace": ns, "labels": labels},
+                "spec": _fill_namespaces(spec, ns)})
+    return out
+
+
+def _repo_ref(params: SessionParameters, repo: SessionRepository) -> sessions.RepositoryRef:
+    return sessions.RepositoryRef(name=repo.name, storage=repo.storage.name,
+                                  storage_namespace=repo.storage.namespace or params.namespace,
+                                  directory=repo.directory, encryption_secret=repo.encryption_secret,
+                                  deletion_policy=repo.deletion_policy)
+
+
+def _configuration_spec(params: SessionParameters, target: Target | None) -> dict[str, Any]:
+    """A BackupConfiguration spec for a session given without its plan (what the parameters say)."""
+    backends = {}
+    for repo in params.repositories:
+        backends[repo.storage.name] = {"name": repo.storage.name, "storageRef": {"name": repo.storage.name}}
+        if repo.retention_policy:
+            backends[repo.storage.name]["retentionPolicy"] = {"name": repo.retention_policy}
+    spec: dict[str, Any] = {"backends": list(backends.values()), "sessions": [{
+        "name": params.session, "sessionHistoryLimit": params.limits.history_limit,
+        "addon": {"name": params.addon, "tasks": [{"name": t.name, **({"params": t.params} if t.params else {})}
+                                                   for t in params.tasks]},
+        "repositories": [{"name": r.name, "backend": r.storage.name, "directory": r.directory or "/",
+                          **({"encryptionSecret": {"name": r.encryption_secret}} if r.encryption_secret else {})}
+                         for r in params.repositories]}]}
+    if target is not None:
+        spec["target"] = {**({"apiGroup": target.api_group} if target.api_group else {}), "kind": target.kind,
+                          "name": target.name}
+    return spec
+
+
+def _fill_namespaces(spec: dict[str, Any], ns: str) -> dict[str, Any]:
+    """What KubeStash's webhook defaults: the namespace of every reference (the executors read them); and
+    what its CRD requires that a stashflow plan may leave out (``scheduler.jobTemplate``, which configures
+    KubeStash's trigger CronJob: Prefect schedules here)."""
+    import copy
+
+    spec = copy.deepcopy(spec)
+    for session in spec.get("sessions") or []:
+        if isinstance(session.get("scheduler"), dict):
+            session["scheduler"].setdefault("jobTemplate", {})
+    if isinstance(spec.get("target"), dict) and spec["target"].get("name") not in (None, "na"):
+        spec["target"].setdefault("namespace", ns)
+    for backend in spec.get("backends") or []:
+        for key in ("storageRef", "retentionPolicy"):
+            if isinstance(backend.get(key), dict):
+                backend[key].setdefault("namespace", ns)
+    for session in spec.get("sessions") or []:
+        for repo in session.get("repositories") or []:
+            if isinstance(repo.get("encryptionSecret"), dict):
+                repo["encryptionSecret"].setdefault("namespace", ns)
+    return spec
+
+
+def task_run(params: SessionParameters, task: SessionTask, repo: SessionRepository, backup_session: str,
+             timeout_seconds: int | None) -> RunParameters:
+    """The Addon-task run of one task into one repository, within this session."""
+    from .parameters import form_parameter
+
+    return RunParameters(
+        target=task_target(parse_target(params.target)), namespace=params.namespace,
+        task_params={k: v for k, v in task.params.items() if form_parameter(k)},
+        repository={"name": repo.name, "storage": repo.storage, "directory": repo.directory.strip("/"),
+                    "encryption_secret": repo.encryption_secret},
+        limits={"timeout": f"{timeout_seconds}s" if timeout_seconds else None,
+                "stuck_after": params.limits.stuck_after, "history_limit": params.limits.history_limit},
+        schedule={"exclusive": False, "max_retry": 0, "missed_runs": "all"}, cluster=params.cluster,
+        advanced={"session": backup_session, "plan_session": params.session, "attempt": params.advanced.attempt,
+                  "db_version": params.advanced.db_version, "variables": task.variables,
+                  "extra_params": {k: v for k, v in task.params.items() if not form_parameter(k)},
+                  "addon": {**params.advanced.addon, **({"addonVolumes": task.addon_volumes}
+                                                        if task.addon_volumes else {})},
+                  "invoker": {"kind": "BackupConfiguration", "name": params.configuration},
+                  "within_session": True})
+
+
+def task_parameters(params: SessionParameters, task: SessionTask, repo: SessionRepository, backup_session: str,
+                    timeout_seconds: int | None) -> dict[str, Any]:
+    """The Addon-task flow's parameters (JSON-ready) for one task into one repository."""
+    return task_run(params, task, repo, backup_session, timeout_seconds).to_flow("backup")
+
+
+async def run_session(params: SessionParameters, backup_session: str, connection: Connection) -> dict[str, Any]:
+    """The session to its end; returns its summary or raises ``StashflowError`` (the session failed)."""
+    logger = get_run_logger()
+    started = time.time()
+    now = datetime.now(timezone.utc)
+    catalog, _ = loaded()
+    for t in params.tasks:
+        catalog.task(params.addon, t.name)  # unknown-addon / unknown-task before anything is made
+    target = parse_target(params.target)
+    ns = params.namespace
+    timeout = deadline_seconds(params.limits.timeout) if params.limits.timeout else None
+    deadline = now + timedelta(seconds=timeout) if timeout else None
+    run_id = current_flow_run.id
+    ref = sessions.BackupSessionRef(configuration=params.configuration, session=params.session, name=backup_session,
+                                    namespace=ns, target=target,
+                                    extra_labels={FLOW_RUN_LABEL: str(run_id)} if run_id else {})
+    async with connection.connect() as kube:
+        uids = await steps.apply_plan_objects(plan_objects(params, target))
+        held: claim.Claim | None = None
+        if target is not None:
+            held = await steps.claim_session_target(claim.Claimant(
+                namespace=ns, target=target, labels=sessions.session_labels(ref), holder=f"{backup_session}/session",
+                job=backup_session, backup_session=backup_session))
+        try:
+            return await _session(kube, params, ref, uids, held, deadline, started, now)
+        except BaseException as exc:
+            if isinstance(exc, StashflowError) and getattr(exc, "session_recorded", False):
+                raise
+            reason = "the session was cancelled" if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)) \
+                else f"the session stopped: {exc}"
+            await _shielded(steps.abort_session(ns, backup_session, reason), logger)
+            raise
+        finally:
+            if held is not None:
+                await _shielded(claim.release(kube, held), logger)
+
+
+async def _shielded(coro: Any, logger: Any) -> Any:
+    task = asyncio.ensure_future(coro)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        return await task
+    except StashflowError as exc:
+        logger.error("cleanup failed: %s", exc)
+        return None
+
+
+async def _session(kube: Any, params: SessionParameters, ref: sessions.BackupSessionRef, uids: dict[str, str],
+                   held: claim.Claim | None, deadline: datetime | None, started: float, now: datetime
+                   ) -> dict[str, Any]:
+    logger = get_run_logger()
+    ns, name = params.namespace, ref.name
+    retry_left = max(params.schedule.max_retry - (params.advanced.attempt - 1), 0)
+    bs = sessions.backup_session(ref, backup_timeout=params.limits.timeout, retry_left=retry_left,
+                                 owner_uid=uids.get(f"BackupConfiguration/{params.configuration}"))
+    snaps = {repo.name: sessions.session_snapshot(
+        ref, _repo_ref(params, repo), total_components=len(params.tasks), now=now,
+        repository_uid=uids.get(f"Repository/{repo.name}"), annotations=_storage_annotations(repo))
+        for repo in params.repositories}
+    await steps.start_session(bs, list(snaps.values()), deadline)
+    snapshot_of = {repo: s["metadata"]["name"] for repo, s in snaps.items()}
+    await steps.mark_running(ns, name, list(snapshot_of.values()))
+
+    failures: dict[str, str] = {}  # "<task> → <repository>": "code: reason"
+    missing: dict[str, dict[str, str]] = {snapshot_of[r.name]: {} for r in params.repositories}
+    for task in params.tasks:
+        flow_ = flow_for(params.addon, task.name)
+        # stashflow's own (env-contract) Functions: one Job per task and repository. A Function that speaks
+        # KubeStash's API contract reads every Snapshot of status.snapshots itself, so it would run once per
+        # task: that choice belongs to the contract module (addons/contract.py), not here.
+        for repo in params.repositories:
+            where = f"{task.name} → {repo.name}"
+            component = component_of(task.name)
+            left = (deadline - datetime.now(timezone.utc)).total_seconds() if deadline else None
+            if left is not None and left <= 0:
+                why = f"run-timeout: the session's backupTimeout {params.limits.timeout} passed before {task.name} ran"
+                failures[where] = why
+                missing[snapshot_of[repo.name]][component] = why
+                continue
+            state: State = await flow_(**task_parameters(params, task, repo, name,
+                                                         math.ceil(left) if left is not None else None),
+                                       return_state=True)
+            if held is not None:
+                await claim.renew(kube, held)
+            if not state.is_completed():
+                failures[where] = state.message or state.type.value
+                logger.warning("%s failed: %s", where, failures[where])
+            missing[snapshot_of[repo.name]][component] = failures.get(where) or \
+                f"{task.name} ended without writing component {component}"
+
+    finished = await steps.finish_snapshots(ns, missing)
+    retention = await _retention(params, ref, finished, snapshot_of)
+    await steps.update_repositories(ns, [r.name for r in params.repositories])
+    try:
+        await steps.clean_session_history(ns, params.configuration, params.session, name, params.limits.history_limit)
+        cleaned = True
+    except StashflowError as exc:
+        logger.error("session history not cleaned: %s", exc)
+        cleaned = False
+    for repo, snap_name in snapshot_of.items():
+        snap = finished.get(snap_name) or {}
+        if snap.get("phase") != "Succeeded" and not any(w.endswith(f"→ {repo}") for w in failures):
+            failures[f"Snapshot {snap_name}"] = "job-failed: " + ("; ".join(
+                f"{c}: {v.get('error')}" for c, v in (snap.get("components") or {}).items()
+                if v and v.get("phase") != "Succeeded") or f"it ended {snap.get('phase')}")
+    retry_at = None
+    if failures or any(r.get("phase") == "FailedToApply" for r in retention):
+        retry_at = await _retry(params)
+    status = await steps.finish_session(ns, name, finished, retention, cleaned, started, retry_at)
+    try:
+        from .artifacts import next_scheduled_run
+
+        await steps.update_configuration(ns, params.configuration, params.session, await next_scheduled_run(),
+                                         status["phase"])
+    except Exception as exc:  # noqa: BLE001 - the configuration's status never changes the session's outcome
+        logger.warning("BackupConfiguration status not updated: %s", exc)
+    summary = {"backup_session": name, "phase": status["phase"], "duration": status.get("duration"),
+               "snapshots": {n: {"phase": s.get("phase"), "size": s.get("size"), "integrity": s.get("integrity"),
+                                 "components": sorted((s.get("components") or {}))} for n, s in finished.items()}}
+    await _publish(params, ref, summary, failures)
+    if status["phase"] != "Succeeded":
+        error = steps.session_error(name, ns, failures or {"retention": "retention-failed: see the BackupSession"})
+        error.session_recorded = True  # type: ignore[attr-defined]
+        raise error
+    return summary
+
+
+async def _retention(params: SessionParameters, ref: sessions.BackupSessionRef, finished: dict[str, dict[str, Any]],
+                     snapshot_of: dict[str, str]) -> list[dict[str, Any]]:
+    """Each repository's RetentionPolicy over its Snapshots, once this session's Snapshot is finished
+    (never on a repository whose check failed: pruning a damaged one could lose more)."""
+    logger = get_run_logger()
+    catalog, _ = loaded()
+    out = []
+    addon = catalog.addons[params.addon]
+    for repo in params.repositories:
+        if not repo.retention:
+            continue
+        entry = {"ref": {"name": repo.retention_policy or "plan", "namespace": params.namespace},
+                 "repository": repo.name}
+        components = (finished.get(snapshot_of[repo.name]) or {}).get("components") or {}
+        if any((c or {}).get("integrity") is False for c in components.values()):
+            out.append({**entry, "phase": "FailedToApply",
+                        "error": "the repository failed its check: retention skipped, pruning could lose more"})
+            continue
+        _, _, _, task = catalog.task(params.addon, params.tasks[0].name)
+        try:  # the forget Jobs are the first task's pod, as a task run's retention uses its own
+            run = task_run(params, params.tasks[0], repo, ref.name, 1800)
+            plan = await resolve_parameters(_spec_from_parameters(addon, task, run), catalog)
+            await apply_retention(plan, repo.retention)
+            out.append({**entry, "phase": "Applied"})
+        except StashflowError as exc:
+            logger.error("retention of repository %s failed: %s", repo.name, exc)
+            out.append({**entry, "phase": "FailedToApply", "error": exc.message})
+    return out
+
+
+async def _retry(params: SessionParameters) -> datetime | None:
+    """A new session after a failed one, through this run's deployment (retryConfig)."""
+    policy = params.schedule
+    note = await policies.schedule_retry(dict(current_flow_run.parameters), params.advanced.attempt, policy.max_retry,
+                                         policy.retry_delay, name_key="backup_session")
+    if not note:
+        return None
+    get_run_logger().warning("session failed; %s", note)
+    delay = parse_duration(policy.retry_delay) if policy.retry_delay else 0.0
+    return datetime.now(timezone.utc) + timedelta(seconds=delay)
+
+
+async def _publish(params: SessionParameters, ref: sessions.BackupSessionRef, summary: dict[str, Any],
+                   failures: dict[str, str]) -> None:
+    """The session's Snapshots as a table artifact, keyed per plan session. Never fails the session."""
+    from prefect.artifacts import acreate_table_artifact
+
+    try:
+        rows = [{"Snapshot": n, "phase": s["phase"] or "", "size": s.get("size") or "",
+                 "components": ", ".join(s["components"])} for n, s in summary["snapshots"].items()]
+        key = label_value(f"session-{params.namespace}-{params.configuration}-{params.session}").lower()
+        key = "".join(ch if ch.isalnum() or ch == "-" else "-" for ch in key)
+        await acreate_table_artifact(key=key, table=rows, description=f"BackupSession {ref.name}: {summary['phase']}"
+                                     + (f" ({'; '.join(failures.values())})" if failures else ""))
+    except Exception as exc:  # noqa: BLE001 - an artifact must never change the session's outcome
+        get_run_logger().warning("session artifact not written: %s", exc)
+
+
+def backup_session_name(params: SessionParameters) -> str:
+    """The BackupSession's name: given, else ``<config>-<session>-<unix time of the scheduled run>``."""
+    if params.advanced.backup_session:
+        return params.advanced.backup_session
+    when = current_flow_run.scheduled_start_time
+    seconds = int(when.timestamp()) if when else int(time.time())
+    return sessions.backup_session_name(params.configuration, params.session, seconds)
+
+
+async def cleanup_hook(flow_: Any, flow_run: Any, state: Any) -> None:
+    """``on_cancellation`` / ``on_crashed``: end the sessions this flow run made (found by its label):
+    their Jobs and PVCs deleted, the target given back, unfinished Snapshots and the BackupSession Failed."""
+    from stashflow.tasks import objects
+
+    p = flow_run.parameters or {}
+    cluster = p.get("cluster") or {}
+    connection = Connection(cluster.get("kubeconfig"), cluster.get("context"), cluster.get("credentials_block"))
+    namespace = p.get("namespace") or "default"
+    reason = f"the flow run was {str(getattr(state, 'name', 'stopped')).lower()}"
+    async with connection.connect() as kube:
+        for bs in await objects.list_of(kube, "BackupSession", namespace, f"{FLOW_RUN_LABEL}={flow_run.id}"):
+            await steps.abort_session(namespace, bs["metadata"]["name"], reason)
+
+
+@flow(name=FLOW_NAME, flow_run_name=_run_name, retries=0, validate_parameters=True,
+      on_cancellation=[cleanup_hook], on_crashed=[cleanup_hook])
+async def backup_session(configuration: str, session: str, addon: str, tasks: list[SessionTask],
+                         repositories: list[SessionRepository], namespace: str = "default", target: str | None = None,
+                         limits: Limits = Limits(), schedule: SchedulePolicy = SchedulePolicy(),
+                         cluster: Cluster = Cluster(), advanced: SessionAdvanced = SessionAdvanced()) -> Any:
+    """Run one session of a BackupConfiguration as KubeStash does: one BackupSession, one Snapshot per
+    repository, the session's Addon tasks in order (each its own flow run), one component per task.
+
+    Args:
+        configuration: The BackupConfiguration's name (the session's invoker).
+        session: The name of its session (sessions[].name).
+        addon: The session's Addon.
+        tasks: Its tasks, in order, with their params.
+        repositories: Where the data goes; each gets its own Snapshot and its own copy.
+        namespace: Namespace of the plan, its target and everything the session creates.
+        target: What is backed up, as KIND/NAME; empty for a cluster-wide plan.
+        limits: backupTimeout (one deadline for the session), stuck Pods, sessionHistoryLimit.
+        schedule: retryConfig (new sessions), missed runs, the target's lock.
+        cluster: How to reach the cluster.
+        advanced: The BackupSession's name, attempt, the plan as written.
+    """
+    try:
+        params = SessionParameters(configuration=configuration, session=session, addon=addon, tasks=tasks,
+                                   repositories=repositories, namespace=namespace, target=target, limits=limits,
+                                   schedule=schedule, cluster=cluster, advanced=advanced)
+        if not params.tasks or not params.repositories:
+            raise InputError("a session needs at least one task and one repository", code="missing-field",
+                             field="tasks" if not params.tasks else "repositories")
+        name = backup_session_name(params)
+        connection = Connection(cluster.kubeconfig, cluster.context, cluster.credentials_block)
+        parsed = parse_target(params.target)
+        await policies.check_missed(schedule.missed_runs.value, schedule.starting_deadline_seconds,
+                                    schedule.late_after_seconds)
+        async with policies.target_lock(namespace, parsed or Target("", "na", "na"),
+                                        schedule.exclusive and parsed is not None):
+            return await run_session(params, name, connection)
+    except policies.Skip as skip:
+        return policies.skipped(skip.reason)
+    except StashflowError as exc:
+        get_run_logger().error("%s", exc.format())
+        return Failed(message=state_message(exc), data=exc)
+

@@ -1,0 +1,82 @@
+"""The typed contract of a session run: what the ``backup-session`` flow takes.
+
+A BackupConfiguration's session, carried whole so that a worker needs no file: the plan and the
+session's names, the target (none for a cluster-wide plan), the Addon and its tasks in order, the
+repositories (each a BackupStorage, a directory, an encryption Secret and the backend's retention),
+and the session's knobs in the same groups as an Addon-task run (``flows/parameters.py``):
+``limits`` (backupTimeout, sessionHistoryLimit), ``schedule`` (retryConfig, missed runs),
+``cluster``. ``deploy`` builds these from the plan; the Prefect form shows them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from stashflow.addons.model.types import Blank, ObjectName
+
+from .parameters import Cluster, Group, Limits, SchedulePolicy, Storage
+
+
+class SessionTask(Group):
+    """One of the session's Addon tasks (``addon.tasks[]``), run in this order."""
+
+    name: str = Field(description="The Addon task, e.g. logical-backup.")
+    params: dict[str, str] = Field(default_factory=dict, description="The task's own parameters.")
+    variables: dict[str, str] = Field(default_factory=dict, description="Its variables (built-ins it sets).")
+    addon_volumes: list[dict[str, Any]] = Field(default_factory=list, description="Its addonVolumes.")
+
+
+class SessionRepository(Group):
+    """A repository of the session: every repository gets its own Snapshot and its own copy of the data."""
+
+    name: ObjectName = Field(description="The Repository's name.")
+    storage: Storage = Field(description="The BackupStorage it lives in.")
+    directory: str = Field("", description="Its directory inside the storage.")
+    encryption_secret: Annotated[ObjectName | None, Blank] = Field(
+        None, description="Secret in the namespace whose key RESTIC_PASSWORD encrypts the data.")
+    deletion_policy: str | None = Field(None, description="Delete, WipeOut or Retain.")
+    retention_policy: str | None = Field(None, description="The backend's RetentionPolicy name.")
+    retention: dict[str, Any] | None = Field(None, description="That RetentionPolicy's spec, applied after each "
+                                                               "session.")
+
+
+class SessionAdvanced(Group):
+    """What retries and plans set; rarely typed by hand."""
+
+    backup_session: Annotated[ObjectName | None, Blank] = Field(
+        None, description="The BackupSession's name; default <config>-<session>-<unix time of the scheduled run>. "
+                          "Started again under the same name, a session adopts what it made.")
+    attempt: int = Field(1, ge=1, description="Attempt number (retries are new sessions).")
+    db_version: str | None = Field(None, description="Database version, mapped onto the Functions' "
+                                                     "availableVersions.")
+    addon: dict[str, Any] = Field(default_factory=dict, description="The session's addon settings: jobTemplate, "
+                                                                    "containerRuntimeSettings.")
+    configuration: dict[str, Any] | None = Field(None, description="The BackupConfiguration's spec, applied to the "
+                                                                   "cluster as it is written in the plan.")
+
+
+class SessionParameters(BaseModel):
+    """One session run's parameters, typed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    configuration: ObjectName
+    session: str
+    namespace: str = "default"
+    target: str | None = None
+    addon: str
+    tasks: list[SessionTask]
+    repositories: list[SessionRepository]
+    limits: Limits = Field(default_factory=Limits)
+    schedule: SchedulePolicy = Field(default_factory=SchedulePolicy)
+    cluster: Cluster = Field(default_factory=Cluster)
+    advanced: SessionAdvanced = Field(default_factory=SessionAdvanced)
+
+    def to_flow(self) -> dict[str, Any]:
+        """The flow's keyword arguments (JSON-ready): groups only where they differ from the defaults."""
+        out = self.model_dump(mode="json", exclude_defaults=True)
+        for key in ("configuration", "session", "addon", "tasks", "repositories"):
+            out[key] = self.model_dump(mode="json")[key]
+        return out

@@ -1,0 +1,108 @@
+"""KubeStash's objects in the cluster (BackupConfiguration, BackupSession, Repository, ...), by kind.
+
+One set of calls for every kind of ``addons/crd.py``'s table: create, read, apply (create or
+update the spec and labels), patch the status subresource, list, delete; and the CRDs themselves,
+installed only where the cluster has none (a KubeStash CRD already there is left alone).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from stashflow.addons.crd import KINDS, VERSION, crd
+from stashflow.addons.errors import Conflict, Forbidden, NotFound, Unavailable
+
+from .kube import Kube
+
+MERGE_PATCH = "application/merge-patch+json"
+
+
+def _where(kind: str) -> tuple[str, str, str]:
+    spec = KINDS[kind]
+    return spec.group, VERSION, spec.plural
+
+
+async def create(kube: Kube, obj: dict[str, Any]) -> dict[str, Any]:
+    group, version, plural = _where(obj["kind"])
+    meta = obj["metadata"]
+    return await kube.call(f'create {obj["kind"]} {meta["namespace"]}/{meta["name"]}',
+                           kube.custom.create_namespaced_custom_object, group, version, meta["namespace"], plural, obj)
+
+
+async def read(kube: Kube, kind: str, namespace: str, name: str) -> dict[str, Any]:
+    group, version, plural = _where(kind)
+    return await kube.call(f"read {kind} {namespace}/{name}", kube.custom.get_namespaced_custom_object, group,
+                           version, namespace, plural, name)
+
+
+async def apply(kube: Kube, obj: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """Create ``obj``, or bring an existing one's spec and labels to it: ``(object, "created"|"updated")``.
+    Its status is left to whoever writes it."""
+    try:
+        return await create(kube, obj), "created"
+    except Conflict:
+        pass  # it exists: update below
+    group, version, plural = _where(obj["kind"])
+    meta = obj["metadata"]
+    body = {"metadata": {"labels": meta.get("labels") or {}}, "spec": obj.get("spec") or {}}
+    patched = await kube.call(f'update {obj["kind"]} {meta["namespace"]}/{meta["name"]}',
+                              kube.custom.patch_namespaced_custom_object, group, version, meta["namespace"], plural,
+                              meta["name"], body, _content_type=MERGE_PATCH)
+    return patched, "updated"
+
+
+async def patch_status(kube: Kube, kind: str, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``status`` into the object's status subresource."""
+    group, version, plural = _where(kind)
+    return await kube.call(f"update status of {kind} {namespace}/{name}",
+                           kube.custom.patch_namespaced_custom_object_status, group, version, namespace, plural, name,
+                           {"status": status}, _content_type=MERGE_PATCH)
+
+
+async def list_of(kube: Kube, kind: str, namespace: str, label_selector: str | None = None) -> list[dict[str, Any]]:
+    group, version, plural = _where(kind)
+    kwargs = {"label_selector": label_selector} if label_selector else {}
+    found = await kube.call(f"list {plural}", kube.custom.list_namespaced_custom_object, group, version, namespace,
+                            plural, **kwargs)
+    return list(found.get("items", []))
+
+
+async def delete(kube: Kube, kind: str, namespace: str, name: str) -> bool:
+    """Delete (Background); False when it was gone already."""
+    group, version, plural = _where(kind)
+    try:
+        await kube.call(f"delete {kind} {namespace}/{name}", kube.custom.delete_namespaced_custom_object, group,
+                        version, namespace, plural, name, propagation_policy="Background")
+        return True
+    except NotFound:
+        return False
+
+
+async def ensure_crd(kube: Kube, kind: str, timeout: float = 30.0) -> str:
+    """Install stashflow's CRD of ``kind`` when the cluster has none: ``"present"``, ``"installed"``,
+    or ``"unknown"`` when this identity may not read CRDs (then `stashflow install` did it)."""
+    name = KINDS[kind].crd_name
+    try:
+        await kube.call("read CRD", kube.extensions.read_custom_resource_definition, name)
+        return "present"
+    except Forbidden:
+        return "unknown"
+    except NotFound:
+        pass  # none: install stashflow's below
+    with contextlib.suppress(Conflict):  # another run installed it at the same moment
+        await kube.call(f"create CRD {name}", kube.extensions.create_custom_resource_definition, crd(kind))
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while loop.time() < end:
+        found = await kube.call("read CRD", kube.extensions.read_custom_resource_definition, name)
+        if any(c.type == "Established" and c.status == "True" for c in (found.status.conditions or [])):
+            return "installed"
+        await asyncio.sleep(0.1)
+    raise Unavailable(f"the CRD {name} was created but did not become Established")
+
+
+async def ensure_crds(kube: Kube, kinds: list[str] | None = None) -> dict[str, str]:
+    """``ensure_crd`` for each kind (default: every kind of the table)."""
+    return {kind: await ensure_crd(kube, kind) for kind in (kinds or list(KINDS))}
