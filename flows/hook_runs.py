@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from stashflow.addons.errors import StashflowError
 from stashflow.addons.hooks import PRE_PHASES, HookPlan, hook_status, should_run
+from stashflow.addons.sessions import condition
 from stashflow.tasks.hooks import run_hook
 
 #: The condition each phase sets on the BackupSession/RestoreSession (KubeStash's condition types).
@@ -28,21 +29,22 @@ class HookResults:
     def status(self) -> dict[str, list[dict[str, str]]]:
         return hook_status(self.ran)
 
-    def conditions(self, now: str) -> list[dict[str, str]]:
+    def conditions(self) -> list[dict[str, str]]:
         """One condition per phase that ran: True when every hook of it succeeded."""
         out = []
         for phase in dict.fromkeys(p.phase for p, _ in self.ran):
             failed = [p.name for p, result in self.ran if p.phase == phase and result == "Failed"]
-            out.append({"type": CONDITIONS[phase], "status": "False" if failed else "True",
-                        "reason": "HookExecutionFailed" if failed else "HookExecutionSucceeded",
-                        "message": f"hook {', '.join(failed)} failed" if failed else f"{phase} hooks succeeded",
-                        "lastTransitionTime": now})
+            out.append(condition(CONDITIONS[phase], not failed,
+                                 "HookExecutionFailed" if failed else "HookExecutionSucceeded",
+                                 f"hook {', '.join(failed)} failed" if failed else f"{phase} hooks succeeded"))
         return out
 
 
-async def run_phase(plans: list[HookPlan], results: HookResults, succeeded: bool | None = None) -> bool:
-    """Run ``plans`` (one phase) in order; False if one failed. A pre phase stops at its first failure."""
-    ok = True
+async def run_phase(plans: list[HookPlan], results: HookResults, succeeded: bool | None = None
+                    ) -> StashflowError | None:
+    """Run ``plans`` (one phase) in order; the phase's first failure, or None. A pre phase stops at its
+    first failure; a post phase runs each hook its policy allows, whatever the others did."""
+    failure: StashflowError | None = None
     for plan in plans:
         if not should_run(plan, succeeded):
             continue
@@ -51,9 +53,9 @@ async def run_phase(plans: list[HookPlan], results: HookResults, succeeded: bool
         except StashflowError as exc:
             results.ran.append((plan, "Failed"))
             results.failure = results.failure or exc
-            ok = False
+            failure = failure or exc
             if plan.phase in PRE_PHASES:
                 break
             continue
         results.ran.append((plan, "Succeeded"))
-    return ok
+    return failure

@@ -35,10 +35,11 @@ from stashflow.tasks.retention import apply_retention
 from stashflow.tasks.steps import ANN_DIRECTORY, ANN_SECRET, ANN_STORAGE, ANN_STORAGE_OBJECT, resolve_parameters
 
 from . import policies
+from .hook_runs import HookResults, run_phase
 from .addon_flows import _spec_from_parameters, flow_for, loaded, state_message
 from .engine import Connection
 from .parameters import Cluster, Limits, RunParameters, SchedulePolicy
-from .session_parameters import SessionAdvanced, SessionParameters, SessionRepository, SessionTask
+from .session_parameters import SessionAdvanced, SessionHook, SessionParameters, SessionRepository, SessionTask
 
 __all__ = ["ENTRYPOINT", "FLOW_NAME", "SessionParameters", "backup_session", "plan_objects", "task_parameters"]
 
@@ -252,7 +253,18 @@ async def _session(kube: Any, params: SessionParameters, ref: sessions.BackupSes
 
     failures: dict[str, str] = {}  # "<task> → <repository>": "code: reason"
     missing: dict[str, dict[str, str]] = {snapshot_of[r.name]: {} for r in params.repositories}
-    for task in params.tasks:
+    hook_plans = [h.plan(ns) for h in params.hooks]
+    hooked = HookResults()
+    pre_failure = await run_phase([h for h in hook_plans if h.phase == "preBackup"], hooked)
+    pre_ok = pre_failure is None
+    if pre_failure is not None:  # KubeStash: a failed preBackup hook skips the backup and fails the session
+        skipped = f"{pre_failure.code}: the backup was skipped: {pre_failure.message}"
+        failures["preBackup hooks"] = skipped
+        for repo in params.repositories:
+            for task in params.tasks:
+                missing[snapshot_of[repo.name]][component_of(task.name)] = skipped
+    tasks_to_run = params.tasks if pre_ok else []
+    for task in tasks_to_run:
         flow_ = flow_for(params.addon, task.name)
         # stashflow's own (env-contract) Functions: one Job per task and repository. A Function that speaks
         # KubeStash's API contract reads every Snapshot of status.snapshots itself, so it would run once per
@@ -278,6 +290,10 @@ async def _session(kube: Any, params: SessionParameters, ref: sessions.BackupSes
                 f"{task.name} ended without writing component {component}"
 
     finished = await steps.finish_snapshots(ns, missing)
+    backed_up = pre_ok and all((finished.get(n) or {}).get("phase") == "Succeeded" for n in snapshot_of.values())
+    post_failure = await run_phase([h for h in hook_plans if h.phase == "postBackup"], hooked, backed_up)
+    if post_failure is not None:  # KubeStash: a failed postBackup hook fails the session
+        failures["postBackup hooks"] = f"{post_failure.code}: {post_failure.message}"
     retention = await _retention(params, ref, finished, snapshot_of)
     await steps.update_repositories(ns, [r.name for r in params.repositories])
     try:
@@ -295,7 +311,8 @@ async def _session(kube: Any, params: SessionParameters, ref: sessions.BackupSes
     retry_at = None
     if failures or any(r.get("phase") == "FailedToApply" for r in retention):
         retry_at = await _retry(params)
-    status = await steps.finish_session(ns, name, finished, retention, cleaned, started, retry_at)
+    status = await steps.finish_session(ns, name, finished, retention, cleaned, started, retry_at,
+                                        hooks=hooked.status(), hook_conditions=hooked.conditions())
     try:
         from .artifacts import next_scheduled_run
 
@@ -400,6 +417,7 @@ async def cleanup_hook(flow_: Any, flow_run: Any, state: Any) -> None:
       on_cancellation=[cleanup_hook], on_crashed=[cleanup_hook])
 async def backup_session(configuration: str, session: str, addon: str, tasks: list[SessionTask],
                          repositories: list[SessionRepository], namespace: str = "default", target: str | None = None,
+                         hooks: list[SessionHook] | None = None,
                          limits: Limits = Limits(), schedule: SchedulePolicy = SchedulePolicy(),
                          cluster: Cluster = Cluster(), advanced: SessionAdvanced = SessionAdvanced()) -> Any:
     """Run one session of a BackupConfiguration as KubeStash does: one BackupSession, one Snapshot per
@@ -413,6 +431,7 @@ async def backup_session(configuration: str, session: str, addon: str, tasks: li
         repositories: Where the data goes; each gets its own Snapshot and its own copy.
         namespace: Namespace of the plan, its target and everything the session creates.
         target: What is backed up, as KIND/NAME; empty for a cluster-wide plan.
+        hooks: The session's preBackup/postBackup hooks, each with its HookTemplate.
         limits: backupTimeout (one deadline for the session), stuck Pods, sessionHistoryLimit.
         schedule: retryConfig (new sessions), missed runs, the target's lock.
         cluster: How to reach the cluster.
@@ -420,8 +439,9 @@ async def backup_session(configuration: str, session: str, addon: str, tasks: li
     """
     try:
         params = SessionParameters(configuration=configuration, session=session, addon=addon, tasks=tasks,
-                                   repositories=repositories, namespace=namespace, target=target, limits=limits,
-                                   schedule=schedule, cluster=cluster, advanced=advanced)
+                                   repositories=repositories, namespace=namespace, target=target,
+                                   hooks=hooks or [], limits=limits, schedule=schedule, cluster=cluster,
+                                   advanced=advanced)
         if not params.tasks or not params.repositories:
             raise InputError("a session needs at least one task and one repository", code="missing-field",
                              field="tasks" if not params.tasks else "repositories")

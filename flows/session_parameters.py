@@ -10,10 +10,13 @@ and the session's knobs in the same groups as an Addon-task run (``flows/paramet
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from stashflow.addons.hooks import HookPlan, plan_hook
+from stashflow.addons.model.core import HookInfo
+from stashflow.addons.model.hook import HookTemplate
 from stashflow.addons.model.types import Blank, ObjectName
 
 from .parameters import Cluster, Group, Limits, SchedulePolicy, Storage
@@ -40,6 +43,21 @@ class SessionRepository(Group):
     retention_policy: str | None = Field(None, description="The backend's RetentionPolicy name.")
     retention: dict[str, Any] | None = Field(None, description="That RetentionPolicy's spec, applied after each "
                                                                "session.")
+
+
+class SessionHook(Group):
+    """A hook of the session (``hooks.preBackup[]``/``postBackup[]``) with its HookTemplate, carried whole."""
+
+    phase: Literal["preBackup", "postBackup", "preRestore", "postRestore"] = Field(description="When it runs.")
+    hook: dict[str, Any] = Field(description="The HookInfo as the plan writes it (name, hookTemplate, params, "
+                                             "maxRetry, timeout, executionPolicy).")
+    template: dict[str, Any] = Field(description="The HookTemplate object it names.")
+
+    def plan(self, namespace: str) -> HookPlan:
+        """The hook, ready to run (``addons.hooks.plan_hook``; checked at deploy, so this does not fail
+        unless the parameters were edited by hand)."""
+        return plan_hook(HookInfo.model_validate(self.hook), HookTemplate.model_validate(self.template), self.phase,
+                         namespace)
 
 
 class SessionAdvanced(Group):
@@ -69,6 +87,7 @@ class SessionParameters(BaseModel):
     addon: str
     tasks: list[SessionTask]
     repositories: list[SessionRepository]
+    hooks: list[SessionHook] = Field(default_factory=list)
     limits: Limits = Field(default_factory=Limits)
     schedule: SchedulePolicy = Field(default_factory=SchedulePolicy)
     cluster: Cluster = Field(default_factory=Cluster)

@@ -184,9 +184,11 @@ def _of_session(name: str) -> str:
 @task(name="finish-session", **STEP)
 async def finish_session(namespace: str, name: str, snapshots: dict[str, dict[str, Any]],
                          retention: list[dict[str, Any]], history_cleaned: bool, started: float,
-                         retry_at: datetime | None = None) -> dict[str, Any]:
-    """The BackupSession's end: its Snapshots' phases, retention per repository, the final steps' conditions,
-    the duration, and the phase ``CalculatePhase`` gives."""
+                         retry_at: datetime | None = None, hooks: dict[str, Any] | None = None,
+                         hook_conditions: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The BackupSession's end: its Snapshots' phases, retention per repository, its hooks (``status.hooks``
+    and a condition per phase), the final steps' conditions, the duration, and the phase ``CalculatePhase``
+    gives."""
     import time
 
     kube, logger = current(), get_run_logger()
@@ -195,6 +197,10 @@ async def finish_session(namespace: str, name: str, snapshots: dict[str, dict[st
     status["snapshots"] = [{**s, "phase": (snapshots.get(s["name"]) or {}).get("phase") or "Failed"}
                            for s in status.get("snapshots") or []]
     conditions = status.get("conditions") or []
+    if hooks:
+        status["hooks"] = hooks
+    for hook_condition in hook_conditions or []:
+        conditions = sessions.set_condition(conditions, hook_condition)
     if retention:
         status["retentionPolicy"] = retention
         conditions = sessions.set_condition(conditions, sessions.condition(
