@@ -35,7 +35,8 @@ from .addon_flows import flow_for, loaded, state_message
 from .engine import Connection
 from .parameters import Cluster, Group, Limits, RunParameters, form_parameter
 from .session_flows import _shielded, parse_target, task_target
-from .session_parameters import SessionTask
+from .hook_runs import HookResults, run_phase
+from .session_parameters import SessionHook, SessionTask
 
 FLOW_NAME = "restore-session"
 ENTRYPOINT = f"{__name__}:restore_session"
@@ -64,6 +65,7 @@ class RestoreParameters(BaseModel):
     limits: Limits = Field(default_factory=Limits)
     cluster: Cluster = Field(default_factory=Cluster)
     addon_settings: dict[str, Any] = Field(default_factory=dict)
+    hooks: list[SessionHook] = Field(default_factory=list)
 
 
 def restore_session_object(params: RestoreParameters, snapshot: str) -> dict[str, Any]:
@@ -133,7 +135,8 @@ async def _record(namespace: str, name: str, component: str, value: dict[str, An
 @flow(name=FLOW_NAME, retries=0, validate_parameters=True)
 async def restore_session(name: str, addon: str, tasks: list[SessionTask], data_source: DataSource,
                           namespace: str = "default", target: str | None = None, limits: Limits = Limits(),
-                          cluster: Cluster = Cluster(), addon_settings: dict[str, Any] | None = None) -> Any:
+                          cluster: Cluster = Cluster(), addon_settings: dict[str, Any] | None = None,
+                          hooks: list[SessionHook] | None = None) -> Any:
     """Run a KubeStash RestoreSession: latest resolved, its components Pending, its restore tasks in order.
 
     Args:
@@ -146,12 +149,13 @@ async def restore_session(name: str, addon: str, tasks: list[SessionTask], data_
         limits: restoreTimeout (one deadline for the session), stuck Pods, Jobs kept.
         cluster: How to reach the cluster.
         addon_settings: jobTemplate, containerRuntimeSettings.
+        hooks: preRestore/postRestore hooks, each with its HookTemplate.
     """
     logger = get_run_logger()
     try:
         params = RestoreParameters(name=name, addon=addon, tasks=tasks, data_source=data_source, namespace=namespace,
                                    target=target, limits=limits, cluster=cluster,
-                                   addon_settings=addon_settings or {})
+                                   addon_settings=addon_settings or {}, hooks=hooks or [])
         catalog, _ = loaded()
         for t in params.tasks:
             catalog.task(params.addon, t.name)
@@ -177,8 +181,16 @@ async def _run(params: RestoreParameters) -> dict[str, Any]:
                                                      LABEL_PREFIX + "session": params.name},
                 holder=f"{params.name}/restore", job=params.name))
         failures: dict[str, str] = {}
+        hook_plans = [h.plan(ns) for h in params.hooks]
+        hooked = HookResults()
         try:
-            for t in params.tasks:
+            pre_failure = await run_phase([h for h in hook_plans if h.phase == "preRestore"], hooked)
+            if pre_failure is not None:  # as KubeStash: the restore is skipped, the session Failed
+                failures["preRestore hooks"] = f"{pre_failure.code}: the restore was skipped: {pre_failure.message}"
+                for t in params.tasks:
+                    await _record(ns, params.name, components[t.name],
+                                  {"phase": "Failed", "error": failures["preRestore hooks"]})
+            for t in params.tasks if pre_failure is None else []:
                 component = components[t.name]
                 left = deadline - time.time() if deadline else None
                 if left is not None and left <= 0:
@@ -216,9 +228,18 @@ async def _run(params: RestoreParameters) -> dict[str, Any]:
         rs = await objects.read(kube, "RestoreSession", ns, params.name)
         status = rs.get("status") or {}
         phase = sessions.restore_phase(status.get("components") or {})
-        conditions = sessions.set_condition(status.get("conditions") or [], sessions.condition(
+        post_failure = await run_phase([h for h in hook_plans if h.phase == "postRestore"], hooked,
+                                       phase == "Succeeded")
+        if post_failure is not None:  # a failed postRestore hook fails the session
+            failures["postRestore hooks"] = f"{post_failure.code}: {post_failure.message}"
+            phase = "Failed"
+        conditions = status.get("conditions") or []
+        for hook_condition in hooked.conditions():
+            conditions = sessions.set_condition(conditions, hook_condition)
+        conditions = sessions.set_condition(conditions, sessions.condition(
             "MetricsPushed", True, "SessionFinished", "The session's final step ran (stashflow pushes no metrics)."))
-        final = {"phase": phase, "duration": sessions.duration(time.time() - started), "conditions": conditions}
+        final = {"phase": phase, "duration": sessions.duration(time.time() - started), "conditions": conditions,
+                 **({"hooks": hooked.status()} if hooked.ran else {})}
         await objects.patch_status(kube, "RestoreSession", ns, params.name, final)
         logger.info("RestoreSession %s/%s: %s", ns, params.name, phase)
     if phase != "Succeeded":

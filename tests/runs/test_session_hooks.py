@@ -77,6 +77,25 @@ def test_pre_and_post_hooks_around_a_good_backup(kube_cluster, namespace, db_pod
     assert conditions["PreBackupHooksExecutionSucceeded"] == "True"
     assert conditions["PostBackupHooksExecutionSucceeded"] == "True"
 
+    # a RestoreSession's hooks: preRestore before its tasks, postRestore after them by policy
+    import asyncio
+
+    from stashflow.flows.restore_sessions import restore_session
+
+    done = asyncio.run(restore_session(
+        name="restore-hooked", namespace=namespace, target="PersistentVolumeClaim/restored", addon="pvc-pair",
+        tasks=[{"name": "logical-backup-restore"}, {"name": "config-backup-restore"}],
+        data_source={"repository": "repo-a", "snapshot": "latest"},
+        hooks=[hook("preRestore", "stop-app", MARK), hook("postRestore", "start-app", MARK, executionPolicy="OnSuccess")],
+        cluster={"kubeconfig": str(kube_cluster.kubeconfig)}, return_state=True))
+    assert done.is_completed(), done.message
+    assert (db_pod / "log").read_text() == "frozen $(HOME)\nthaw\nstop-app\nstart-app\n"
+    rs = custom(kube_cluster, "restoresessions", "core.kubestash.com", namespace, "restore-hooked")
+    assert rs["status"]["phase"] == "Succeeded"
+    assert rs["status"]["hooks"] == {"preHooks": [{"name": "stop-app", "phase": "Succeeded"}],
+                                     "postHooks": [{"name": "start-app", "phase": "Succeeded"}]}
+    assert {c["type"]: c["status"] for c in rs["status"]["conditions"]}["PreRestoreHooksExecutionSucceeded"] == "True"
+
 
 def test_a_failed_pre_hook_skips_the_backup_and_fails_the_session(kube_cluster, namespace, db_pod, prefect_api,
                                                                   host_tmp, restic) -> None:
