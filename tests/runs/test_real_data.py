@@ -158,7 +158,7 @@ def test_a_restoresession_file_restores_latest(kube_cluster, namespace, node_age
     backup = subprocess.run(
         [str(Path(sys.executable).parent / "stashflow"), "run", "stashflow-pvc", "logical-backup", "-n", namespace,
          "--target", "pvc/data", "--encryption-secret", "pw", "--kubeconfig", str(kube_cluster.kubeconfig),
-         "--catalog", "addons/catalog", str(_write(tmp_path / "storage.yaml", storage)), "--storage", "s"],
+         "--catalog", "addons/catalog", "--catalog", str(_write(tmp_path / "storage.yaml", storage)), "--storage", "s"],
         env=prefect_env, capture_output=True, text=True, timeout=300)
     assert backup.returncode == 0, backup.stderr[-3000:]
     session = tmp_path / "restore.yaml"
