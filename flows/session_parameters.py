@@ -96,6 +96,9 @@ class SessionParameters(BaseModel):
     def to_flow(self) -> dict[str, Any]:
         """The flow's keyword arguments (JSON-ready): groups only where they differ from the defaults."""
         out = self.model_dump(mode="json", exclude_defaults=True)
-        for key in ("configuration", "session", "addon", "tasks", "repositories"):
-            out[key] = self.model_dump(mode="json")[key]
+        # unset is absent, never null: Prefect checks a deployment's parameters against the form's schema,
+        # where an optional field is its own type (parameters.plain_optionals), not "or null"
+        whole = self.model_dump(mode="json", exclude_none=True)
+        for key in ("configuration", "session", "addon", "tasks", "repositories", "hooks"):
+            out[key] = whole[key]
         return out

@@ -118,3 +118,23 @@ def test_a_cleared_optional_box_means_not_given() -> None:
                                         "repository": {"name": "", "encryption_secret": ""}})
     assert run.cluster.kubeconfig is None and run.cluster.context is None
     assert run.repository.name is None and run.repository.encryption_secret is None
+
+
+def test_a_session_deployments_parameters_pass_prefects_deployment_check() -> None:
+    """Prefect checks a deployment's parameters against the flow's schema without its null fixes
+    (``validate_values_conform_to_schema``): a plan's session parameters carry no null."""
+    import json
+    from pathlib import Path
+
+    from prefect._internal.schemas.validators import validate_values_conform_to_schema
+
+    from stashflow.addons.catalog import BUILTIN_CATALOG, Catalog
+    from stashflow.deployments.plans import plan_deployments
+    from stashflow.flows.session_flows import backup_session
+
+    example = Path(__file__).resolve().parents[1] / "deployments" / "examples"
+    specs = plan_deployments(Catalog().add_paths([BUILTIN_CATALOG, str(example)]).check())
+    schema = backup_session.parameters.model_dump_for_openapi()
+    for spec in specs:
+        validate_values_conform_to_schema(spec.parameters, schema, ignore_required=True)
+        assert "null" not in json.dumps(spec.parameters), spec.name
