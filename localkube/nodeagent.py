@@ -494,6 +494,9 @@ class NodeAgent:
             pending = [t for t in tasks] + [tr.task for tr in self._pods.values() if tr.task]
             await asyncio.gather(*pending, return_exceptions=True)
             await self._kill_all()
+            for attempts in self._logs.values():  # every follower of a log returns
+                for log in attempts:
+                    log.close()
             shutil.rmtree(self.state_dir / "pods", ignore_errors=True)
             await runner.cleanup()
             await self._api.close()
@@ -1367,7 +1370,9 @@ class NodeAgent:
         app.router.add_get("/containerLogs/{ns}/{pod}/{container}", self._serve_log)
         app.router.add_get("/exec/{ns}/{pod}/{container}", self._serve_exec)
         app.router.add_get("/healthz", _healthz)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # a kubelet going away ends its streams: a client's `follow` (a worker streaming a flow-run Pod's
+        # log) must not hold the agent's stop for aiohttp's default 60 s
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=3.0)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", self.port, ssl_context=self._ssl_context())
         await site.start()

@@ -138,6 +138,11 @@ def test_a_deleted_flow_run_pod_does_not_back_up_twice(prefect_server, kube_clus
         api(kube_cluster, lambda c, n=p.metadata.name: client.CoreV1Api(c).delete_namespaced_pod(n, namespace))
 
     eventually(lambda: all(r.state.is_final() for r in _runs(deployment.id)) or None, timeout=300, interval=2)
+    runs = _runs(deployment.id)
     backup_jobs = jobs(kube_cluster, namespace)
-    assert len(backup_jobs) == 1, [j.metadata.name for j in backup_jobs]  # one backup, whatever ran twice
-    assert len(snapshots(kube_cluster, namespace)) == 1
+    found = snapshots(kube_cluster, namespace)
+    story = ([(r.name, r.state.name, r.state.message) for r in runs], [j.metadata.name for j in backup_jobs],
+             [(x["metadata"]["name"], (x.get("status") or {}).get("phase")) for x in found],
+             _pods_and_events(kube_cluster, namespace))
+    assert len(found) == 1, story  # one session, one Snapshot, whatever ran twice
+    assert len(backup_jobs) <= 1, story
