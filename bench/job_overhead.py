@@ -80,7 +80,8 @@ async def one_stashflow(cluster: Cluster, namespace: str, i: int) -> tuple[str, 
     before = REQUESTS["n"]
     start = time.monotonic()
     state = await flow_for("scripted", "backup")(target="PersistentVolumeClaim/data", namespace=namespace,
-                                                 kubeconfig=str(cluster.kubeconfig), session=f"bench-{i}",
+                                                 cluster={"kubeconfig": str(cluster.kubeconfig)},
+                                                 advanced={"session": f"bench-{i}"},
                                                  return_state=True)
     end = time.monotonic()
     if not state.is_completed():

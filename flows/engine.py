@@ -109,8 +109,7 @@ async def _run(kube: Kube, spec: RunSpec, plan: ExecutionPlan, held: claim.Claim
         result = await record_snapshot(plan, outcome, started, verified)
         _fault_point("record-snapshot")
     except BaseException as exc:  # cancelled, interrupted, or the API failed mid-way
-        reason = "the run was cancelled" if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)) \
-            else f"the run stopped: {exc}"
+        reason = _stop_reason(exc)
         await _shielded(abort(kube, plan.namespace, resources.selector(plan.labels), reason))
         raise
     retention_error: StashflowError | None = None
@@ -133,6 +132,16 @@ async def _run(kube: Kube, spec: RunSpec, plan: ExecutionPlan, held: claim.Claim
             raise retention_error
         return result
     return await _failed(kube, spec, plan, outcome, result)
+
+
+def _stop_reason(exc: BaseException) -> str:
+    """Why the run stopped, for its Failed Snapshot: a cancellation carries its reason when whoever
+    cancelled gave one (the stashflow worker does: "the stashflow worker ... stopped (SIGTERM)")."""
+    if isinstance(exc, asyncio.CancelledError):
+        return str(exc.args[0]) if exc.args and exc.args[0] else "the run was cancelled"
+    if isinstance(exc, KeyboardInterrupt):
+        return "the run was cancelled"
+    return f"the run stopped: {exc}"
 
 
 def _fault_point(step: str) -> None:
