@@ -85,7 +85,7 @@ async def execute(spec: RunSpec, catalog: Catalog, connection: Connection,
         try:
             return await _run(kube, spec, plan, held, started, retention)
         finally:
-            await _shielded(claim.release(kube, held))
+            await _shielded(claim.release(kube, kube.seen.get("claim", held)))
 
 
 async def _run(kube: Kube, spec: RunSpec, plan: ExecutionPlan, held: claim.Claim, started: float,
@@ -104,7 +104,7 @@ async def _run(kube: Kube, spec: RunSpec, plan: ExecutionPlan, held: claim.Claim
         except JobFailed as failed:  # the step is Failed; the run goes on to record why
             outcome = failed.outcome
         _fault_point("wait-for-job")
-        await claim.renew(kube, held)
+        kube.seen["claim"] = await claim.renew(kube, held)
         verified = await verify_repository(plan) if outcome.succeeded and plan.snapshot is not None else {}
         result = await record_snapshot(plan, outcome, started, verified)
         _fault_point("record-snapshot")
@@ -215,7 +215,11 @@ async def publish_overview(kube: Kube, plan: ExecutionPlan, state: str, code: st
     Never fails the run: an overview that cannot be written is logged."""
     target, ns, now = plan.target, plan.namespace, artifacts.now_utc()
     try:
-        last = await resources.latest_snapshot(kube, ns, plan.repository) if plan.repository else None
+        own = kube.seen.get(f"Snapshot/{ns}/{plan.snapshot_name}") if state == "Completed" else None
+        if own is not None and (own.get("status") or {}).get("phase") == "Succeeded":
+            last = own  # this run's, just recorded: the repository's newest Succeeded Snapshot
+        else:
+            last = await resources.latest_snapshot(kube, ns, plan.repository) if plan.repository else None
         attempt = {"state": state, "code": code, "time": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
                    "snapshot": plan.snapshot_name or "-"}
         await acreate_markdown_artifact(
