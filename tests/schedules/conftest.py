@@ -24,12 +24,50 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+#: The Prefect server's database: ``sqlite`` (its default) or ``postgres`` (Debian's PostgreSQL, started
+#: here), from $STASHFLOW_PREFECT_DB; a module can ask for one with
+#: ``pytest.mark.parametrize("prefect_server", ["postgres"], indirect=True)``.
+PREFECT_DB = os.environ.get("STASHFLOW_PREFECT_DB", "sqlite")
+
+
 @pytest.fixture(scope="session")
-def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """`prefect server start` on a free port with its own SQLite DB; yields the env that reaches it."""
+def prefect_server(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+                   ) -> Iterator[dict[str, str]]:
+    """`prefect server start` on a free port with its own database (SQLite, or a PostgreSQL of its own);
+    yields the env that reaches it."""
+    db = getattr(request, "param", PREFECT_DB)
+    if db not in ("sqlite", "postgres"):
+        raise ValueError(f"STASHFLOW_PREFECT_DB must be sqlite or postgres, not {db!r}")
+    postgres = _prefect_postgres() if db == "postgres" else None
+    try:
+        yield from _prefect_server(tmp_path_factory, postgres)
+    finally:
+        if postgres is not None:
+            postgres.close()
+
+
+def _prefect_postgres():  # type: ignore[no-untyped-def]
+    """Debian's PostgreSQL with a ``prefect`` database (Prefect needs pg_trgm, which Debian's has)."""
+    from runs.databases.servers import Postgres
+
+    server = Postgres("prefect-pw")
+    try:
+        server.init()
+        server.start()
+        server.psql("CREATE DATABASE prefect")
+    except BaseException:
+        server.close()
+        raise
+    return server
+
+
+def _prefect_server(tmp_path_factory: pytest.TempPathFactory, postgres) -> Iterator[dict[str, str]]:  # type: ignore[no-untyped-def]
     home = tmp_path_factory.mktemp("prefect-home")
     port = _free_port()
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+    database = {"PREFECT_API_DATABASE_CONNECTION_URL":
+                f"postgresql+asyncpg://postgres:{postgres.password}@127.0.0.1:{postgres.port}/prefect"} \
+        if postgres is not None else {}
+    env = {**os.environ, **database, "PREFECT_HOME": str(home), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", "STASHFLOW_CATALOG": CATALOG,
            "PREFECT_SERVER_LOGGING_LEVEL": "WARNING", "PREFECT_RUNNER_POLL_FREQUENCY": "1",
            "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",

@@ -20,6 +20,8 @@ from runs.observe import eventually, jobs, prefect, snapshots
 from .conftest import REPO
 
 STASHFLOW = str(REPO / ".venv" / "bin" / "stashflow")
+# a worker's runs talk to the server at once: PostgreSQL, as in production (SQLite locks under it)
+pytestmark = pytest.mark.parametrize("prefect_server", ["postgres"], indirect=True)
 REPORT = '{"components": {"backup": {"phase": "Succeeded", "size": "1 MiB", "integrity": true}}}'
 
 
