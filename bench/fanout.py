@@ -213,17 +213,14 @@ def run_mode(mode: str, args: argparse.Namespace, cluster: Cluster, server: Pref
     plan = base / f"plan-{mode}.yaml"
     plan.write_text(yaml.safe_dump_all(plan_docs(namespace, n), sort_keys=False))
     env = {**server.env}
-    if mode == "stashflow":  # the pool is made by the worker, as type stashflow
-        pass
     done = subprocess.run([str(VENV / "stashflow"), "deploy", str(plan), "--work-pool", pool, "--kubeconfig",
                            str(cluster.kubeconfig)], env=env, capture_output=True, text=True, timeout=1800)
     if done.returncode:
         raise SystemExit(f"deploy failed: {done.stderr[-2000:]}")
-    tag = f"plan:{namespace}.fan-t000"
     deployments = asyncio.run(prefect_call(lambda c: c.read_deployments(
         deployment_filter=DeploymentFilter(tags=DeploymentFilterTags(any_=[f"plan:{namespace}.fan-t{i:03d}"
                                                                          for i in range(n)])))))
-    assert len(deployments) == n, (len(deployments), tag)
+    assert len(deployments) == n, len(deployments)
 
     worker_env = {**env, "PYTHONPATH": str(COUNTER), "STASHFLOW_BENCH_COUNTS": str(counts),
                   "PREFECT_WORKER_QUERY_SECONDS": "5"}
@@ -255,7 +252,6 @@ def run_mode(mode: str, args: argparse.Namespace, cluster: Cluster, server: Pref
         return states
 
     deadline = time.monotonic() + args.seconds + args.timeout
-    late_seen: set = set()
     while time.monotonic() < deadline:
         rss, procs = tree_rss_mb(worker.pid)
         result.peak_rss_mb, result.peak_processes = max(result.peak_rss_mb, rss), max(result.peak_processes, procs)
@@ -267,7 +263,6 @@ def run_mode(mode: str, args: argparse.Namespace, cluster: Cluster, server: Pref
         if result.all_jobs_s is None and asyncio.run(count_jobs()) >= n:
             result.all_jobs_s = time.monotonic() - agent_start
         states = final_states()
-        late_seen |= {k for k in states if k == "Late"}
         result.late = max(result.late, states.get("Late", 0))
         finals = sum(v for k, v in states.items() if k in ("Completed", "Failed", "Crashed", "Cancelled", "Skipped"))
         if finals >= n:
