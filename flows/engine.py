@@ -1,5 +1,9 @@
 """The one async implementation behind every Addon-task flow.
 
+The steps' large arguments (the catalog, the run's plan, the Job's outcome) are passed ``quote``d:
+Prefect would otherwise walk every one of them looking for futures at every step, which was the
+largest CPU cost of a run when hundreds share one worker process (``bench/fanout.py``).
+
 A run: load the catalog → resolve-parameters → provision-volumes → launch-job →
 wait-for-job → record-snapshot. Whatever way it ends, it leaves nothing behind that it
 should not: a cancelled, crashed, stuck or timed-out run deletes its Job (Foreground) and
@@ -13,11 +17,13 @@ import asyncio
 import os
 import signal
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from prefect import get_run_logger
 from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
+from prefect.utilities.annotations import quote
 
 from stashflow.addons.catalog import Catalog
 from stashflow.addons.errors import RunError, StashflowError
@@ -78,9 +84,9 @@ async def execute(spec: RunSpec, catalog: Catalog, connection: Connection,
     With ``retention`` (a RetentionPolicy spec), apply it after the backup, failed or not."""
     started = time.time()
     async with connection.connect() as kube:
-        plan = await resolve_parameters(spec, catalog)
-        await preflight(plan)
-        held = await claim_target(plan)
+        plan = await resolve_parameters(quote(spec), quote(catalog))
+        await preflight(quote(plan))
+        held = await claim_target(quote(plan))
         _fault_point("claim-target")
         try:
             return await _run(kube, spec, plan, held, started, retention)
@@ -95,18 +101,18 @@ async def _run(kube: Kube, spec: RunSpec, plan: ExecutionPlan, held: claim.Claim
     timeout = (spec.request.timeout_seconds + WAIT_GRACE_SECONDS) if spec.request.timeout_seconds else 7 * 86400
     secrets = [plan.resolved.inputs[k] for k in plan.resolved.secret_inputs]
     try:
-        pvcs = await provision_volumes(plan)
+        pvcs = await provision_volumes(quote(plan))
         _fault_point("provision-volumes")
-        await launch_job(plan, pvcs)
+        await launch_job(quote(plan), pvcs)
         _fault_point("launch-job")
         try:
-            outcome = await wait_for_job(plan, timeout, spec.stuck_after, secrets)
+            outcome = await wait_for_job(quote(plan), timeout, spec.stuck_after, secrets)
         except JobFailed as failed:  # the step is Failed; the run goes on to record why
             outcome = failed.outcome
         _fault_point("wait-for-job")
         kube.seen["claim"] = await claim.renew(kube, held)
-        verified = await verify_repository(plan) if outcome.succeeded and plan.snapshot is not None else {}
-        result = await record_snapshot(plan, outcome, started, verified)
+        verified = await verify_repository(quote(plan)) if outcome.succeeded and plan.snapshot is not None else {}
+        result = await record_snapshot(quote(plan), quote(outcome), started, verified)
         _fault_point("record-snapshot")
     except BaseException as exc:  # cancelled, interrupted, or the API failed mid-way
         reason = _stop_reason(exc)
@@ -117,7 +123,7 @@ async def _run(kube: Kube, spec: RunSpec, plan: ExecutionPlan, held: claim.Claim
         logger.warning("retention skipped: the repository failed its check, pruning it could lose more")
     elif retention and plan.snapshot is not None:
         try:
-            result["retention"] = await apply_retention(plan, retention)
+            result["retention"] = await apply_retention(quote(plan), retention)
         except StashflowError as exc:  # reported, after the backup's own outcome
             logger.error("retention failed: %s", exc)
             retention_error = exc
@@ -134,9 +140,17 @@ async def _run(kube: Kube, spec: RunSpec, plan: ExecutionPlan, held: claim.Claim
     return await _failed(kube, spec, plan, outcome, result)
 
 
+#: Who runs the flow may say why it stops it (the stashflow worker: "the stashflow worker W stopped
+#: (SIGTERM)"): asked when the run is cancelled, for its Failed Snapshot.
+STOP_REASON: ContextVar[Callable[[], str | None] | None] = ContextVar("stashflow_stop_reason", default=None)
+
+
 def _stop_reason(exc: BaseException) -> str:
-    """Why the run stopped, for its Failed Snapshot: a cancellation carries its reason when whoever
-    cancelled gave one (the stashflow worker does: "the stashflow worker ... stopped (SIGTERM)")."""
+    """Why the run stopped, for its Failed Snapshot: the reason whoever cancelled it gave (``STOP_REASON``,
+    or the cancellation's message), else a plain "cancelled"."""
+    told = STOP_REASON.get()
+    if told is not None and told():
+        return str(told())
     if isinstance(exc, asyncio.CancelledError):
         return str(exc.args[0]) if exc.args and exc.args[0] else "the run was cancelled"
     if isinstance(exc, KeyboardInterrupt):

@@ -30,6 +30,8 @@ from prefect.exceptions import Abort, Pause, TerminationSignal
 from prefect.flows import Flow
 from prefect.states import State
 
+from stashflow.flows import engine
+
 
 @dataclass
 class RunControl:
@@ -68,6 +70,7 @@ async def run_flow_run(flow: Flow[..., Any], flow_run: FlowRun, control: RunCont
     the engine ended it without one here (aborted by the API, cancelled: the API has the state)."""
     _install_intent_lookup()
     CONTROL.set(control)
+    engine.STOP_REASON.set(lambda: control.stop_reason)  # the Failed Snapshot says why the worker stopped it
     try:
         outcome = flow_engine.run_flow(flow, flow_run=flow_run, return_type="state")
         if asyncio.iscoroutine(outcome):
