@@ -9,7 +9,7 @@ not layers and stay out of the wheel (tests/test_wheel.py checks both).
 
 from setuptools import find_packages, setup
 
-LAYERS = ("addons", "tasks", "flows", "deployments", "executor")
+LAYERS = ("addons", "tasks", "flows", "worker", "deployments", "executor")
 
 setup(
     package_dir={f"stashflow.{layer}": layer for layer in LAYERS},

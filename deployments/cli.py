@@ -1,6 +1,8 @@
-"""``stashflow deploy`` and ``stashflow serve``, added to the CLI of ``stashflow.flows.cli``.
+"""``stashflow deploy`` and ``stashflow serve``, added to the CLI of ``stashflow.flows.cli``, with
+``stashflow worker`` from ``stashflow.worker.cli``.
 
-The console script enters here so that the layers still point one way (deployments → flows)."""
+The console script enters here so that the layers still point one way (deployments → worker →
+flows): the command line is assembled at the top layer, each layer adding its own commands."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from stashflow.flows import cli as flows_cli
+from stashflow.worker import cli as worker_cli
 
 
 def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -105,7 +108,7 @@ def add_commands(sub: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return flows_cli.main(argv, extensions=[add_commands])
+    return flows_cli.main(argv, extensions=[add_commands, worker_cli.add_commands])
 
 
 if __name__ == "__main__":  # pragma: no cover

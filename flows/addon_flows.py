@@ -231,6 +231,12 @@ def flows() -> dict[str, Flow]:
     return loaded()[1]
 
 
+def flows_of(paths: list[str]) -> dict[str, Flow]:
+    """The flows of the catalog at ``paths`` (a worker serving deployments whose catalog is not its
+    own environment's), loaded once per set of paths."""
+    return _load(tuple(paths))[1]
+
+
 def flow_for(addon: str, task: str) -> Flow:
     """The flow of ``addon``/``task`` (an ``unknown-addon``/``unknown-task`` error if there is none)."""
     catalog, found = loaded()

@@ -1,5 +1,9 @@
 """The one async implementation behind every Addon-task flow.
 
+The steps' large arguments (the catalog, the run's plan, the Job's outcome) are passed ``quote``d:
+Prefect would otherwise walk every one of them looking for futures at every step, which was the
+largest CPU cost of a run when hundreds share one worker process (``bench/fanout.py``).
+
 A run: load the catalog → resolve-parameters → provision-volumes → launch-job →
 wait-for-job → record-snapshot. Whatever way it ends, it leaves nothing behind that it
 should not: a cancelled, crashed, stuck or timed-out run deletes its Job (Foreground) and
@@ -13,11 +17,13 @@ import asyncio
 import os
 import signal
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from prefect import get_run_logger
 from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
+from prefect.utilities.annotations import quote
 
 from stashflow.addons.catalog import Catalog
 from stashflow.addons.errors import RunError, StashflowError
@@ -81,16 +87,16 @@ async def execute(spec: RunSpec, catalog: Catalog, connection: Connection,
     started = time.time()
     quiet_known_failures(JobFailed)
     async with connection.connect() as kube:
-        plan = await resolve_parameters(spec, catalog)
-        await preflight(plan)
+        plan = await resolve_parameters(quote(spec), quote(catalog))
+        await preflight(quote(plan))
         if plan.within_session:  # the session claimed the target for all its tasks
             return await _run(kube, spec, plan, None, started, retention)
-        held = await claim_target(plan)
+        held = await claim_target(quote(plan))
         _fault_point("claim-target")
         try:
             return await _run(kube, spec, plan, held, started, retention, retry)
         finally:
-            await _shielded(claim.release(kube, held))
+            await _shielded(claim.release(kube, kube.seen.get("claim", held)))
 
 
 async def _run(kube: Kube, spec: RunSpec, plan: ExecutionPlan, held: claim.Claim | None, started: float,
@@ -100,23 +106,22 @@ async def _run(kube: Kube, spec: RunSpec, plan: ExecutionPlan, held: claim.Claim
     timeout = (spec.request.timeout_seconds + WAIT_GRACE_SECONDS) if spec.request.timeout_seconds else 7 * 86400
     secrets = [plan.resolved.inputs[k] for k in plan.resolved.secret_inputs]
     try:
-        pvcs = await provision_volumes(plan)
+        pvcs = await provision_volumes(quote(plan))
         _fault_point("provision-volumes")
-        await launch_job(plan, pvcs)
+        await launch_job(quote(plan), pvcs)
         _fault_point("launch-job")
         try:
-            outcome = await wait_for_job(plan, timeout, spec.stuck_after, secrets)
+            outcome = await wait_for_job(quote(plan), timeout, spec.stuck_after, secrets)
         except JobFailed as failed:  # the step is Failed; the run goes on to record why
             outcome = failed.outcome
         _fault_point("wait-for-job")
         if held is not None:
-            await claim.renew(kube, held)
-        verified = await verify_repository(plan) if outcome.succeeded and plan.snapshot is not None else {}
-        result = await record_snapshot(plan, outcome, started, verified)
+            kube.seen["claim"] = await claim.renew(kube, held)
+        verified = await verify_repository(quote(plan)) if outcome.succeeded and plan.snapshot is not None else {}
+        result = await record_snapshot(quote(plan), quote(outcome), started, verified)
         _fault_point("record-snapshot")
     except BaseException as exc:  # cancelled, interrupted, or the API failed mid-way
-        reason = "the run was cancelled" if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)) \
-            else f"the run stopped: {exc}"
+        reason = _stop_reason(exc)
         await _shielded(abort(kube, plan.namespace, resources.selector(plan.labels), reason))
         raise
     retention_error: StashflowError | None = None
@@ -124,7 +129,7 @@ async def _run(kube: Kube, spec: RunSpec, plan: ExecutionPlan, held: claim.Claim
         logger.warning("retention skipped: the repository failed its check, pruning it could lose more")
     elif retention and plan.snapshot is not None:
         try:
-            result["retention"] = await apply_retention(plan, retention)
+            result["retention"] = await apply_retention(quote(plan), retention)
         except StashflowError as exc:  # reported, after the backup's own outcome
             logger.error("retention failed: %s", exc)
             retention_error = exc
@@ -141,6 +146,24 @@ async def _run(kube: Kube, spec: RunSpec, plan: ExecutionPlan, held: claim.Claim
             raise retention_error
         return result
     return await _failed(kube, spec, plan, outcome, result, retry)
+
+
+#: Who runs the flow may say why it stops it (the stashflow worker: "the stashflow worker W stopped
+#: (SIGTERM)"): asked when the run is cancelled, for its Failed Snapshot.
+STOP_REASON: ContextVar[Callable[[], str | None] | None] = ContextVar("stashflow_stop_reason", default=None)
+
+
+def _stop_reason(exc: BaseException) -> str:
+    """Why the run stopped, for its Failed Snapshot: the reason whoever cancelled it gave (``STOP_REASON``,
+    or the cancellation's message), else a plain "cancelled"."""
+    told = STOP_REASON.get()
+    if told is not None and told():
+        return str(told())
+    if isinstance(exc, asyncio.CancelledError):
+        return str(exc.args[0]) if exc.args and exc.args[0] else "the run was cancelled"
+    if isinstance(exc, KeyboardInterrupt):
+        return "the run was cancelled"
+    return f"the run stopped: {exc}"
 
 
 def _fault_point(step: str) -> None:
@@ -218,7 +241,11 @@ async def publish_overview(kube: Kube, plan: ExecutionPlan, state: str, code: st
     Never fails the run: an overview that cannot be written is logged."""
     target, ns, now = plan.target, plan.namespace, artifacts.now_utc()
     try:
-        last = await resources.latest_snapshot(kube, ns, plan.repository) if plan.repository else None
+        own = kube.seen.get(f"Snapshot/{ns}/{plan.snapshot_name}") if state == "Completed" else None
+        if own is not None and (own.get("status") or {}).get("phase") == "Succeeded":
+            last = own  # this run's, just recorded: the repository's newest Succeeded Snapshot
+        else:
+            last = await resources.latest_snapshot(kube, ns, plan.repository) if plan.repository else None
         attempt = {"state": state, "code": code, "time": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
                    "snapshot": plan.snapshot_name or "-"}
         await acreate_markdown_artifact(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -43,6 +44,8 @@ class Claim:
     holder: str
     taken_over_from: str | None = None
     orphans_failed: tuple[str, ...] = ()
+    resource_version: str | None = None  # of our last write: release deletes exactly that, without a read
+    renewed: float = dataclasses.field(default_factory=time.monotonic, compare=False)
 
 
 @dataclass(frozen=True)
@@ -132,14 +135,15 @@ async def _claim(kube: Kube, plan: Claimant) -> Claim:
     coord = client.CoordinationV1Api(kube.api)
     name, ns, holder = lease_name(plan), plan.namespace, plan.holder
     try:
-        await kube.call(f"create Lease {ns}/{name}", coord.create_namespaced_lease, ns, _lease_body(plan, holder))
+        made = await kube.call(f"create Lease {ns}/{name}", coord.create_namespaced_lease, ns,
+                               _lease_body(plan, holder))
         created = True
     except NotFound:  # only the namespace can be missing when creating
         raise namespace_missing(ns) from None
     except Conflict:
         created = False  # held: by this run (adoption), by a live run (busy) or by a stale one (take over)
     if created:
-        held = Claim(ns, name, holder)
+        held = Claim(ns, name, holder, resource_version=made.metadata.resource_version)
         try:
             return dataclasses.replace(held, orphans_failed=tuple(await fail_orphans(kube, plan)))
         except BaseException:
@@ -159,7 +163,7 @@ async def _claim(kube: Kube, plan: Claimant) -> Claim:
     body = _lease_body(plan, holder)
     body.metadata.resource_version = lease.metadata.resource_version  # replace only what we read: atomic
     try:
-        await kube.call(f"take over Lease {ns}/{name}", coord.replace_namespaced_lease, name, ns, body)
+        replaced = await kube.call(f"take over Lease {ns}/{name}", coord.replace_namespaced_lease, name, ns, body)
     except Conflict:
         raise RunError(f"{plan.target} in {ns} was claimed by another run at the same moment",
                        code="target-busy", hint="one run per target at a time; this one did nothing") from None
@@ -167,14 +171,18 @@ async def _claim(kube: Kube, plan: Claimant) -> Claim:
         raise _Released() from None
     orphans = await fail_orphans(kube, plan)
     return Claim(ns, name, holder, taken_over_from=theirs if theirs != holder else None,
-                 orphans_failed=tuple(orphans))
+                 orphans_failed=tuple(orphans), resource_version=replaced.metadata.resource_version)
 
 
-async def renew(kube: Kube, claim: Claim) -> None:
-    """Say the run is alive between its Jobs (before verification, recording, retention)."""
+async def renew(kube: Kube, claim: Claim) -> Claim:
+    """Say the run is alive between its Jobs (before verification, recording, retention). A claim made
+    or renewed less than a quarter of the grace period ago needs no renewal yet (and costs no request)."""
+    if time.monotonic() - claim.renewed < GRACE_SECONDS / 4:
+        return claim
     coord = client.CoordinationV1Api(kube.api)
-    await kube.call(f"renew Lease {claim.namespace}/{claim.lease}", coord.patch_namespaced_lease, claim.lease,
-                    claim.namespace, {"spec": {"renewTime": now_micro_rfc3339()}})
+    patched = await kube.call(f"renew Lease {claim.namespace}/{claim.lease}", coord.patch_namespaced_lease,
+                              claim.lease, claim.namespace, {"spec": {"renewTime": now_micro_rfc3339()}})
+    return dataclasses.replace(claim, resource_version=patched.metadata.resource_version, renewed=time.monotonic())
 
 
 async def delete_leases(kube: Kube, namespace: str, label_selector: str) -> list[str]:
@@ -191,15 +199,27 @@ async def delete_leases(kube: Kube, namespace: str, label_selector: str) -> list
 
 
 async def release(kube: Kube, claim: Claim) -> None:
-    """Give the target back (only if this run still holds it)."""
+    """Give the target back (only if this run still holds it): delete the Lease as this run last wrote
+    it; if it changed since (taken over, or relabelled), read it and delete it only if still ours."""
     coord = client.CoordinationV1Api(kube.api)
+    what = f"delete Lease {claim.namespace}/{claim.lease}"
+    if claim.resource_version:
+        try:
+            await kube.call(what, coord.delete_namespaced_lease, claim.lease, claim.namespace,
+                            body=client.V1DeleteOptions(
+                                preconditions=client.V1Preconditions(resource_version=claim.resource_version)))
+            return
+        except NotFound:
+            return  # gone already
+        except Conflict:
+            pass  # changed since our write: look at who holds it now
     try:
         lease = await kube.call(f"read Lease {claim.namespace}/{claim.lease}", coord.read_namespaced_lease,
                                 claim.lease, claim.namespace)
         if lease.spec.holder_identity != claim.holder:
             return
-        await kube.call(f"delete Lease {claim.namespace}/{claim.lease}", coord.delete_namespaced_lease, claim.lease,
-                        claim.namespace, body=client.V1DeleteOptions(
+        await kube.call(what, coord.delete_namespaced_lease, claim.lease, claim.namespace,
+                        body=client.V1DeleteOptions(
                             preconditions=client.V1Preconditions(resource_version=lease.metadata.resource_version)))
     except (NotFound, Conflict):
         pass  # gone already, or taken over: nothing of ours to give back

@@ -80,6 +80,7 @@ class Kube:
         self.extensions = client.ApiextensionsV1Api(api)
         self.rbac = client.RbacAuthorizationV1Api(api)
         self.requests = 0
+        self.seen: dict[str, Any] = {}  # what this run read or wrote already (the CRD, its Snapshot): not read again
 
     async def call(self, what: str, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
         """``fn(*args, **kwargs)``, retried while the failure is transient."""

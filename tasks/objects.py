@@ -84,8 +84,8 @@ async def ensure_crd(kube: Kube, kind: str, timeout: float = 30.0) -> str:
     """Install stashflow's CRD of ``kind`` when the cluster has none: ``"present"``, ``"installed"``,
     or ``"unknown"`` when this identity may not read CRDs (then `stashflow install` did it)."""
     name = KINDS[kind].crd_name
-    try:
-        await kube.call("read CRD", kube.extensions.read_custom_resource_definition, name)
+    try:  # kept for the run (kube.seen): the Snapshot's schema is read from it, not asked again
+        kube.seen[f"crd/{name}"] = await kube.call("read CRD", kube.extensions.read_custom_resource_definition, name)
         return "present"
     except Forbidden:
         return "unknown"

@@ -110,7 +110,9 @@ async def patch_snapshot_status(kube: Kube, namespace: str, name: str, status: d
     patched = await kube.call(f"update status of Snapshot {namespace}/{name}",
                               kube.custom.patch_namespaced_custom_object_status, crd.GROUP, crd.VERSION, namespace,
                               crd.PLURAL, name, {"status": status}, _content_type=MERGE_PATCH)
-    return kube.api.sanitize_for_serialization(patched)
+    found = kube.api.sanitize_for_serialization(patched)
+    kube.seen[f"Snapshot/{namespace}/{name}"] = found
+    return found
 
 
 async def list_snapshots(kube: Kube, namespace: str | None, label_selector: str | None = None) -> list[dict[str, Any]]:
@@ -143,10 +145,12 @@ async def ensure_snapshot_crd(kube: Kube, timeout: float = 30.0) -> str:
 
 async def snapshot_schema(kube: Kube) -> str:
     """Whose Snapshot CRD the cluster has: ``"stashflow"``, ``"kubestash"`` or ``"unknown"`` (no read access)."""
-    try:
-        found = await kube.call("read CRD", kube.extensions.read_custom_resource_definition, crd.CRD_NAME)
-    except (Forbidden, NotFound):
-        return "unknown"
+    found = kube.seen.get(f"crd/{crd.CRD_NAME}")  # read by this run's provision step already
+    if found is None:
+        try:
+            found = await kube.call("read CRD", kube.extensions.read_custom_resource_definition, crd.CRD_NAME)
+        except (Forbidden, NotFound):
+            return "unknown"
     return "stashflow" if (found.metadata.labels or {}).get("app.kubernetes.io/managed-by") == MANAGED_BY else "kubestash"
 
 
@@ -184,14 +188,34 @@ async def prune_history(kube: Kube, namespace: str, labels: dict[str, str], keep
     """Keep ``keep`` finished Jobs of this target and task (``current``, this run's, always among them);
     delete the older ones with their PVCs."""
     sel = selector(labels, keys=("task", "target-kind", "target-name"))
-    found = await kube.call("list Jobs", kube.batch.list_namespaced_job, namespace, label_selector=sel)
-    finished = [j for j in found.items
-                if any(c.type in ("Complete", "Failed") and c.status == "True" for c in (j.status.conditions or []))
-                and j.metadata.deletion_timestamp is None and j.metadata.name != current]
+    found = _cached_jobs(kube, namespace, sel)
+    if found is None:
+        listing = await kube.call("list Jobs", kube.batch.list_namespaced_job, namespace, label_selector=sel)
+        found = [kube.api.sanitize_for_serialization(j) for j in listing.items]
+    finished = [j for j in found
+                if any(c["type"] in ("Complete", "Failed") and c["status"] == "True"
+                       for c in (j.get("status") or {}).get("conditions") or [])
+                and not j["metadata"].get("deletionTimestamp") and j["metadata"]["name"] != current]
     # creationTimestamp has one-second resolution: the current Job is kept explicitly, not by order
-    finished.sort(key=lambda j: j.metadata.creation_timestamp, reverse=True)
+    finished.sort(key=lambda j: j["metadata"].get("creationTimestamp") or "", reverse=True)
     deleted: list[str] = []
     for job in finished[max(keep - (1 if current else 0), 0):]:
-        session_labels = job.metadata.labels or {}
+        session_labels = job["metadata"].get("labels") or {}
         deleted += await delete_run_objects(kube, namespace, selector(session_labels))
     return deleted
+
+
+def _cached_jobs(kube: Kube, namespace: str, label_selector: str) -> list[dict[str, Any]] | None:
+    """The Jobs matching ``label_selector`` (``k=v,...``) from this process's shared Job watch, when it
+    watches the namespace already (a run waiting there just used it); else None: list them."""
+    from .watch_hub import SELECTOR, hub_for
+
+    try:
+        hub = hub_for(kube, create=False)
+    except RuntimeError:
+        return None
+    watched = hub.known(namespace) if hub is not None else None
+    wanted = dict(part.split("=", 1) for part in label_selector.split(",") if "=" in part)
+    if watched is None or not set(wanted.items()) >= {tuple(SELECTOR.split("=", 1))}:
+        return None
+    return watched.jobs_matching(wanted)

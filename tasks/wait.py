@@ -1,9 +1,9 @@
 """Waiting for a Job: watches, not polls, with one deadline for the whole wait.
 
-Two watches run side by side: the Job (its conditions decide the end) and its Pods (their
-state shows a Pod that cannot start, and when to open each container's log). Each watch
-resumes from the last resourceVersion after the server closes it or the connection drops,
-and re-reads after 410 Gone. Every container's log is streamed (``follow=true``) while it
+The Job's conditions decide the end and its Pods' state shows a Pod that cannot start and when to
+open each container's log. Both come from the process's shared watches (``watch_hub.py``: one Job
+and one Pod watch per namespace, resumed after closes, drops and 410 Gone), not from watches of
+the run's own. Every container's log is streamed (``follow=true``) while it
 runs, line by line, to ``on_log``; the last lines are kept for the diagnosis.
 """
 
@@ -17,18 +17,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
-from kubernetes_asyncio import watch
-from kubernetes_asyncio.client.exceptions import ApiException
-
 from stashflow.addons.errors import ClusterError
 
 from .diagnose import Category, Diagnosis, diagnose, job_phase, pod_problem
-from .kube import Kube, classify, is_transient
+from .kube import Kube
+from .watch_hub import WatchHub, hub_for
 
 log = logging.getLogger("stashflow.wait")
 
 STUCK_CATEGORIES = {Category.IMAGE_PULL, Category.CONFIG_ERROR, Category.UNSCHEDULABLE}
-WATCH_CHUNK_SECONDS = 240  # the server closes a watch after this; we resume from the last resourceVersion
 
 
 @dataclass
@@ -87,25 +84,28 @@ class JobWaiter:
     # -- public ----------------------------------------------------------------------------
 
     async def wait(self) -> JobOutcome:
-        watchers = [asyncio.create_task(self._watch_job(), name=f"watch-job-{self.name}"),
-                    asyncio.create_task(self._watch_pods(), name=f"watch-pods-{self.name}")]
+        hub = hub_for(self.kube)
+        failed: list[BaseException] = []
+
+        def on_error(exc: BaseException) -> None:
+            failed.append(exc)
+            self._done.set()
+
+        sub = hub.subscribe(self.namespace, self.name, self._on_job, self._on_pod, on_error)
         try:
             remaining = self.deadline - time.monotonic()
-            done_wait = asyncio.create_task(self._done.wait())
-            finished, _ = await asyncio.wait([done_wait, *watchers], timeout=max(0.0, remaining),
-                                             return_when=asyncio.FIRST_COMPLETED)
-            for task in finished:
-                if task is not done_wait and task.exception() is not None:
-                    raise task.exception()  # type: ignore[misc]
-            done_wait.cancel()
+            try:
+                await asyncio.wait_for(self._done.wait(), timeout=max(0.0, remaining))
+            except asyncio.TimeoutError:
+                pass
+            if failed and self._outcome is None:
+                raise failed[0]
             if self._outcome is None:
                 self._finish("TimedOut")
         finally:
-            for task in watchers:
-                task.cancel()
-            await asyncio.gather(*watchers, return_exceptions=True)
+            sub.close()
         await self._drain_logs()
-        await self._final_pods()
+        await self._final_pods(hub)
         outcome = self._outcome
         assert outcome is not None
         outcome.pods = list(self.pods.values())
@@ -122,7 +122,7 @@ class JobWaiter:
             outcome.diagnosis = found
         return outcome
 
-    # -- watching --------------------------------------------------------------------------
+    # -- watching (the process's shared watches, tasks/watch_hub.py) --------------------------
 
     def _finish(self, phase: Literal["Complete", "Failed", "Stuck", "TimedOut", "Gone"],
                 diagnosis: Diagnosis | None = None) -> None:
@@ -130,85 +130,26 @@ class JobWaiter:
             self._outcome = JobOutcome(phase, self.job, [], diagnosis=diagnosis, seen_at=time.time())
             self._done.set()
 
-    async def _watch(self, what: str, list_fn: Callable[..., Any], selector: dict[str, str],
-                     on_event: Callable[[str, dict[str, Any]], None]) -> None:
-        """List, then watch from the list's resourceVersion; resume after closes, drops and 410."""
-        kube = self.kube
-        resource_version: str | None = None
-        backoff = 0.2
-        while not self._done.is_set():
-            try:
-                if resource_version is None:
-                    kube.requests += 1
-                    listing = await list_fn(self.namespace, **selector)
-                    resource_version = listing.metadata.resource_version
-                    for item in listing.items:
-                        on_event("ADDED", kube.api.sanitize_for_serialization(item))
-                    if self._done.is_set():
-                        return
-                remaining = self.deadline - time.monotonic()
-                if remaining <= 0:
-                    return
-                kube.requests += 1
-                stream = watch.Watch()
-                try:
-                    async for event in stream.stream(list_fn, self.namespace, resource_version=resource_version,
-                                                     timeout_seconds=int(max(1, min(WATCH_CHUNK_SECONDS, remaining))),
-                                                     **selector):
-                        raw = event["raw_object"]
-                        resource_version = raw["metadata"].get("resourceVersion") or resource_version
-                        if event["type"] != "BOOKMARK":
-                            on_event(event["type"], raw)
-                        backoff = 0.2
-                        if self._done.is_set():
-                            return
-                finally:
-                    await stream.close()
-            except ApiException as exc:
-                if exc.status == 410:  # our resourceVersion is too old: list again
-                    log.debug("%s: 410 Gone, listing again", what)
-                    resource_version = None
-                    continue
-                if not is_transient(exc):
-                    raise classify(exc, what) from exc
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-            except ClusterError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - dropped connections, apiserver restarts
-                if not is_transient(exc):
-                    raise
-                log.debug("%s: connection lost (%s), resuming", what, exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+    def _on_job(self, kind: str, job: dict[str, Any]) -> None:
+        if self._outcome is not None:
+            return
+        if kind == "DELETED" or job["metadata"].get("deletionTimestamp"):
+            self._finish("Gone")  # deleted from under the run (a Foreground delete marks it first)
+            return
+        self.job = job
+        phase = job_phase(job)
+        if phase:
+            self._finish(phase)  # type: ignore[arg-type]
 
-    async def _watch_job(self) -> None:
-        def on_event(kind: str, job: dict[str, Any]) -> None:
-            if job["metadata"]["name"] != self.name:
-                return
-            if kind == "DELETED" or job["metadata"].get("deletionTimestamp"):
-                self._finish("Gone")  # deleted from under the run (a Foreground delete marks it first)
-                return
-            self.job = job
-            phase = job_phase(job)
-            if phase:
-                self._finish(phase)  # type: ignore[arg-type]
-
-        await self._watch(f"watch Job {self.namespace}/{self.name}", self.kube.batch.list_namespaced_job,
-                          {"field_selector": f"metadata.name={self.name}"}, on_event)
-
-    async def _watch_pods(self) -> None:
-        def on_event(kind: str, pod: dict[str, Any]) -> None:
-            name = pod["metadata"]["name"]
-            if kind == "DELETED":
-                self.pods.pop(name, None)
-                return
-            self.pods[name] = pod
+    def _on_pod(self, kind: str, pod: dict[str, Any]) -> None:
+        name = pod["metadata"]["name"]
+        if kind == "DELETED":
+            self.pods.pop(name, None)
+            return
+        self.pods[name] = pod
+        if self._outcome is None:
             self._open_logs(pod)
             self._check_stuck(pod)
-
-        await self._watch(f"watch Pods of Job {self.namespace}/{self.name}", self.kube.core.list_namespaced_pod,
-                          {"label_selector": f"job-name={self.name}"}, on_event)
 
     def _check_stuck(self, pod: dict[str, Any]) -> None:
         problem = pod_problem(pod)
@@ -271,8 +212,11 @@ class JobWaiter:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
 
-    async def _final_pods(self) -> None:
-        """One last list, so termination messages are those of the Pods' final state."""
+    async def _final_pods(self, hub: WatchHub) -> None:
+        """Termination messages must be those of the Pods' final state. The shared Pod watch usually
+        has them already (every container terminated); otherwise one last list."""
+        if self.pods and all(_terminated(p) for p in self.pods.values()):
+            return
         try:
             pods = await self.kube.call(f"list Pods of Job {self.name}", self.kube.core.list_namespaced_pod,
                                         self.namespace, label_selector=f"job-name={self.name}")
@@ -280,3 +224,8 @@ class JobWaiter:
                 self.pods[pod.metadata.name] = self.kube.api.sanitize_for_serialization(pod)
         except ClusterError as exc:
             log.debug("final pod list failed: %s", exc)
+
+
+def _terminated(pod: dict[str, Any]) -> bool:
+    statuses = (pod.get("status") or {}).get("containerStatuses") or []
+    return bool(statuses) and all((cs.get("state") or {}).get("terminated") for cs in statuses)

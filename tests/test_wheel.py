@@ -29,7 +29,7 @@ from support import REPO
 
 pytestmark = pytest.mark.wheel
 
-LAYERS = ("addons", "tasks", "flows", "deployments", "executor")
+LAYERS = ("addons", "tasks", "flows", "worker", "deployments", "executor")
 NOT_SHIPPED = ("localkube", "tests", "bench", "scripts")
 EXAMPLE_PLAN = REPO / "deployments" / "examples" / "pvc-backups.yaml"
 WHEELHOUSES = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "stashflow" / "wheelhouse"

@@ -47,7 +47,9 @@ def prefect_database(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Every Prefect-server test runs on SQLite and on PostgreSQL (one server each, in turn)."""
     if "prefect_database" in metafunc.fixturenames:
-        databases = ["sqlite"] if metafunc.definition.get_closest_marker("sqlite_only") else ["sqlite", "postgresql"]
+        marker = metafunc.definition.get_closest_marker
+        databases = ["sqlite"] if marker("sqlite_only") else ["postgresql"] if marker("postgres_only") \
+            else ["sqlite", "postgresql"]
         metafunc.parametrize("prefect_database", databases, indirect=True, scope="session")
 
 

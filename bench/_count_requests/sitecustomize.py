@@ -1,0 +1,85 @@
+"""Loaded by every Python process the fan-out bench starts (on PYTHONPATH): counts the process's
+Kubernetes API requests (kubernetes_asyncio's REST client) and Prefect API requests (httpx to
+$PREFECT_API_URL), and writes them to $STASHFLOW_BENCH_COUNTS/<pid>.json at exit and every 5 s.
+It patches the two modules only when the process imports them, so a process that never talks to
+an API pays nothing (no import, no memory)."""
+
+from __future__ import annotations
+
+import atexit
+import importlib.abc
+import importlib.machinery
+import json
+import os
+import sys
+import threading
+
+_DIR = os.environ.get("STASHFLOW_BENCH_COUNTS")
+_COUNTS = {"kubernetes": 0, "prefect": 0}
+_API = os.environ.get("PREFECT_API_URL", "")
+
+
+def _write() -> None:
+    try:
+        with open(os.path.join(_DIR, f"{os.getpid()}.json"), "w") as out:
+            json.dump({**_COUNTS, "argv": sys.argv[:4]}, out)
+    except OSError:
+        pass
+
+
+def _patch_rest(module) -> None:  # type: ignore[no-untyped-def]
+    original = module.RESTClientObject.request
+
+    async def request(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        _COUNTS["kubernetes"] += 1
+        return await original(self, *args, **kwargs)
+    module.RESTClientObject.request = request
+
+
+def _patch_httpx(module) -> None:  # type: ignore[no-untyped-def]
+    original_async, original_sync = module.AsyncClient.send, module.Client.send
+
+    async def send_async(self, request, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if _API and str(request.url).startswith(_API):
+            _COUNTS["prefect"] += 1
+        return await original_async(self, request, *args, **kwargs)
+
+    def send_sync(self, request, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if _API and str(request.url).startswith(_API):
+            _COUNTS["prefect"] += 1
+        return original_sync(self, request, *args, **kwargs)
+    module.AsyncClient.send, module.Client.send = send_async, send_sync
+
+
+_PATCHES = {"kubernetes_asyncio.client.rest": _patch_rest, "httpx": _patch_httpx}
+
+
+class _Finder(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):  # type: ignore[no-untyped-def]
+        if name not in _PATCHES:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is None or spec.loader is None:
+            return spec
+        loader, patch = spec.loader, _PATCHES[name]
+
+        class Loader(importlib.abc.Loader):
+            def create_module(self, spec):  # type: ignore[no-untyped-def]
+                return loader.create_module(spec)
+
+            def exec_module(self, module):  # type: ignore[no-untyped-def]
+                loader.exec_module(module)
+                patch(module)
+        spec.loader = Loader()
+        return spec
+
+
+if _DIR:
+    sys.meta_path.insert(0, _Finder())
+    atexit.register(_write)
+
+    def _every_5s() -> None:
+        while True:
+            threading.Event().wait(5)
+            _write()
+    threading.Thread(target=_every_5s, daemon=True, name="bench-counts").start()
