@@ -76,7 +76,7 @@ async def ensure_locks(specs: list[DeploymentSpec]) -> None:
                 pass
 
 
-async def check_server_and_pools(specs: list[DeploymentSpec], pool_type: PoolType = PoolType.PROCESS,
+async def check_server_and_pools(specs: list[DeploymentSpec], pool_type: PoolType | None = None,
                                   kubernetes: KubernetesPool | None = None) -> list[str]:
     """Before changing anything: the Prefect API answers, and every work pool named exists; a missing
     one is created (``pools.ensure_pool``: a process pool by default). Returns the pools created."""
@@ -97,7 +97,7 @@ async def check_server_and_pools(specs: list[DeploymentSpec], pool_type: PoolTyp
 
 
 async def deploy(specs: list[DeploymentSpec], *, plan_tags: set[str], prune: bool = True,
-                 pool_type: PoolType = PoolType.PROCESS, kubernetes: KubernetesPool | None = None
+                 pool_type: PoolType | None = None, kubernetes: KubernetesPool | None = None
                  ) -> dict[str, list[str]]:
     """Create or update ``specs``; delete this tool's deployments of ``plan_tags`` that are not among them.
     On a ``kubernetes`` pool each deployment's flow-run Job runs in its plan's namespace."""

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from stashflow.flows import cli as flows_cli
+
+from .pools import PoolType
 from stashflow.worker import cli as worker_cli
 
 
@@ -53,17 +55,19 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         print(f"wrote {len(specs)} deployment(s) to {args.write}")
         return 0
     flows_cli.quiet_prefect_tracebacks(args.verbose)
-    from .pools import KubernetesPool, PoolType
+    from .pools import KubernetesPool
 
-    pool_type = PoolType(args.pool_type)
+    pool_type = PoolType(args.pool_type) if args.pool_type else None
     kubernetes = KubernetesPool(**{k: v for k, v in (("image", args.image), ("command", args.flow_run_command))
                                    if v}) if pool_type is PoolType.KUBERNETES else None
     done = asyncio.run(deploy(specs, plan_tags=tags, prune=not args.no_prune, pool_type=pool_type,
                               kubernetes=kubernetes))
+    start = {PoolType.KUBERNETES: "prefect worker start --pool {} --type kubernetes",
+             PoolType.STASHFLOW: "stashflow worker --pool {}"}.get(pool_type or PoolType.PROCESS,
+                                                                  "prefect worker start --pool {}")
     for pool in done["pools"]:
-        print(f"created work pool {pool} (type {pool_type}): run its flows with "
-              f"`prefect worker start --pool {pool}" + (" --type kubernetes`" if pool_type is PoolType.KUBERNETES
-                                                         else "`"))
+        print(f"created work pool {pool} (type {pool_type or PoolType.PROCESS}): run its flows with "
+              f"`{start.format(pool)}`")
     for spec in specs:
         state = "paused" if spec.paused else f"{spec.cron} ({spec.timezone})"
         print(f"deployed {spec.full_name}: {state}")
@@ -96,9 +100,10 @@ def add_commands(sub: Any) -> None:
         if name == "deploy":
             p.add_argument("--write", metavar="FILE", help="write a prefect.yaml instead of calling the API")
             p.add_argument("--no-prune", action="store_true", help="keep deployments the plans no longer name")
-            p.add_argument("--pool-type", choices=("process", "kubernetes"), default="process",
+            p.add_argument("--pool-type", choices=[t.value for t in PoolType],
                            help="type of a work pool deploy creates (default process; an existing pool is used "
-                                "as it is); kubernetes: each flow run is a Job, run as ServiceAccount stashflow")
+                                "as it is, and must be of this type when given); kubernetes: each flow run is a "
+                                "Job, run as ServiceAccount stashflow; stashflow: the stashflow worker")
             p.add_argument("--image", help="kubernetes pools: the flow-run image, with stashflow installed")
             p.add_argument("--flow-run-command", metavar="COMMAND",
                            help="kubernetes pools: the flow-run command (default: prefect flow-run execute)")

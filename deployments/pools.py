@@ -22,6 +22,7 @@ DEFAULT_IMAGE = "ghcr.io/stashflow/stashflow:0.1.0"
 class PoolType(StrEnum):
     PROCESS = "process"
     KUBERNETES = "kubernetes"
+    STASHFLOW = "stashflow"  # the stashflow worker (worker/): many flow runs in one process
 
 
 class KubernetesPool(BaseModel):
@@ -52,10 +53,11 @@ class KubernetesPool(BaseModel):
         return template
 
 
-async def ensure_pool(client: Any, name: str, pool_type: PoolType, kubernetes: KubernetesPool | None = None
+async def ensure_pool(client: Any, name: str, pool_type: PoolType | None, kubernetes: KubernetesPool | None = None
                       ) -> str | None:
-    """Create the pool when it is missing; returns its type if it was created. A pool that exists is
-    left alone; one of another type than asked is an error (its runs would not run where meant)."""
+    """Create the pool when it is missing (``pool_type``, default process); returns its type if it was
+    created. A pool that exists is left alone; one of another type than asked for explicitly is an error
+    (its runs would not run where meant)."""
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.exceptions import ObjectNotFound
 
@@ -64,11 +66,12 @@ async def ensure_pool(client: Any, name: str, pool_type: PoolType, kubernetes: K
     try:
         pool = await client.read_work_pool(name)
     except ObjectNotFound:
+        pool_type = pool_type or PoolType.PROCESS
         template = (kubernetes or KubernetesPool()).base_job_template() if pool_type is PoolType.KUBERNETES else None
         await client.create_work_pool(WorkPoolCreate(name=name, type=pool_type.value,
                                                      **({"base_job_template": template} if template else {})))
         return pool_type.value
-    if pool.type != pool_type.value:
+    if pool_type is not None and pool.type != pool_type.value:
         raise InputError(f'work pool "{name}" exists with type {pool.type}, not {pool_type.value}',
                          code="invalid-argument", field="--pool-type",
                          hint=f"use --pool-type {pool.type}, or another pool name; nothing was changed")

@@ -121,7 +121,7 @@ async def _run(kube: Kube, spec: RunSpec, plan: ExecutionPlan, held: claim.Claim
         result = await record_snapshot(quote(plan), quote(outcome), started, verified)
         _fault_point("record-snapshot")
     except BaseException as exc:  # cancelled, interrupted, or the API failed mid-way
-        reason = _stop_reason(exc)
+        reason = stop_reason(exc)
         await _shielded(abort(kube, plan.namespace, resources.selector(plan.labels), reason))
         raise
     retention_error: StashflowError | None = None
@@ -153,17 +153,17 @@ async def _run(kube: Kube, spec: RunSpec, plan: ExecutionPlan, held: claim.Claim
 STOP_REASON: ContextVar[Callable[[], str | None] | None] = ContextVar("stashflow_stop_reason", default=None)
 
 
-def _stop_reason(exc: BaseException) -> str:
-    """Why the run stopped, for its Failed Snapshot: the reason whoever cancelled it gave (``STOP_REASON``,
-    or the cancellation's message), else a plain "cancelled"."""
+def stop_reason(exc: BaseException, what: str = "run") -> str:
+    """Why the run (or session) stopped, for its Failed Snapshot: the reason whoever cancelled it gave
+    (``STOP_REASON``, or the cancellation's message), else a plain "cancelled"."""
     told = STOP_REASON.get()
     if told is not None and told():
         return str(told())
     if isinstance(exc, asyncio.CancelledError):
-        return str(exc.args[0]) if exc.args and exc.args[0] else "the run was cancelled"
+        return str(exc.args[0]) if exc.args and exc.args[0] else f"the {what} was cancelled"
     if isinstance(exc, KeyboardInterrupt):
-        return "the run was cancelled"
-    return f"the run stopped: {exc}"
+        return f"the {what} was cancelled"
+    return f"the {what} stopped: {exc}"
 
 
 def _fault_point(step: str) -> None:

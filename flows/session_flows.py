@@ -37,7 +37,7 @@ from stashflow.tasks.steps import ANN_DIRECTORY, ANN_SECRET, ANN_STORAGE, ANN_ST
 from . import policies
 from .hook_runs import HookResults, run_phase
 from .addon_flows import _spec_from_parameters, flow_for, loaded, state_message
-from .engine import Connection
+from .engine import Connection, stop_reason
 from .parameters import Cluster, Limits, RunParameters, SchedulePolicy
 from .session_parameters import SessionAdvanced, SessionHook, SessionParameters, SessionRepository, SessionTask
 
@@ -215,8 +215,7 @@ async def run_session(params: SessionParameters, backup_session: str, connection
         except BaseException as exc:
             if isinstance(exc, StashflowError) and getattr(exc, "session_recorded", False):
                 raise
-            reason = "the session was cancelled" if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)) \
-                else f"the session stopped: {exc}"
+            reason = stop_reason(exc, "session")  # the stashflow worker's SIGTERM says so, as a cancel from the UI
             await _shielded(steps.abort_session(ns, backup_session, reason), logger)
             raise
         finally:

@@ -185,7 +185,7 @@ def test_cancelling_one_run_cancels_only_that_run_and_cleans_it_up(kube_cluster,
     assert by_id[stuck.id].state.name == "Cancelled", by_id[stuck.id].state.message
     assert sorted(r.state.name for r in runs if r.id != stuck.id) == ["Completed", "Completed"]
     # the cancelled run's Job is gone and its Snapshot Failed; the others' Jobs are kept (history limit 1)
-    target_of = lambda obj: obj["metadata"]["labels"]["stashflow.io/target-name"]  # noqa: E731
+    target_of = lambda snap: snap["spec"]["repository"].removeprefix("repo-")  # noqa: E731
     eventually(lambda: sorted(j.metadata.labels["stashflow.io/target-name"] for j in jobs(kube_cluster, namespace))
                == ["a", "b"], timeout=60)
     phases = {target_of(s): s["status"]["phase"] for s in snapshots(kube_cluster, namespace)}
