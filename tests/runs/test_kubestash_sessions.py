@@ -52,6 +52,7 @@ def _setup(cluster, namespace: str, password: str = "upstream pw") -> tuple[Path
 
 
 def pvc_session(cluster, namespace: str, store: Path, repos: list[str], name: str, **extra: Any) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    store.mkdir(exist_ok=True)
     return {"configuration": "data-backup", "session": "frequent", "namespace": namespace,
             "target": "PersistentVolumeClaim/data", "addon": "pvc-addon", "tasks": [{"name": "logical-backup"}],
             "repositories": [{"name": r, "storage": storage("local", store, MOUNT), "directory": f"demo/{r}",
