@@ -134,3 +134,81 @@ def test_a_failed_component_fails_the_session_though_the_executor_exits_0(kube_c
     ours = [j for n, j in job.items() if "1700000060" in n]
     assert ours and all(j.status.succeeded == 1 for j in ours)
     assert not leases(kube_cluster, namespace)
+
+
+DB_PASSWORD = "pg pw with 'quotes', $(HOME) and ü"
+APPCATALOG_CRD = Path(__file__).resolve().parent.parent / "data" / "appcatalog-crd"
+
+
+@pytest.fixture(scope="module")
+def pg():  # type: ignore[no-untyped-def]
+    from localkube.helpers import apt_install
+
+    from .databases.servers import Postgres
+
+    apt_install("restic")
+    server = Postgres(DB_PASSWORD)
+    try:
+        server.init()
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+def test_upstream_postgres_addon_session_into_two_repositories(kube_cluster, namespace, node_agent, prefect_api,
+                                                               host_tmp, pg) -> None:
+    """logical-backup + manifest-backup of the upstream postgres-addon, the database a local PostgreSQL
+    behind its AppBinding (tests/kubestash/test_upstream_postgres.py says why): one BackupSession, one
+    Snapshot per repository, each with the two components dump and manifest; one Job per task."""
+    from localkube.helpers import install_crds
+
+    node_agent.default = run_for_real()
+    pg.psql("DROP DATABASE IF EXISTS shop;")
+    pg.psql("CREATE DATABASE shop;")
+    pg.psql("CREATE TABLE items (id int PRIMARY KEY, name text);"
+            "INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 200) g;", db="shop")
+
+    async def go(c: client.ApiClient) -> None:
+        await install_crds(c, APPCATALOG_CRD)
+        await client.CoreV1Api(c).create_namespaced_secret(namespace, _secret("pg restic pw"))
+        await client.CoreV1Api(c).create_namespaced_secret(namespace, {
+            "metadata": {"name": "pg-auth"}, "type": "kubernetes.io/basic-auth",
+            "stringData": {"username": "postgres", "password": DB_PASSWORD}})
+        await client.CustomObjectsApi(c).create_namespaced_custom_object(
+            "appcatalog.appscode.com", "v1alpha1", namespace, "appbindings",
+            {"apiVersion": "appcatalog.appscode.com/v1alpha1", "kind": "AppBinding",
+             "metadata": {"name": "pg", "namespace": namespace},
+             "spec": {"type": "kubedb.com/postgres", "version": "16",
+                      "clientConfig": {"url": f"postgres://127.0.0.1:{pg.port}/postgres",
+                                       "service": {"name": "pg", "port": pg.port, "scheme": "postgresql"}},
+                      "secret": {"name": "pg-auth"}}})
+    api(kube_cluster, go)
+    name = "pg-backup-nightly-1700000000"
+    store = host_tmp / "store"
+    store.mkdir()
+    state = run_session(
+        configuration="pg-backup", session="nightly", namespace=namespace,
+        target="AppBinding.appcatalog.appscode.com/pg", addon="postgres-addon",
+        tasks=[{"name": "logical-backup"}, {"name": "manifest-backup"}],
+        repositories=[{"name": r, "storage": storage("local", store, MOUNT), "directory": f"demo/{r}",
+                       "encryption_secret": "pw"} for r in ("pg-a", "pg-b")],
+        cluster={"kubeconfig": str(kube_cluster.kubeconfig)},
+        advanced={"backup_session": name, "db_version": "16.4"})
+    assert state.is_completed(), state.message
+    assert len(jobs(kube_cluster, namespace)) == 2  # one per task, not per task and repository
+    (bs,) = custom(kube_cluster, "backupsessions", "core.kubestash.com", namespace)
+    assert bs["status"]["phase"] == "Succeeded" and bs["status"]["totalSnapshots"] == 2
+    listed = {s["metadata"]["name"]: s for s in snapshots(kube_cluster, namespace)}
+    assert set(listed) == {f"pg-a-{name}", f"pg-b-{name}"}
+    for snap in listed.values():
+        st = snap["status"]
+        assert st["phase"] == "Succeeded" and st["totalComponents"] == 2, st
+        assert set(st["components"]) == {"dump", "manifest"}
+        assert all(c["phase"] == "Succeeded" and c["integrity"] is True for c in st["components"].values())
+        assert st["components"]["dump"]["resticStats"][0]["summary"]["hostPath"] == "dumpfile.sql"
+    rc, out, err = run_cli("snapshots", "-n", namespace, "--kubeconfig", str(kube_cluster.kubeconfig))
+    assert rc == 0, err
+    rows = sorted((r[1], r[2], r[4]) for r in (line.split() for line in out.strip().splitlines()[1:]))
+    assert rows == sorted((n, s["spec"]["repository"], s["status"]["phase"]) for n, s in listed.items())
+    assert not leases(kube_cluster, namespace)
