@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +109,24 @@ def test_upstream_pvc_addon_through_the_session_flow(kube_cluster, namespace, no
     assert rs["spec"]["dataSource"]["snapshot"] == f"repo-b-{name}"
     assert rs["status"]["phase"] == "Succeeded" and rs["status"]["components"]["dump"]["phase"] == "Succeeded"
     assert not leases(kube_cluster, namespace)
+
+    # `stashflow restore` of a RestoreSession file naming a KubeStash executor runs it as one restore-session
+    for path in restored.iterdir():
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    session_file = host_tmp / "restore.yaml"
+    session_file.write_text(
+        "apiVersion: core.kubestash.com/v1alpha1\nkind: RestoreSession\n"
+        f"metadata: {{name: restore-a, namespace: {namespace}}}\n"
+        "spec:\n  target: {kind: PersistentVolumeClaim, name: restored}\n"
+        f"  dataSource: {{repository: repo-a, snapshot: repo-a-{name}, encryptionSecret: {{name: pw}}}}\n"
+        "  addon:\n    name: pvc-addon\n    tasks:\n    - name: logical-backup-restore\n")
+    rc, out, err = run_cli("restore", str(session_file), "--catalog", str(UPSTREAM_CATALOG),
+                           "--kubeconfig", str(kube_cluster.kubeconfig))
+    assert rc == 0, err
+    assert "RestoreSession restore-a" in out
+    assert tree(restored) == before
+    rs = custom(kube_cluster, "restoresessions", "core.kubestash.com", namespace, "restore-a")
+    assert rs["status"]["phase"] == "Succeeded" and rs["status"]["components"]["dump"]["phase"] == "Succeeded"
 
 
 def test_a_failed_component_fails_the_session_though_the_executor_exits_0(kube_cluster, namespace, node_agent,
