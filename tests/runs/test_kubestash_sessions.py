@@ -231,3 +231,29 @@ def test_upstream_postgres_addon_session_into_two_repositories(kube_cluster, nam
     rows = sorted((r[1], r[2], r[4]) for r in (line.split() for line in out.strip().splitlines()[1:]))
     assert rows == sorted((n, s["spec"]["repository"], s["status"]["phase"]) for n, s in listed.items())
     assert not leases(kube_cluster, namespace)
+
+
+def test_an_executor_that_exits_0_without_writing_is_component_missing(kube_cluster, namespace, node_agent,
+                                                                      prefect_api, host_tmp) -> None:
+    """The node agent's scripted outcome stands in for an executor that ends well without writing its
+    component (the test executor always writes one): exit 0, and a termination message in stashflow's own
+    contract claiming success, which must not be read for a KubeStash executor."""
+    from localkube.nodeagent import succeed
+
+    node_agent.default = succeed(message='{"components": {"dump": {"phase": "Succeeded", "size": "1 KiB"}}}')
+    _setup(kube_cluster, namespace)
+    name = "data-backup-frequent-1700000000"
+    state = run_session(**pvc_session(kube_cluster, namespace, host_tmp / "store", ["repo-a", "repo-b"], name,
+                                      limits={"history_limit": 0}))
+    assert state.is_failed()
+    assert (state.message or "").startswith("component-missing"), state.message
+    bs = custom(kube_cluster, "backupsessions", "core.kubestash.com", namespace, name)
+    assert bs["status"]["phase"] == "Failed"
+    for snap in snapshots(kube_cluster, namespace):
+        st = snap["status"]
+        assert st["phase"] == "Failed", st
+        assert st["components"]["dump"]["phase"] == "Failed"
+        assert st["components"]["dump"]["error"].startswith("component-missing: ")
+    assert not leases(kube_cluster, namespace)
+    assert not [p for p in api(kube_cluster, lambda c: client.CoreV1Api(c).list_namespaced_pod(namespace)).items
+                if p.status.phase in ("Pending", "Running")]
