@@ -110,10 +110,10 @@ async def _run(kube: Kube, spec: RunSpec, plan: ExecutionPlan, held: claim.Claim
         except JobFailed as failed:  # the step is Failed; the run goes on to record why
             outcome = failed.outcome
         _fault_point("wait-for-job")
-        if held is not None:
-            await claim.renew(kube, held)
         if plan.within_session and contract_of(plan.resolved.function) == "kubestash":
             return await _kubestash_ended(kube, plan, outcome)
+        if held is not None:
+            await claim.renew(kube, held)
         verified = await verify_repository(plan) if outcome.succeeded and plan.snapshot is not None else {}
         result = await record_snapshot(plan, outcome, started, verified)
         _fault_point("record-snapshot")
@@ -146,6 +146,13 @@ async def _run(kube: Kube, spec: RunSpec, plan: ExecutionPlan, held: claim.Claim
     return await _failed(kube, spec, plan, outcome, result, retry)
 
 
+def _fault_point(step: str) -> None:
+    """The test suite's fault matrix kills a run right after ``step`` (``STASHFLOW_FAULT_KILL_AFTER``):
+    SIGKILL, so nothing of the run can clean up, as when a node or a worker dies. Unset in real use."""
+    if os.environ.get("STASHFLOW_FAULT_KILL_AFTER") == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 async def _kubestash_ended(kube: Kube, plan: ExecutionPlan, outcome: JobOutcome) -> dict[str, Any]:
     """A KubeStash executor within a session: its result is the components it wrote into the session's
     Snapshots (the session reads them, ``addons/contract.py``), never its exit code, so nothing is
@@ -159,13 +166,6 @@ async def _kubestash_ended(kube: Kube, plan: ExecutionPlan, outcome: JobOutcome)
                           outcome.phase)
     return {"job": plan.job_name, "job_phase": outcome.phase, "contract": "kubestash", "namespace": plan.namespace,
             "target": str(plan.target)}
-
-
-def _fault_point(step: str) -> None:
-    """The test suite's fault matrix kills a run right after ``step`` (``STASHFLOW_FAULT_KILL_AFTER``):
-    SIGKILL, so nothing of the run can clean up, as when a node or a worker dies. Unset in real use."""
-    if os.environ.get("STASHFLOW_FAULT_KILL_AFTER") == step:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 async def _failed(kube: Kube, spec: RunSpec, plan: ExecutionPlan, outcome: JobOutcome, result: dict[str, Any],
