@@ -234,7 +234,12 @@ async def _run(params: RestoreParameters) -> dict[str, Any]:
                     continue
                 kubestash = _speaks_kubestash(params, t.name)
                 if kubestash:  # its executor writes Running itself; the pre-created Pending stays until then
-                    await _prepare_kubestash(params, component)
+                    try:
+                        await _prepare_kubestash(params, component)
+                    except RunError as exc:  # what it reads is missing: this component fails, before any Job
+                        failures[t.name] = f"{exc.code}: {exc.message}"
+                        await _record(ns, params.name, component, {"phase": "Failed", "error": failures[t.name]})
+                        continue
                 else:
                     await _record(ns, params.name, component, {"phase": "Running"})
                 begun = time.time()
