@@ -33,6 +33,12 @@ RULES: list[dict[str, Any]] = [
     {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["get"]},
     # a workload backup reads its target (StatefulSet, Deployment, DaemonSet) to mount its data volumes
     {"apiGroups": ["apps"], "resources": ["statefulsets", "deployments", "daemonsets"], "verbs": ["get"]},
+    # a session gives a KubeStash executor's ServiceAccount its RBAC (executor_rbac below); RBAC lets one
+    # grant only what one holds, so the KubeDB plugins' reads are held here too
+    {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["create"]},
+    {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles", "rolebindings"], "verbs": ["create", "update"]},
+    {"apiGroups": ["appcatalog.appscode.com"], "resources": ["appbindings"], "verbs": ["get"]},
+    {"apiGroups": ["kubedb.com"], "resources": ["*"], "verbs": ["get"]},
     # one Lease per target: one run per target at a time (tasks/claim.py)
     {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
      "verbs": ["create", "get", "list", "update", "patch", "delete"]},

@@ -349,6 +349,28 @@ def _run_flow(addon: str, task: str, params: dict[str, Any]) -> Any:
     raise RunError(f"the flow run ended {state.name}: {state.message}")
 
 
+def _run_restore_session(params: dict[str, Any]) -> Any:
+    """Run the ``restore-session`` flow (a RestoreSession whose tasks run KubeStash executors)."""
+    import asyncio
+
+    from prefect import tags
+
+    from stashflow.flows.naming import target_tag
+    from stashflow.flows.restore_sessions import restore_session
+
+    with tags("stashflow", f"addon:{params['addon']}", target_tag(params["namespace"], params["target"])):
+        state = asyncio.run(restore_session(**params, return_state=True))
+    if state.is_completed():
+        return state
+    try:
+        state.result()
+    except StashflowError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - Prefect wraps what the flow raised
+        raise RunError(f"the flow run ended {state.name}: {exc}") from None
+    raise RunError(f"the flow run ended {state.name}: {state.message}")
+
+
 def _check_kubeconfig(args: argparse.Namespace) -> None:
     """A ``--kubeconfig`` that cannot be read is an input error before Prefect or the cluster is touched."""
     path = getattr(args, "kubeconfig", None)
@@ -408,9 +430,21 @@ def cmd_restore(args: argparse.Namespace) -> int:
         raise InputError("the files hold no RestoreSession", code="missing-field",
                          location=Location(COMMAND_LINE, positional_position(args.argv, args.files[0])), field="FILE",
                          hint="give the files that define the RestoreSessions to run")
-    runs = [run for session in sessions for run in restore_runs(catalog, session)]
+    from stashflow.flows.restore import restore_session_parameters, speaks_kubestash
+
+    whole = {id(s) for s in sessions if speaks_kubestash(catalog, s)}  # KubeStash executors: one restore-session
+    runs = [run for session in sessions if id(session) not in whole for run in restore_runs(catalog, session)]
+    session_runs = [restore_session_parameters(catalog, s) for s in sessions if id(s) in whole]
     _check_kubeconfig(args)
     quiet_prefect_tracebacks(args.verbose)
+    for params in session_runs:
+        if args.kubeconfig:
+            params.setdefault("cluster", {})["kubeconfig"] = os.path.abspath(args.kubeconfig)
+        if args.context:
+            params.setdefault("cluster", {})["context"] = args.context
+        _run_restore_session(params)
+        print(f"restored {params['target']} in {params['namespace']} with RestoreSession {params['name']} "
+              f"from {params['data_source']['snapshot']}")
     for addon, task, params in runs:
         if args.kubeconfig:
             params.setdefault("cluster", {})["kubeconfig"] = os.path.abspath(args.kubeconfig)

@@ -26,6 +26,7 @@ from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 from prefect.utilities.annotations import quote
 
 from stashflow.addons.catalog import Catalog
+from stashflow.addons.contract import contract_of
 from stashflow.addons.errors import RunError, StashflowError
 from stashflow.addons.render import FLOW_RUN_LABEL, ExecutionPlan
 from stashflow.flows import artifacts
@@ -115,6 +116,8 @@ async def _run(kube: Kube, spec: RunSpec, plan: ExecutionPlan, held: claim.Claim
         except JobFailed as failed:  # the step is Failed; the run goes on to record why
             outcome = failed.outcome
         _fault_point("wait-for-job")
+        if plan.within_session and contract_of(plan.resolved.function) == "kubestash":
+            return await _kubestash_ended(kube, plan, outcome)
         if held is not None:
             kube.seen["claim"] = await claim.renew(kube, held)
         verified = await verify_repository(quote(plan)) if outcome.succeeded and plan.snapshot is not None else {}
@@ -171,6 +174,21 @@ def _fault_point(step: str) -> None:
     SIGKILL, so nothing of the run can clean up, as when a node or a worker dies. Unset in real use."""
     if os.environ.get("STASHFLOW_FAULT_KILL_AFTER") == step:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+async def _kubestash_ended(kube: Kube, plan: ExecutionPlan, outcome: JobOutcome) -> dict[str, Any]:
+    """A KubeStash executor within a session: its result is the components it wrote into the session's
+    Snapshots (the session reads them, ``addons/contract.py``), never its exit code, so nothing is
+    recorded here. A Job that did not end by itself is removed; one that ended stays with its session."""
+    if outcome.phase in STOPPED_PHASES or (outcome.diagnosis is not None
+                                           and outcome.diagnosis.category in STOPPED_CATEGORIES):
+        deleted = await resources.delete_run_objects(kube, plan.namespace, resources.selector(plan.labels))
+        if deleted:
+            get_run_logger().info("removed %s", ", ".join(deleted))
+    get_run_logger().info("Job %s ended %s; its result is read from the components it wrote", plan.job_name,
+                          outcome.phase)
+    return {"job": plan.job_name, "job_phase": outcome.phase, "contract": "kubestash", "namespace": plan.namespace,
+            "target": str(plan.target)}
 
 
 async def _failed(kube: Kube, spec: RunSpec, plan: ExecutionPlan, outcome: JobOutcome, result: dict[str, Any],

@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from stashflow.addons.catalog import Catalog
+from stashflow.addons.contract import contract_of
 from stashflow.addons.durations import whole_seconds
 from stashflow.addons.errors import CatalogError, StashflowError, raise_all
 from stashflow.addons.model import RestoreSession
@@ -73,3 +74,46 @@ def restore_runs(catalog: Catalog, session: RestoreSession) -> list[tuple[str, s
         runs.append((spec.addon.name, ref.name, run.to_flow("restore")))
     raise_all(problems)
     return runs
+
+
+def speaks_kubestash(catalog: Catalog, session: RestoreSession) -> bool:
+    """Whether a task of the RestoreSession runs a KubeStash executor: then the whole session runs as one
+    ``restore-session`` flow, which makes the RestoreSession object the executor reads (its Snapshot a name,
+    its components pre-created), and reads the result from those components."""
+    spec = session.spec
+    if spec.addon is None:
+        return False
+    for ref in spec.addon.tasks or []:
+        try:
+            _, _, _, task = catalog.task(spec.addon.name, ref.name)
+            if contract_of(catalog.function(task.function)) == "kubestash":
+                return True
+        except StashflowError:
+            continue  # restore_runs reports it
+    return False
+
+
+def restore_session_parameters(catalog: Catalog, session: RestoreSession) -> dict[str, Any]:
+    """The ``restore-session`` flow's parameters for a RestoreSession (checked by ``restore_runs`` first)."""
+    restore_runs(catalog, session)  # the same checks, the same coded errors
+    spec = session.spec
+    assert spec.target is not None and spec.data_source is not None and spec.addon is not None
+    namespace = session.namespace or "default"
+    group = f".{spec.target.api_group}" if spec.target.api_group else ""
+    info = spec.addon.dump()
+    settings = {k: v for k, v in info.items() if k in ("jobTemplate", "containerRuntimeSettings")}
+    tasks = []
+    for ref in spec.addon.tasks or []:
+        task_params, advanced = from_task_reference(ref, settings)
+        tasks.append({"name": ref.name, "params": {**task_params, **advanced["extra_params"]},
+                      "variables": advanced["variables"],
+                      "addon_volumes": advanced["addon"].get("addonVolumes") or []})
+    source = spec.data_source
+    return {"name": session.name, "namespace": spec.target.namespace or namespace,
+            "target": f"{spec.target.kind or 'PersistentVolumeClaim'}{group}/{spec.target.name}",
+            "addon": spec.addon.name, "tasks": tasks,
+            "data_source": {"repository": source.repository, "snapshot": source.snapshot,
+                            "namespace": getattr(source, "namespace", None),
+                            "encryption_secret": source.encryption_secret.name if source.encryption_secret else None},
+            "limits": {"timeout": whole_seconds(spec.restore_timeout)} if spec.restore_timeout else {},
+            "addon_settings": settings}

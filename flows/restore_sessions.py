@@ -23,6 +23,7 @@ from prefect.states import Failed, State
 from pydantic import BaseModel, ConfigDict, Field
 
 from stashflow.addons import sessions
+from stashflow.addons.contract import contract_of, restore_result
 from stashflow.addons.durations import deadline_seconds
 from stashflow.addons.errors import RunError, StashflowError
 from stashflow.addons.model.types import Blank, ObjectName
@@ -132,6 +133,52 @@ async def _record(namespace: str, name: str, component: str, value: dict[str, An
     await objects.patch_status(current(), "RestoreSession", namespace, name, {"components": {component: value}})
 
 
+def _speaks_kubestash(params: RestoreParameters, task: str) -> bool:
+    catalog, _ = loaded()
+    _, _, _, t = catalog.task(params.addon, task)
+    return contract_of(catalog.function(t.function)) == "kubestash"
+
+
+def _account(params: RestoreParameters) -> tuple[str, bool]:
+    """The restore executor's ServiceAccount: the jobTemplate's, else the one stashflow makes."""
+    from stashflow.tasks.executor_contract import EXECUTOR_SERVICE_ACCOUNT
+
+    named = ((params.addon_settings.get("jobTemplate") or {}).get("spec") or {}).get("serviceAccountName")
+    return (str(named), False) if named else (EXECUTOR_SERVICE_ACCOUNT, True)
+
+
+def _with_account(addon: dict[str, Any], kubestash: bool) -> dict[str, Any]:
+    if not kubestash:
+        return addon
+    from stashflow.tasks.executor_contract import EXECUTOR_SERVICE_ACCOUNT
+
+    template = dict(addon.get("jobTemplate") or {})
+    spec = dict(template.get("spec") or {})
+    spec.setdefault("serviceAccountName", EXECUTOR_SERVICE_ACCOUNT)
+    return {**addon, "jobTemplate": {**template, "spec": spec}}
+
+
+async def _prepare_kubestash(params: RestoreParameters, component: str) -> None:
+    """Before a KubeStash restore executor's Job: its RBAC (in the Snapshot's namespace too, when another),
+    and what it reads checked (``restore_preconditions``): a problem is a coded error before any Job."""
+    from stashflow.tasks import executor_contract as ec
+
+    account, make = _account(params)
+    source_ns = params.data_source.namespace or params.namespace
+    image = ""
+    catalog, _ = loaded()
+    for t in params.tasks:
+        _, _, _, task = catalog.task(params.addon, t.name)
+        image = image or (catalog.function(task.function).spec.image or "")
+    await ec.ensure_executor_rbac(params.namespace, account, "restore",
+                                  [source_ns] if source_ns != params.namespace else [],
+                                  image.startswith("ghcr.io/kubedb/"), make)
+    problems = await ec.restore_problems(params.namespace, params.name, component)
+    if problems:
+        raise RunError("the restore executor would not find what it reads: " + "; ".join(problems),
+                       code="unknown-object", hint="fill what is named before the restore runs")
+
+
 @flow(name=FLOW_NAME, retries=0, validate_parameters=True)
 async def restore_session(name: str, addon: str, tasks: list[SessionTask], data_source: DataSource,
                           namespace: str = "default", target: str | None = None, limits: Limits = Limits(),
@@ -197,7 +244,16 @@ async def _run(params: RestoreParameters) -> dict[str, Any]:
                     failures[t.name] = f"run-timeout: restoreTimeout {params.limits.timeout} passed before {t.name}"
                     await _record(ns, params.name, component, {"phase": "Failed", "error": failures[t.name]})
                     continue
-                await _record(ns, params.name, component, {"phase": "Running"})
+                kubestash = _speaks_kubestash(params, t.name)
+                if kubestash:  # its executor writes Running itself; the pre-created Pending stays until then
+                    try:
+                        await _prepare_kubestash(params, component)
+                    except RunError as exc:  # what it reads is missing: this component fails, before any Job
+                        failures[t.name] = f"{exc.code}: {exc.message}"
+                        await _record(ns, params.name, component, {"phase": "Failed", "error": failures[t.name]})
+                        continue
+                else:
+                    await _record(ns, params.name, component, {"phase": "Running"})
                 begun = time.time()
                 run = RunParameters(
                     target=task_target(parsed), namespace=ns,
@@ -209,14 +265,23 @@ async def _run(params: RestoreParameters) -> dict[str, Any]:
                     cluster=params.cluster,
                     advanced={"session": params.name, "variables": t.variables,
                               "extra_params": {k: v for k, v in t.params.items() if not form_parameter(k)},
-                              "addon": {**params.addon_settings,
-                                        **({"addonVolumes": t.addon_volumes} if t.addon_volumes else {})},
+                              "addon": _with_account({**params.addon_settings,
+                                                      **({"addonVolumes": t.addon_volumes} if t.addon_volumes
+                                                         else {})}, kubestash),
                               "invoker": {"kind": "RestoreSession", "name": params.name}, "within_session": True})
                 state: State = await flow_for(params.addon, t.name)(**run.to_flow("restore"), return_state=True)
                 took = sessions.duration(time.time() - begun)
                 if held is not None:
                     await claim.renew(kube, held)
-                if state.is_completed():
+                if kubestash and state.is_completed():  # the components say, never the exit code
+                    result = restore_result(await objects.read(kube, "RestoreSession", ns, params.name), component)
+                    if not result.ok:
+                        failures[t.name] = f"{result.code}: {result.message}"
+                        rs_now = await objects.read(kube, "RestoreSession", ns, params.name)
+                        written = ((rs_now.get("status") or {}).get("components") or {}).get(component) or {}
+                        await _record(ns, params.name, component, {**written, "phase": "Failed",
+                                                                   "error": failures[t.name]})
+                elif state.is_completed():
                     await _record(ns, params.name, component, {"phase": "Succeeded", "duration": took})
                 else:
                     failures[t.name] = state.message or state.type.value

@@ -25,6 +25,7 @@ from prefect.runtime import flow_run as current_flow_run
 from prefect.states import Failed, State
 
 from stashflow.addons import sessions
+from stashflow.addons.contract import contract_of
 from stashflow.addons.durations import deadline_seconds, parse_duration
 from stashflow.addons.errors import InputError, StashflowError
 from stashflow.addons.names import label_value
@@ -187,6 +188,99 @@ def task_parameters(params: SessionParameters, task: SessionTask, repo: SessionR
     return task_run(params, task, repo, backup_session, timeout_seconds).to_flow("backup")
 
 
+# -- tasks whose Function speaks KubeStash's executor contract ---------------------------------------
+def _speaks_kubestash(params: SessionParameters, task: SessionTask) -> bool:
+    catalog, _ = loaded()
+    _, _, _, t = catalog.task(params.addon, task.name)
+    return contract_of(catalog.function(t.function)) == "kubestash"
+
+
+def executor_account(params: SessionParameters) -> tuple[str, bool]:
+    """The ServiceAccount a KubeStash executor's Job runs as: the plan's ``jobTemplate.spec.serviceAccountName``
+    (the user's, given its RBAC by the session), else one stashflow makes (``stashflow-kubestash-executor``);
+    and whether stashflow makes it."""
+    from stashflow.tasks.executor_contract import EXECUTOR_SERVICE_ACCOUNT
+
+    named = ((params.advanced.addon.get("jobTemplate") or {}).get("spec") or {}).get("serviceAccountName")
+    return (str(named), False) if named else (EXECUTOR_SERVICE_ACCOUNT, True)
+
+
+def kubestash_task_parameters(params: SessionParameters, task: SessionTask, backup_session: str,
+                              timeout_seconds: int | None, service_account: str) -> dict[str, Any]:
+    """The one Addon-task run of a KubeStash executor: run for the first repository (its storage is the one
+    mounted; its name is in the Job's), as the executor's ServiceAccount."""
+    run = task_run(params, task, params.repositories[0], backup_session, timeout_seconds)
+    addon = dict(run.advanced.addon)
+    template = dict(addon.get("jobTemplate") or {})
+    template["spec"] = {**(template.get("spec") or {}), "serviceAccountName": service_account}
+    addon["jobTemplate"] = template
+    run = run.model_copy(update={"advanced": run.advanced.model_copy(update={"addon": addon})})
+    return run.to_flow("backup")
+
+
+def _one_storage(params: SessionParameters) -> str | None:
+    """Why one executor Job cannot reach every repository, or None: it mounts one local storage."""
+    locals_ = {(r.storage.namespace or params.namespace, r.storage.name) for r in params.repositories
+               if (r.storage.spec.get("storage") or {}).get("provider") == "local"}
+    if len(locals_) > 1:
+        return (f"unsupported: a KubeStash executor runs once for all repositories and mounts one local "
+                f"BackupStorage, but the repositories use {len(locals_)} ({', '.join(sorted(n for _, n in locals_))}); "
+                "put them on one local BackupStorage (different directories) or on object storage")
+    return None
+
+
+async def _kubestash_task(params: SessionParameters, task: SessionTask, flow_: Any, ref: sessions.BackupSessionRef,
+                          snapshot_of: dict[str, str], deadline: datetime | None, failures: dict[str, str],
+                          missing: dict[str, dict[str, str]]) -> None:
+    """One KubeStash executor for every repository: RBAC and its objects checked before the Job; after it,
+    each Snapshot's component as the executor wrote it. A component missing, unfinished or Failed is that
+    Snapshot's failure, with its code."""
+    from stashflow.tasks import executor_contract as ec
+
+    logger = get_run_logger()
+    ns, name = params.namespace, ref.name
+    component = component_of(task.name)
+    where = f"{task.name} → all repositories"
+
+    def fail_all(why: str) -> None:
+        failures[where] = why
+        for snap in snapshot_of.values():
+            missing[snap][component] = why
+
+    left = (deadline - datetime.now(timezone.utc)).total_seconds() if deadline else None
+    if left is not None and left <= 0:
+        return fail_all(f"run-timeout: the session's backupTimeout {params.limits.timeout} passed before "
+                        f"{task.name} ran")
+    unsupported = _one_storage(params)
+    if unsupported:
+        return fail_all(unsupported)
+    catalog, _ = loaded()
+    _, _, _, t = catalog.task(params.addon, task.name)
+    image = catalog.function(t.function).spec.image or ""
+    account, make = executor_account(params)
+    others = sorted({r.storage.namespace for r in params.repositories if r.storage.namespace} - {ns})
+    await ec.ensure_executor_rbac(ns, account, "backup", others, image.startswith("ghcr.io/kubedb/"), make)
+    problems = await ec.backup_problems(ns, name)
+    if problems:
+        return fail_all("unknown-object: the executor would not find what it reads: " + "; ".join(problems))
+    state: State = await flow_(**kubestash_task_parameters(params, task, name,
+                                                           math.ceil(left) if left is not None else None, account),
+                               return_state=True)
+    if not state.is_completed():  # stashflow's own steps failed (pre-flight, API): no component can be trusted
+        logger.warning("%s failed: %s", where, state.message)
+        return fail_all(state.message or state.type.value)
+    results = await ec.read_backup_results(ns, list(snapshot_of.values()), component)
+    for repo, snap in snapshot_of.items():
+        result = results[snap]
+        if result.ok:
+            missing[snap][component] = f"{task.name} ended without writing component {component}"
+            continue
+        why = f"{result.code}: {result.message}"
+        failures[f"{task.name} → {repo}"] = why
+        missing[snap][component] = why
+        await steps.fail_component(ns, snap, component, why)
+
+
 async def run_session(params: SessionParameters, backup_session: str, connection: Connection) -> dict[str, Any]:
     """The session to its end; returns its summary or raises ``StashflowError`` (the session failed)."""
     logger = get_run_logger()
@@ -266,8 +360,13 @@ async def _session(kube: Any, params: SessionParameters, ref: sessions.BackupSes
     for task in tasks_to_run:
         flow_ = flow_for(params.addon, task.name)
         # stashflow's own (env-contract) Functions: one Job per task and repository. A Function that speaks
-        # KubeStash's API contract reads every Snapshot of status.snapshots itself, so it would run once per
-        # task: that choice belongs to the contract module (addons/contract.py), not here.
+        # KubeStash's API contract (addons/contract.py) reads every Snapshot of status.snapshots itself and
+        # writes its component into each: one Job per task, its result read from those components.
+        if _speaks_kubestash(params, task):
+            await _kubestash_task(params, task, flow_, ref, snapshot_of, deadline, failures, missing)
+            if held is not None:
+                await claim.renew(kube, held)
+            continue
         for repo in params.repositories:
             where = f"{task.name} → {repo.name}"
             component = component_of(task.name)

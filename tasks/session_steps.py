@@ -114,6 +114,20 @@ async def mark_running(namespace: str, backup_session: str, snapshot_names: list
                                 "phase": status["phase"]})
 
 
+@task(name="fail-component", **STEP)
+async def fail_component(namespace: str, snapshot: str, component: str, why: str) -> None:
+    """A KubeStash executor's component that did not succeed (absent, still Running, or Failed): Failed,
+    its error the result's code and reason, what the executor wrote otherwise kept."""
+    kube = current()
+    try:
+        snap = await resources.read(kube, "Snapshot", namespace, snapshot)
+    except NotFound:
+        return
+    written = ((snap.get("status") or {}).get("components") or {}).get(component) or {}
+    await resources.patch_snapshot_status(kube, namespace, snapshot, {"components": {component: {
+        **written, "phase": "Failed", "error": why}}})
+
+
 @task(name="finish-snapshots", **STEP)
 async def finish_snapshots(namespace: str, expected: dict[str, dict[str, str]]) -> dict[str, dict[str, Any]]:
     """End each Snapshot (by name: component → why it would be missing) from its components: a component
