@@ -175,8 +175,9 @@ def make_flow(catalog: Catalog, addon: Addon, list_name: str, task: Task) -> Flo
             await policies.check_missed(schedule.missed_runs.value, schedule.starting_deadline_seconds,
                                         schedule.late_after_seconds)
             async with policies.target_lock(spec.namespace, spec.target, kind == "backup" and schedule.exclusive):
-                retry = policies.retry_note(spec.request.attempt, schedule.max_retry, schedule.retry_delay,
-                                            bool(current_deployment.id)) if kind == "backup" else None
+                retry = params.advanced.retry_note if params.advanced.within_session else policies.retry_note(
+                    spec.request.attempt, schedule.max_retry, schedule.retry_delay,
+                    bool(current_deployment.id)) if kind == "backup" else None
                 return await execute(spec, catalog, connection, params.retention, retry=retry)
         except policies.Skip as skip:
             return policies.skipped(skip.reason)

@@ -91,7 +91,7 @@ async def execute(spec: RunSpec, catalog: Catalog, connection: Connection,
         plan = await resolve_parameters(quote(spec), quote(catalog))
         await preflight(quote(plan))
         if plan.within_session:  # the session claimed the target for all its tasks
-            return await _run(kube, spec, plan, None, started, retention)
+            return await _run(kube, spec, plan, None, started, retention, retry)
         held = await claim_target(quote(plan))
         _fault_point("claim-target")
         try:

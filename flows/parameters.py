@@ -154,6 +154,8 @@ class Advanced(Group):
     invoker: Invoker | None = Field(None, description="The plan or RestoreSession that invoked this run.")
     within_session: bool = Field(False, description="Set by a backup-session run: the session holds the target "
                                                     "and made the Snapshot; this run writes its component into it.")
+    retry_note: str | None = Field(None, description="Set by a backup-session run: what follows if the session "
+                                                     "fails (its retryConfig), for this run's diagnosis.")
 
 
 #: The groups, in form order, and the kinds of task each applies to.

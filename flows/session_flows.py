@@ -21,6 +21,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.runtime import deployment as current_deployment
 from prefect.runtime import flow_run as current_flow_run
 from prefect.states import Failed, State
 
@@ -179,7 +180,9 @@ def task_run(params: SessionParameters, task: SessionTask, repo: SessionReposito
                   "addon": {**params.advanced.addon, **({"addonVolumes": task.addon_volumes}
                                                         if task.addon_volumes else {})},
                   "invoker": {"kind": "BackupConfiguration", "name": params.configuration},
-                  "within_session": True})
+                  "within_session": True,
+                  "retry_note": policies.retry_note(params.advanced.attempt, params.schedule.max_retry,
+                                                    params.schedule.retry_delay, bool(current_deployment.id))})
 
 
 def task_parameters(params: SessionParameters, task: SessionTask, repo: SessionRepository, backup_session: str,
