@@ -109,7 +109,12 @@ async def wait_pvc_bound(api: client.ApiClient, namespace: str, name: str,
     core = client.CoreV1Api(api)
 
     async def check() -> client.V1PersistentVolumeClaim | None:
-        pvc = await core.read_namespaced_persistent_volume_claim(name, namespace)
+        try:
+            pvc = await core.read_namespaced_persistent_volume_claim(name, namespace)
+        except ApiException as exc:  # not made yet (a StatefulSet's claim comes with its Pod)
+            if exc.status == 404:
+                return None
+            raise
         return pvc if pvc.status and pvc.status.phase == "Bound" else None
     return await wait_until(check, timeout, what=f"PVC {namespace}/{name} to be Bound")
 
