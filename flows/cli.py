@@ -338,6 +338,11 @@ def _run_flow(addon: str, task: str, params: dict[str, Any]) -> Any:
     with tags("stashflow", f"addon:{addon}", f"task:{task}",
               target_tag(namespace, str(target))):
         state = asyncio.run(flow_for(addon, task)(**params, return_state=True))
+    return _completed(state)
+
+
+def _completed(state: Any) -> Any:
+    """A flow run's final state when it Completed; else its error (coded when the flow raised one)."""
     if state.is_completed():
         return state
     try:
@@ -360,15 +365,7 @@ def _run_restore_session(params: dict[str, Any]) -> Any:
 
     with tags("stashflow", f"addon:{params['addon']}", target_tag(params["namespace"], params["target"])):
         state = asyncio.run(restore_session(**params, return_state=True))
-    if state.is_completed():
-        return state
-    try:
-        state.result()
-    except StashflowError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - Prefect wraps what the flow raised
-        raise RunError(f"the flow run ended {state.name}: {exc}") from None
-    raise RunError(f"the flow run ended {state.name}: {state.message}")
+    return _completed(state)
 
 
 def _check_kubeconfig(args: argparse.Namespace) -> None:
