@@ -79,6 +79,13 @@ class Connection:
     def connect(self):  # type: ignore[no-untyped-def]
         return connect(self.kubeconfig, self.context, self.credentials_block)
 
+    @classmethod
+    def of_parameters(cls, parameters: dict[str, Any]) -> "Connection":
+        """From a flow run's parameters as the API gives them (its ``cluster`` group), for hooks that run
+        after the flow-run process is gone."""
+        cluster = parameters.get("cluster") or {}
+        return cls(cluster.get("kubeconfig"), cluster.get("context"), cluster.get("credentials_block"))
+
 
 async def execute(spec: RunSpec, catalog: Catalog, connection: Connection,
                   retention: dict[str, Any] | None = None, retry: str | None = None) -> dict[str, Any]:
@@ -308,8 +315,7 @@ async def cleanup_hook(flow: Any, flow_run: Any, state: Any) -> None:
     Prefect runs this in the runner or worker after the flow-run process is gone, so it
     reconnects from the run's own parameters."""
     params = flow_run.parameters or {}
-    cluster = params.get("cluster") or {}
-    connection = Connection(cluster.get("kubeconfig"), cluster.get("context"), cluster.get("credentials_block"))
+    connection = Connection.of_parameters(params)
     namespace = params.get("namespace") or "default"
     reason = f"the flow run was {str(getattr(state, 'name', 'stopped')).lower()}"
     async with connection.connect() as kube:

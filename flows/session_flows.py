@@ -505,8 +505,7 @@ async def cleanup_hook(flow_: Any, flow_run: Any, state: Any) -> None:
     from stashflow.tasks import objects
 
     p = flow_run.parameters or {}
-    cluster = p.get("cluster") or {}
-    connection = Connection(cluster.get("kubeconfig"), cluster.get("context"), cluster.get("credentials_block"))
+    connection = Connection.of_parameters(p)
     namespace = p.get("namespace") or "default"
     reason = f"the flow run was {str(getattr(state, 'name', 'stopped')).lower()}"
     async with connection.connect() as kube:

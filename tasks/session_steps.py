@@ -22,7 +22,7 @@ from stashflow.addons.render import LABEL_PREFIX, MANAGED_BY
 from . import claim, objects, resources
 from .kube import current
 from .results import aggregate, failed_status
-from .steps import STEP
+from .steps import STEP, log_claim
 
 
 @task(name="apply-plan-objects", **STEP)
@@ -45,14 +45,7 @@ async def apply_plan_objects(items: list[dict[str, Any]]) -> dict[str, str]:
 @task(name="claim-target", **STEP)
 async def claim_session_target(claimant: claim.Claimant) -> claim.Claim:
     """Hold the target for the whole session: its tasks run under this one claim."""
-    logger = get_run_logger()
-    held = await claim.claim_target(current(), claimant)
-    if held.taken_over_from:
-        logger.warning("took %s over from run %s, which stopped without releasing it", claimant.target,
-                       held.taken_over_from)
-    for name in held.orphans_failed:
-        logger.warning("Snapshot %s had no run behind it any more: marked Failed", name)
-    return held
+    return log_claim(await claim.claim_target(current(), claimant), claimant.target)
 
 
 async def _create_or_adopt(obj: dict[str, Any]) -> dict[str, Any]:

@@ -206,11 +206,14 @@ async def preflight(plan: ExecutionPlan) -> None:
 @task(name="claim-target", **STEP)
 async def claim_target(plan: ExecutionPlan) -> Claim:
     """Hold the target in the cluster for this run (one run per target, whatever started it)."""
+    return log_claim(await claim.claim_target(current(), plan), plan.target)
+
+
+def log_claim(held: Claim, target: object) -> Claim:
+    """Say what claiming the target found: a run that stopped without releasing it, orphaned Snapshots."""
     logger = get_run_logger()
-    held = await claim.claim_target(current(), plan)
     if held.taken_over_from:
-        logger.warning("took %s over from run %s, which stopped without releasing it", plan.target,
-                       held.taken_over_from)
+        logger.warning("took %s over from run %s, which stopped without releasing it", target, held.taken_over_from)
     for name in held.orphans_failed:
         logger.warning("Snapshot %s had no run behind it any more: marked Failed", name)
     return held

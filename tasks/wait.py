@@ -10,6 +10,7 @@ runs, line by line, to ``on_log``; the last lines are kept for the diagnosis.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import collections
 import dataclasses
 import logging
@@ -94,10 +95,8 @@ class JobWaiter:
         sub = hub.subscribe(self.namespace, self.name, self._on_job, self._on_pod, on_error)
         try:
             remaining = self.deadline - time.monotonic()
-            try:
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._done.wait(), timeout=max(0.0, remaining))
-            except asyncio.TimeoutError:
-                pass
             if failed and self._outcome is None:
                 raise failed[0]
             if self._outcome is None:
