@@ -59,18 +59,21 @@ async def ensure_pool(client: Any, name: str, pool_type: PoolType | None, kubern
     created. A pool that exists is left alone; one of another type than asked for explicitly is an error
     (its runs would not run where meant)."""
     from prefect.client.schemas.actions import WorkPoolCreate
-    from prefect.exceptions import ObjectNotFound
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
     from stashflow.addons.errors import InputError
 
     try:
         pool = await client.read_work_pool(name)
     except ObjectNotFound:
-        pool_type = pool_type or PoolType.PROCESS
-        template = (kubernetes or KubernetesPool()).base_job_template() if pool_type is PoolType.KUBERNETES else None
-        await client.create_work_pool(WorkPoolCreate(name=name, type=pool_type.value,
-                                                     **({"base_job_template": template} if template else {})))
-        return pool_type.value
+        wanted = pool_type or PoolType.PROCESS
+        template = (kubernetes or KubernetesPool()).base_job_template() if wanted is PoolType.KUBERNETES else None
+        try:
+            await client.create_work_pool(WorkPoolCreate(name=name, type=wanted.value,
+                                                         **({"base_job_template": template} if template else {})))
+            return wanted.value
+        except ObjectAlreadyExists:  # a worker starting on this pool made it meanwhile: check that one
+            pool = await client.read_work_pool(name)
     if pool_type is not None and pool.type != pool_type.value:
         raise InputError(f'work pool "{name}" exists with type {pool.type}, not {pool_type.value}',
                          code="invalid-argument", field="--pool-type",

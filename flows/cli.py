@@ -646,7 +646,11 @@ def quiet_prefect_tracebacks(verbose: bool) -> None:
                                       if isinstance(lg, logging.Logger))]
     for logger in loggers:
         for handler in logger.handlers:
-            if "APILogHandler" in type(handler).__name__ or not isinstance(handler, logging.StreamHandler):
+            # Prefect's own console handlers only: a handler the embedding program (or pytest) installed
+            # keeps its formatting
+            kind = type(handler)
+            if "APILogHandler" in kind.__name__ or not isinstance(handler, logging.StreamHandler) \
+                    or not kind.__module__.startswith("prefect."):
                 continue
             if not isinstance(handler.formatter, _NoTraceback):
                 handler.setFormatter(_NoTraceback(handler.formatter or logging.Formatter()))

@@ -44,3 +44,23 @@ def test_installing_twice_adds_one_filter() -> None:
     quiet_known_failures(JobFailed)
     filters = [f for f in logging.getLogger(TASK_RUN_LOGGER).filters if type(f).__name__ == "KnownFailures"]
     assert len(filters) == 1
+
+
+def test_the_cli_quiets_prefects_console_handlers_only() -> None:
+    """`stashflow` without -v drops tracebacks from Prefect's console output, and from nothing else: a
+    handler of the program embedding it (here, one of the test's own) keeps its formatter."""
+    from stashflow.flows.cli import quiet_prefect_tracebacks
+
+    own = logging.StreamHandler()
+    own_formatter = logging.Formatter("%(message)s")
+    own.setFormatter(own_formatter)
+    root = logging.getLogger()
+    root.addHandler(own)
+    try:
+        quiet_prefect_tracebacks(verbose=False)
+        assert own.formatter is own_formatter
+        prefects = [h for lg in (logging.getLogger("prefect"), root) for h in lg.handlers
+                    if type(h).__module__.startswith("prefect.") and "APILogHandler" not in type(h).__name__]
+        assert prefects and all(type(h.formatter).__name__ == "_NoTraceback" for h in prefects)
+    finally:
+        root.removeHandler(own)

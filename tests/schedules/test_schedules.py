@@ -166,17 +166,26 @@ def test_backup_timeout_bounds_the_run(kube_cluster, namespace, node_agent, serv
     eventually(lambda: nothing_left(kube_cluster, namespace), timeout=60)
 
 
-def backdate(prefect_home: str, run: Any, when: datetime) -> None:
+def backdate(prefect_server: dict[str, str], run: Any, when: datetime) -> None:
     """As if ``run`` had fallen due at ``when`` while every worker was down.
 
     A real outage leaves the scheduler's runs with expected start times in the past; the API
-    cannot set that field, so the test moves it in the server's own database (SQLite, naive
-    UTC), and re-schedules the run through the API so the runner sees it due."""
+    cannot set that field, so the test moves it in the server's own database (its SQLite file, naive
+    UTC, or its PostgreSQL through psql), and re-schedules the run through the API so the runner sees
+    it due."""
     import sqlite3
 
     move(run, when)
     stamp = when.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
-    with sqlite3.connect(Path(prefect_home) / "prefect.db") as db:
+    url = prefect_server.get("PREFECT_API_DATABASE_CONNECTION_URL")
+    if url:  # the values are the test's own (a UUID and a timestamp), so they can be literals
+        sql = (f"UPDATE flow_run SET expected_start_time = '{stamp}+00', next_scheduled_start_time = '{stamp}+00'"
+               f" WHERE id = '{run.id}'")
+        done = subprocess.run(["psql", "-X", "-v", "ON_ERROR_STOP=1", url.replace("+asyncpg", ""), "-c", sql],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0 and "UPDATE 1" in done.stdout, done.stderr
+        return
+    with sqlite3.connect(Path(prefect_server["PREFECT_HOME"]) / "prefect.db") as db:
         db.execute("UPDATE flow_run SET expected_start_time = ?, next_scheduled_start_time = ? WHERE id = ?",
                    (stamp, stamp, str(run.id)))
 
@@ -195,7 +204,7 @@ def test_after_downtime_only_the_latest_missed_run_runs(kube_cluster, namespace,
     runs = auto_scheduled(name, 3)
     now = datetime.now(timezone.utc)
     for minutes_ago, run in zip((3, 2, 1), runs):
-        backdate(prefect_server["PREFECT_HOME"], run, now - timedelta(minutes=minutes_ago))
+        backdate(prefect_server, run, now - timedelta(minutes=minutes_ago))
     missed_ids = [r.id for r in runs]
     served = serve(plan, "--kubeconfig", str(kube_cluster.kubeconfig))
     eventually(lambda: all(r.state.is_final() for r in flow_runs(name) if r.id in missed_ids), timeout=120,
