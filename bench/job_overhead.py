@@ -38,6 +38,8 @@ from localkube.nodeagent import NodeAgent, succeed  # noqa: E402  (NodeAgent: ty
 
 WORK_SECONDS = 1.0
 REQUESTS = {"n": 0}
+TRACE: list[str] = []
+LAST_STASHFLOW: list[str] = []  # with --trace: "METHOD path" of every counted request
 _original_request = rest.RESTClientObject.request
 
 
@@ -47,6 +49,8 @@ NOT_COUNTED: set[threading.Thread] = set()  # the node agent's and the observer'
 async def _counting_request(self, *args, **kwargs):  # type: ignore[no-untyped-def]
     if threading.current_thread() not in NOT_COUNTED:
         REQUESTS["n"] += 1
+        method, url = (list(args) + [kwargs.get("method"), kwargs.get("url")])[:2]
+        TRACE.append(f"{method} {str(url).split('://', 1)[-1].split('/', 1)[-1]}")
     return await _original_request(self, *args, **kwargs)
 
 
@@ -82,6 +86,7 @@ async def one_stashflow(cluster: Cluster, namespace: str, i: int) -> tuple[str, 
     from stashflow.flows.addon_flows import flow_for
 
     before = REQUESTS["n"]
+    TRACE.clear()
     start = time.monotonic()
     state = await flow_for("scripted", "backup")(target="PersistentVolumeClaim/data", namespace=namespace,
                                                  cluster={"kubeconfig": str(cluster.kubeconfig)},
@@ -90,6 +95,7 @@ async def one_stashflow(cluster: Cluster, namespace: str, i: int) -> tuple[str, 
     end = time.monotonic()
     if not state.is_completed():
         raise SystemExit(f"stashflow run failed: {state.message}")
+    LAST_STASHFLOW[:] = TRACE
     return f"bench-{i}-backup", end, REQUESTS["n"] - before, end - start
 
 
@@ -139,6 +145,7 @@ async def bench(cluster: Cluster, agent: NodeAgent, runs: int) -> dict[str, list
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--trace", action="store_true", help="list the requests of the last stashflow run")
     args = parser.parse_args()
     from prefect.testing.utilities import prefect_test_harness
 
@@ -161,6 +168,8 @@ def main() -> int:
         print(f"{label:20} {statistics.median(lags):>22.3f}s {statistics.median(overheads):>17.3f}s "
               f"{statistics.median(requests):>14.0f}   [{', '.join(f'{x:.2f}' for x in overheads)}]")
     ratio = medians["prefect-kubernetes"] / medians["stashflow"] if medians["stashflow"] > 0 else float("inf")
+    if args.trace:
+        print("requests of the last stashflow run:", *LAST_STASHFLOW, sep="\n  ")
     print(f"overhead ratio prefect-kubernetes / stashflow: {ratio:.1f}x (goal >= 5x)")
     return 0
 

@@ -39,7 +39,7 @@ from stashflow.tasks.steps import RunSpec
 
 from stashflow.flows import policies
 from stashflow.flows.naming import short_target
-from stashflow.flows.parameters import GROUPS, RunParameters, form_parameter
+from stashflow.flows.parameters import GROUPS, LogMode, RunParameters, form_parameter
 from stashflow.flows.engine import Connection, cleanup_hook, execute
 
 CATALOG_ENV = "STASHFLOW_CATALOG"
@@ -104,7 +104,7 @@ def _spec_from_parameters(addon: Addon, task: Task, run: RunParameters) -> RunSp
         request=request, storage=repo.storage.to_object() if repo.storage else None, repository=repo.name,
         directory=repo.directory, encryption_secret=repo.encryption_secret, snapshot=run.snapshot,
         stuck_after=run.limits.stuck_after, history_limit=run.limits.history_limit,
-        addon_info=run.advanced.addon or None,
+        follow_logs=run.limits.logs is LogMode.FOLLOW, addon_info=run.advanced.addon or None,
     )
 
 

@@ -309,6 +309,8 @@ def _run_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         limits["timeout"] = whole_seconds(args.timeout)
     if getattr(args, "history_limit", None) is not None:
         limits["history_limit"] = args.history_limit
+    if getattr(args, "logs", None):
+        limits["logs"] = args.logs
     try:
         run = RunParameters(
             target=str(_parse_target(args)), namespace=args.namespace,
@@ -557,6 +559,9 @@ def build_parser(extensions: Sequence[Callable[[Any], None]] = ()) -> argparse.A
     add_run_options(p)
     p.add_argument("--snapshot", metavar="NAME", help="restores: the Snapshot to restore, or latest (with --repository)")
     p.add_argument("--history-limit", type=int, help="finished Jobs of this target and task to keep (default 1)")
+    p.add_argument("--logs", choices=("follow", "tail"), default="follow",
+                   help="follow: stream the Job's log while you watch (default); tail: its last lines, only when "
+                        "the Job fails (what deployments do)")
     _cluster_options(p)
     p.set_defaults(func=cmd_run)
 

@@ -119,7 +119,7 @@ async def _run(kube: Kube, spec: RunSpec, plan: ExecutionPlan, held: claim.Claim
         await launch_job(quote(plan), pvcs)
         _fault_point("launch-job")
         try:
-            outcome = await wait_for_job(quote(plan), timeout, spec.stuck_after, secrets)
+            outcome = await wait_for_job(quote(plan), timeout, spec.stuck_after, secrets, spec.follow_logs)
         except JobFailed as failed:  # the step is Failed; the run goes on to record why
             outcome = failed.outcome
         _fault_point("wait-for-job")
@@ -173,7 +173,11 @@ def stop_reason(exc: BaseException, what: str = "run") -> str:
         return str(exc.args[0]) if exc.args and exc.args[0] else f"the {what} was cancelled"
     if isinstance(exc, KeyboardInterrupt):
         return f"the {what} was cancelled"
-    return f"the {what} stopped: {exc}"
+    signum = getattr(exc, "signal", None)  # Prefect's TerminationSignal: how a runner cancels a run (SIGTERM)
+    if isinstance(signum, int):
+        name = signal.Signals(signum).name if signum in signal.Signals._value2member_map_ else str(signum)
+        return f"the {what} was stopped by {name}: cancelled, or the process running it was shut down"
+    return f"the {what} stopped: {exc}" if str(exc) else f"the {what} stopped: {type(exc).__name__}"
 
 
 def _fault_point(step: str) -> None:

@@ -83,8 +83,14 @@ class RepositoryOptions(Group):
         None, description="Secret in the namespace whose key RESTIC_PASSWORD encrypts the data.")
 
 
+class LogMode(StrEnum):
+    TAIL = "tail"
+    FOLLOW = "follow"
+
+
 class Limits(Group):
-    """How long a run may take, when a stuck Pod fails it, and how many finished Jobs stay."""
+    """How long a run may take, when a stuck Pod fails it, how many finished Jobs stay, which Job logs
+    the run reads."""
 
     timeout: Annotated[Deadline | None, Blank] = Field("6h", description="Deadline of the run (the Job's "
                                                                          "activeDeadlineSeconds), e.g. 30m, 6h; "
@@ -93,6 +99,10 @@ class Limits(Group):
                                                         "unschedulable) before the run fails.")
     history_limit: Count = Field(1, description="Finished Jobs of this target and task kept for debugging "
                                                     "(sessionHistoryLimit); 0 keeps none.")
+    logs: LogMode = Field(LogMode.TAIL, description="The Job's log in this run's logs: tail reads its last lines "
+                                                    "once, when the Job failed or reported its result there; "
+                                                    "follow streams every container's log live (one open "
+                                                    "request per container: for runs someone watches).")
 
 
 class MissedRuns(StrEnum):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import Any
 
 from stashflow.addons.crd import KINDS, VERSION, crd
@@ -80,12 +81,30 @@ async def delete(kube: Kube, kind: str, namespace: str, name: str) -> bool:
         return False
 
 
+#: CRDs this process saw present, by API server and name, with when: a process running many runs (the
+#: stashflow worker, a fleet's nightly minute) reads each CRD once per ``CRD_TTL`` seconds, not once per
+#: run. A CRD replaced under a running process (KubeStash's installed over stashflow's) is seen within it.
+CRD_TTL = 60.0
+_present: dict[tuple[str, str], tuple[float, Any]] = {}
+
+
+def forget_crds() -> None:
+    """Drop what this process knows of CRDs (after replacing one under it, as a test does)."""
+    _present.clear()
+
+
 async def ensure_crd(kube: Kube, kind: str, timeout: float = 30.0) -> str:
     """Install stashflow's CRD of ``kind`` when the cluster has none: ``"present"``, ``"installed"``,
     or ``"unknown"`` when this identity may not read CRDs (then `stashflow install` did it)."""
     name = KINDS[kind].crd_name
+    key = (kube.api.configuration.host, name)
+    known = _present.get(key)
+    if known is not None and time.monotonic() - known[0] < CRD_TTL:
+        kube.seen[f"crd/{name}"] = known[1]
+        return "present"
     try:  # kept for the run (kube.seen): the Snapshot's schema is read from it, not asked again
         kube.seen[f"crd/{name}"] = await kube.call("read CRD", kube.extensions.read_custom_resource_definition, name)
+        _present[key] = (time.monotonic(), kube.seen[f"crd/{name}"])
         return "present"
     except Forbidden:
         return "unknown"

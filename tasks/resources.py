@@ -186,7 +186,8 @@ async def delete_run_objects(kube: Kube, namespace: str, label_selector: str, *,
 async def prune_history(kube: Kube, namespace: str, labels: dict[str, str], keep: int,
                         current: str | None = None) -> list[str]:
     """Keep ``keep`` finished Jobs of this target and task (``current``, this run's, always among them);
-    delete the older ones with their PVCs."""
+    delete the older ones. Their PVCs go with them: the Job owns them (``own_by_job``), so a Foreground
+    delete has the garbage collector remove Pods and PVCs first: one request per Job, no listing."""
     sel = selector(labels, keys=("task", "target-kind", "target-name"))
     found = _cached_jobs(kube, namespace, sel)
     if found is None:
@@ -200,8 +201,11 @@ async def prune_history(kube: Kube, namespace: str, labels: dict[str, str], keep
     finished.sort(key=lambda j: j["metadata"].get("creationTimestamp") or "", reverse=True)
     deleted: list[str] = []
     for job in finished[max(keep - (1 if current else 0), 0):]:
-        session_labels = job["metadata"].get("labels") or {}
-        deleted += await delete_run_objects(kube, namespace, selector(session_labels))
+        name = job["metadata"]["name"]
+        with contextlib.suppress(NotFound):
+            await kube.call(f"delete Job {namespace}/{name}", kube.batch.delete_namespaced_job, name, namespace,
+                            propagation_policy="Foreground")
+            deleted.append(f"Job/{name}")
     return deleted
 
 

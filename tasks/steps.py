@@ -18,6 +18,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from stashflow.addons.catalog import Catalog
+from stashflow.addons.contract import contract_of
 from stashflow.addons.errors import InputError, NotFound, RunError
 from stashflow.addons.model import AddonInfo, AddonVolumeInfo, BackupStorage
 from stashflow.addons.render import (
@@ -67,6 +68,7 @@ class RunSpec:
     snapshot: str | None = None  # restores: a Snapshot name, or "latest"
     stuck_after: float = 180.0
     history_limit: int = 1
+    follow_logs: bool = False  # stream the Job's log live (else its tail, read only when needed)
     addon_info: dict[str, Any] | None = None  # the plan's addon: jobTemplate, containerRuntimeSettings, addonVolumes
 
     @property
@@ -265,9 +267,10 @@ async def launch_job(plan: ExecutionPlan, pvcs: list[str]) -> dict[str, Any]:
 
 
 @task(name="wait-for-job", **STEP)
-async def wait_for_job(plan: ExecutionPlan, timeout: float, stuck_after: float, secrets: list[str] | None = None
-                       ) -> JobOutcome:
-    """Watch the Job to its end; stream every container's log into this run's logs."""
+async def wait_for_job(plan: ExecutionPlan, timeout: float, stuck_after: float, secrets: list[str] | None = None,
+                       follow_logs: bool = False) -> JobOutcome:
+    """Watch the Job to its end; its log lines go into this run's logs (streamed with ``follow_logs``,
+    else the tail when the Job failed or reported its result there)."""
     logger = get_run_logger()
     hidden = [s for s in secrets or [] if s]
 
@@ -277,7 +280,7 @@ async def wait_for_job(plan: ExecutionPlan, timeout: float, stuck_after: float, 
         logger.info("%s | %s", source, line)
 
     waiter = JobWaiter(current(), plan.namespace, plan.job_name, timeout=timeout, stuck_after=stuck_after,
-                       on_log=on_log)
+                       on_log=on_log, follow_logs=follow_logs)
     outcome = await waiter.wait()
     logger.info("Job %s ended: %s%s", plan.job_name, outcome.phase,
                 f" ({outcome.diagnosis.summary()})" if outcome.diagnosis else "")
@@ -342,16 +345,31 @@ async def record_snapshot(plan: ExecutionPlan, outcome: JobOutcome, started: flo
                                "namespace": plan.namespace, "target": str(plan.target)}
     if plan.snapshot is None:
         return summary
-    try:
-        existing = await resources.read(kube, "Snapshot", plan.namespace, plan.snapshot_name)
-    except NotFound:
+    async def recreated() -> dict[str, Any]:
         if plan.within_session:
             raise RunError(f"the session's Snapshot {plan.snapshot_name} was deleted during the run",
                            code="snapshot-not-found", hint="the session records what is left") from None
         # deleted while the run went on: the data is in the repository, so record it again
         logger.warning("Snapshot %s was deleted during the run; creating it again", plan.snapshot_name)
-        existing, _ = await resources.create_or_adopt(kube, plan.snapshot)
         summary["recreated"] = True
+        return (await resources.create_or_adopt(kube, plan.snapshot))[0]
+
+    async def write(status: dict[str, Any]) -> None:
+        try:
+            await resources.patch_snapshot_status(kube, plan.namespace, plan.snapshot_name, status)
+        except NotFound:
+            await recreated()
+            await resources.patch_snapshot_status(kube, plan.namespace, plan.snapshot_name, status)
+
+    # this run wrote the Snapshot's status when it made it (provision-volumes) and, outside a session and
+    # unless a KubeStash executor writes its components, nothing else writes it during the run: no need to
+    # read it back (a Snapshot deleted meanwhile is found by the write)
+    existing = kube.seen.get(f"Snapshot/{plan.namespace}/{plan.snapshot_name}")
+    if existing is None or plan.within_session or contract_of(plan.resolved.function) == "kubestash":
+        try:
+            existing = await resources.read(kube, "Snapshot", plan.namespace, plan.snapshot_name)
+        except NotFound:
+            existing = await recreated()
     components, channel = components_of(plan, outcome, existing.get("status"))
     base = plan.snapshot["status"]["components"][plan.component]
     duration = f"{time.time() - started:.3f}s"
@@ -389,7 +407,7 @@ async def record_snapshot(plan: ExecutionPlan, outcome: JobOutcome, started: flo
         patch: dict[str, Any] = {"components": own, "lastUpdateTime": now_rfc3339()}
         if failed_here:
             patch["conditions"] = conditions
-        await resources.patch_snapshot_status(kube, plan.namespace, plan.snapshot_name, patch)
+        await write(patch)
         phase = "Failed" if failed_here else aggregate(components)["phase"]
         logger.info("Snapshot %s: component %s %s (result from %s)", plan.snapshot_name, plan.component, phase,
                     channel)
@@ -402,7 +420,7 @@ async def record_snapshot(plan: ExecutionPlan, outcome: JobOutcome, started: flo
         status["phase"] = "Failed"
     if await resources.snapshot_schema(kube) == "kubestash":  # its schema holds only the nested form
         status["components"] = {n: (nested_restic_stats(c) if c else c) for n, c in status["components"].items()}
-    await resources.patch_snapshot_status(kube, plan.namespace, plan.snapshot_name, status)
+    await write(status)
     logger.info("Snapshot %s: %s, %s", plan.snapshot_name, status["phase"], CHANNELS.get(channel, channel))
     summary.update(snapshot=plan.snapshot_name, phase=status["phase"], components=components, channel=channel,
                    size=status.get("size"), integrity=status.get("integrity"))

@@ -3,8 +3,11 @@
 The Job's conditions decide the end and its Pods' state shows a Pod that cannot start and when to
 open each container's log. Both come from the process's shared watches (``watch_hub.py``: one Job
 and one Pod watch per namespace, resumed after closes, drops and 410 Gone), not from watches of
-the run's own. Every container's log is streamed (``follow=true``) while it
-runs, line by line, to ``on_log``; the last lines are kept for the diagnosis.
+the run's own. Logs are read only where they are read: with ``follow_logs`` every container's log is
+streamed (``follow=true``) while it runs, line by line, to ``on_log`` (a person watching the run);
+without, the last lines are read once after the end, and only when they are needed: the Job failed
+(the diagnosis quotes them) or no container left a termination message (the result may be restic's
+``--json`` summary in the log). A fleet's successful backups then cost no log request at all.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from .watch_hub import WatchHub, hub_for
 
 log = logging.getLogger("stashflow.wait")
 
+LOG_READ_SECONDS = 10.0  # one log tail read, at most
 STUCK_CATEGORIES = {Category.IMAGE_PULL, Category.CONFIG_ERROR, Category.UNSCHEDULABLE}
 
 
@@ -68,8 +72,10 @@ class JobWaiter:
     """Watches one Job until it ends, the deadline passes, or a Pod is stuck past ``stuck_after``."""
 
     def __init__(self, kube: Kube, namespace: str, name: str, *, timeout: float, stuck_after: float = 180.0,
-                 on_log: Callable[[str, str], None] | None = None, tail_lines: int = 200) -> None:
+                 on_log: Callable[[str, str], None] | None = None, tail_lines: int = 200,
+                 follow_logs: bool = True) -> None:
         self.kube, self.namespace, self.name = kube, namespace, name
+        self.follow_logs = follow_logs
         self.deadline = time.monotonic() + timeout
         self.stuck_after = stuck_after
         self.on_log = on_log or (lambda source, line: None)
@@ -108,6 +114,8 @@ class JobWaiter:
         outcome = self._outcome
         assert outcome is not None
         outcome.pods = list(self.pods.values())
+        if not self.follow_logs and (outcome.phase != "Complete" or not any(outcome.termination_messages().values())):
+            await self._read_tails(outcome.pods)
         outcome.log_tails = {k: list(v) for k, v in self.tails.items()}
         if outcome.phase != "Complete":
             found = diagnose(outcome.job, outcome.pods, outcome.log_tails)
@@ -147,7 +155,8 @@ class JobWaiter:
             return
         self.pods[name] = pod
         if self._outcome is None:
-            self._open_logs(pod)
+            if self.follow_logs:
+                self._open_logs(pod)
             self._check_stuck(pod)
 
     def _check_stuck(self, pod: dict[str, Any]) -> None:
@@ -201,6 +210,30 @@ class JobWaiter:
             except Exception as exc:  # noqa: BLE001 - logs are best effort; the run does not depend on them
                 log.debug("log stream %s: %s (attempt %d)", key, exc, attempt + 1)
                 await asyncio.sleep(0.2 * (attempt + 1))
+
+    async def _read_tails(self, pods: list[dict[str, Any]]) -> None:
+        """Without ``follow_logs``: the last ``tail_lines`` of each container that ran, of the newest Pod,
+        read once (a Pod already gone has no log to read: best effort, as the stream is)."""
+        newest = sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "")[-1:]
+        for pod in newest:
+            status = pod.get("status") or {}
+            for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
+                if not ((cs.get("state") or {}).get("terminated") or (cs.get("state") or {}).get("running")):
+                    continue
+                key = f"{pod['metadata']['name']}/{cs['name']}"
+                try:
+                    self.kube.requests += 1
+                    # bounded: a node that holds the request open (a container that never started) must not
+                    # hold the run, as the streams' grace bounds them
+                    text = await asyncio.wait_for(self.kube.core.read_namespaced_pod_log(
+                        pod["metadata"]["name"], self.namespace, container=cs["name"], tail_lines=self.tail_lines,
+                        _request_timeout=LOG_READ_SECONDS), LOG_READ_SECONDS)
+                except Exception as exc:  # noqa: BLE001 - logs are best effort; the run does not depend on them
+                    log.debug("log tail %s: %s", key, exc)
+                    continue
+                self.tails[key] = collections.deque(text.splitlines(), maxlen=self.tail_lines)
+                for line in self.tails[key]:
+                    self.on_log(key, line)
 
     async def _drain_logs(self, grace: float = 2.0) -> None:
         """Let log streams of finished containers reach their end, then stop the rest."""

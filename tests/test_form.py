@@ -55,6 +55,8 @@ def test_groups_are_objects_with_typed_fields_and_choices() -> None:
     assert storage == {"allOf": [{"$ref": "#/definitions/Storage"}], "description": storage["description"]}
     limits = _resolve(schema, schema["properties"]["limits"])
     assert limits["properties"]["history_limit"]["minimum"] == 0
+    logs = _resolve(schema, limits["properties"]["logs"])
+    assert logs["enum"] == ["tail", "follow"] and limits["properties"]["logs"]["default"] == "tail"
 
 
 def test_every_builtin_flow_has_a_form_with_target_first() -> None:

@@ -44,7 +44,7 @@ def prefect_api() -> Iterator[None]:
 GROUPED = {"repository": ("repository", "name"), "storage": ("repository", "storage"),
            "directory": ("repository", "directory"), "encryption_secret": ("repository", "encryption_secret"),
            "timeout": ("limits", "timeout"), "stuck_after": ("limits", "stuck_after"),
-           "history_limit": ("limits", "history_limit"), "exclusive": ("schedule", "exclusive"),
+           "history_limit": ("limits", "history_limit"), "logs": ("limits", "logs"), "exclusive": ("schedule", "exclusive"),
            "max_retry": ("schedule", "max_retry"), "retry_delay": ("schedule", "retry_delay"),
            "kubeconfig": ("cluster", "kubeconfig"), "context": ("cluster", "context"),
            "credentials_block": ("cluster", "credentials_block"),

@@ -29,7 +29,7 @@ def run(kube_cluster, namespace, prefect_api):  # type: ignore[no-untyped-def]
 def test_success_records_what_the_container_reported(run, kube_cluster, namespace, node_agent) -> None:
     node_agent.script({"stashflow.io/session": "data-1"},
                       succeed(message=json.dumps(REPORT), logs=["dumping", "uploading", "done"]))
-    state = run(session="data-1", message='it\'s "quoted"\\n')
+    state = run(session="data-1", message='it\'s "quoted"\\n', logs="follow")
     assert state.is_completed(), state.message
     result = state.result()
     snap = snapshot(kube_cluster, namespace, result["snapshot"])
@@ -72,6 +72,24 @@ CASES = {
     "evicted": (evicted(), "job-evicted", "Evicted"),
     "config-error": (config_error(), "job-config-error", "CreateContainerConfigError"),
 }
+
+
+def test_by_default_a_jobs_log_is_read_only_when_the_job_failed(run, namespace, node_agent) -> None:
+    """``limits.logs: tail``: a successful backup reads no log (its result is its termination message);
+    a failed one reads the last lines once, into the run's logs and the diagnosis."""
+    node_agent.script({"stashflow.io/session": "data-ok"}, succeed(message=json.dumps(REPORT), logs=["uploading"]))
+    node_agent.script({"stashflow.io/session": "data-bad"},
+                      fail(3, logs=["starting", "pg_dump: connection refused"]))
+    ok = run(session="data-ok")
+    assert ok.is_completed(), ok.message
+    assert not any(line.endswith("| uploading") for line in flow_run_logs(ok.state_details.flow_run_id))
+    bad = run(session="data-bad")
+    assert bad.is_failed()
+    logs = flow_run_logs(bad.state_details.flow_run_id)
+    assert any(line.endswith("| pg_dump: connection refused") for line in logs), logs[-20:]
+    diagnosis = next(a for a in flow_run_artifacts(bad.state_details.flow_run_id)
+                     if a.description == "why the run failed")
+    assert "pg_dump: connection refused" in diagnosis.data
 
 
 @pytest.mark.parametrize("case", list(CASES))
