@@ -23,17 +23,16 @@ from stashflow.addons.render import Target
 from stashflow.flows.naming import target_tag
 from stashflow.flows.parameters import Storage, from_task_reference
 from stashflow.flows.plan_check import (
-    HOOK_LISTS,
     NO_TARGET,
     check_plans,
     cron_problem,
     late_after,
     plan_target,
+    session_hooks,
     split_schedule,
 )
 from stashflow.flows.session_flows import ENTRYPOINT, FLOW_NAME
-from stashflow.addons.model.hook import HookTemplate
-from stashflow.flows.session_parameters import SessionHook, SessionParameters, SessionRepository, SessionTask
+from stashflow.flows.session_parameters import SessionParameters, SessionRepository, SessionTask
 from stashflow.flows.policies import lock_name
 
 MANAGED_TAG = "stashflow"
@@ -85,18 +84,6 @@ def _lookup(catalog: Catalog, model: type, ref: Any, default_ns: str, plan: Back
                                      code="unknown-object", location=plan.location(path), obj=plan.ref,
                                      field=format_path(path), hint=f"add the file that defines the {model.KIND}"))
     return found
-
-
-def session_hooks(catalog: Catalog, hooks: Any, namespace: str) -> list[SessionHook]:
-    """A session's hooks with their HookTemplates (checked by ``check_plans`` already: every one is there)."""
-    out = []
-    for attr, _, phase in HOOK_LISTS:
-        for info in getattr(hooks, attr, None) or []:
-            ref = info.hook_template
-            template = catalog.get(HookTemplate, ref.name, ref.namespace or namespace) if ref else None
-            if template is not None:
-                out.append(SessionHook(phase=phase, hook=info.dump(), template=template.dump()))
-    return out
 
 
 def plan_deployments(catalog: Catalog, *, work_pool: str | None = None, kubeconfig: str | None = None,

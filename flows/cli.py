@@ -355,7 +355,7 @@ def _completed(state: Any) -> Any:
 
 
 def _run_restore_session(params: dict[str, Any]) -> Any:
-    """Run the ``restore-session`` flow (a RestoreSession whose tasks run KubeStash executors)."""
+    """Run the ``restore-session`` flow for one RestoreSession; its final state when Completed, else its error."""
     import asyncio
 
     from prefect import tags
@@ -416,10 +416,11 @@ def _print_result(args: argparse.Namespace, result: dict[str, Any]) -> None:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    """Run the restore tasks of RestoreSession files, one after another; stop at the first failure."""
+    """Run RestoreSession files, one after another, each as one ``restore-session`` flow run (its object,
+    its components, its hooks); stop at the first failure."""
     paths = catalog_paths(args.catalog)
     os.environ[CATALOG_ENV] = os.pathsep.join(os.path.abspath(p) for p in paths)
-    from stashflow.flows.restore import restore_runs
+    from stashflow.flows.restore import restore_session_parameters
 
     catalog = load_checked([*paths, *args.files]).raise_for_problems()
     sessions = catalog.of_kind(RestoreSession)
@@ -427,30 +428,24 @@ def cmd_restore(args: argparse.Namespace) -> int:
         raise InputError("the files hold no RestoreSession", code="missing-field",
                          location=Location(COMMAND_LINE, positional_position(args.argv, args.files[0])), field="FILE",
                          hint="give the files that define the RestoreSessions to run")
-    from stashflow.flows.restore import restore_session_parameters, speaks_kubestash
-
-    whole = {id(s) for s in sessions if speaks_kubestash(catalog, s)}  # KubeStash executors: one restore-session
-    runs = [run for session in sessions if id(session) not in whole for run in restore_runs(catalog, session)]
-    session_runs = [restore_session_parameters(catalog, s) for s in sessions if id(s) in whole]
+    session_runs = [restore_session_parameters(catalog, s) for s in sessions]  # every one checked before any runs
     _check_kubeconfig(args)
+    import stashflow.flows.restore_sessions  # noqa: F401 - sets Prefect's logging up; quieted next
+
     quiet_prefect_tracebacks(args.verbose)
     for params in session_runs:
         if args.kubeconfig:
             params.setdefault("cluster", {})["kubeconfig"] = os.path.abspath(args.kubeconfig)
         if args.context:
             params.setdefault("cluster", {})["context"] = args.context
-        _run_restore_session(params)
+        result = _run_restore_session(params).result()
+        source = params["data_source"]
+        of = f" of {source['repository']}" if source.get("repository") else ""
+        for task in params["tasks"]:  # the lines `stashflow restore` has always printed, one per task
+            print(f"restored {params['target']} in {params['namespace']} with {params['addon']}/{task['name']} "
+                  f"from {source['snapshot']}{of}")
         print(f"restored {params['target']} in {params['namespace']} with RestoreSession {params['name']} "
-              f"from {params['data_source']['snapshot']}")
-    for addon, task, params in runs:
-        if args.kubeconfig:
-            params.setdefault("cluster", {})["kubeconfig"] = os.path.abspath(args.kubeconfig)
-        if args.context:
-            params.setdefault("cluster", {})["context"] = args.context
-        _run_flow(addon, task, params)
-        print(f"restored {params['target']} in {params['namespace']} with {addon}/{task} "
-              f"from {params['snapshot']}" + (f" of {params['repository']['name']}"
-                                             if (params.get("repository") or {}).get("name") else ""))
+              f"from {result.get('snapshot') or source['snapshot']}")
     return 0
 
 
@@ -560,7 +555,7 @@ def build_parser(extensions: Sequence[Callable[[Any], None]] = ()) -> argparse.A
     _cluster_options(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("restore", help="run the restore tasks of RestoreSession files")
+    p = sub.add_parser("restore", help="run RestoreSession files, each as one restore-session flow run")
     p.add_argument("files", nargs="+", metavar="FILE", help="files or folders with RestoreSessions")
     p.add_argument("--catalog", action="append", metavar="PATH",
                    help=f"Addon/Function file or folder, repeatable (default: ${CATALOG_ENV}, else the built-in catalog)")

@@ -28,6 +28,8 @@ from stashflow.addons.render import RenderRequest, RepositoryContext, Target, ch
 from stashflow.addons.resolve import as_value
 from stashflow.addons.source import FieldPath, format_path
 
+from .session_parameters import SessionHook
+
 #: When a sample run of a plan is rendered (pins the session name, so the check is repeatable).
 SAMPLE_TIME = datetime(2024, 1, 1, tzinfo=timezone.utc)
 
@@ -276,6 +278,19 @@ def check_hooks(c: _Collector, catalog: Catalog, hooks: Any, namespace: str, pat
             except StashflowError as exc:
                 c.relocate(exc, hpath)
     return plans
+
+
+def session_hooks(catalog: Catalog, hooks: Any, namespace: str) -> list[SessionHook]:
+    """A session's or RestoreSession's hooks with their HookTemplates, carried whole into the flow's
+    parameters (checked by ``check_hooks`` already: a template that is not there was reported)."""
+    out = []
+    for attr, _, phase in HOOK_LISTS:
+        for info in getattr(hooks, attr, None) or []:
+            ref = info.hook_template
+            template = catalog.get(HookTemplate, ref.name, ref.namespace or namespace) if ref else None
+            if template is not None:
+                out.append(SessionHook(phase=phase, hook=info.dump(), template=template.dump()))
+    return out
 
 
 #: What a session's tasks are run for when the plan has no target (KubeStash's ``{apiGroup: na, name: na}``).
