@@ -35,6 +35,11 @@ CONTRACT_ANNOTATION = "stashflow.io/contract"
 Contract = Literal["kubestash", "stashflow"]
 CONTRACTS: tuple[Contract, ...] = ("kubestash", "stashflow")
 
+#: The image of stashflow's own restic Jobs for a repository a KubeStash executor wrote (retention's
+#: ``restic forget --prune``): the repository is restic either way, but KubeStash's images take only their
+#: own flags. The built-in ``stashflow-pvc`` Functions' image (a test keeps the two the same).
+RESTIC_IMAGE = "docker.io/restic/restic:0.14.0"
+
 # --backupsession=${backupSession}, --restoresession=${restoreSession:=}: the session flag of KubeStash's images
 _SESSION_REF = re.compile(r"^--(?:backupsession=\$\{backupSession|restoresession=\$\{restoreSession|"
                           r"backupverificationsession=\$\{backupVerificationSession)(?:[:=\-+?][^}]*)?\}$")
