@@ -92,6 +92,8 @@ CODES: dict[str, str] = {
     "component-unfinished": "a KubeStash executor's Job ended with its component still Running (killed mid-run)",
     "component-failed": "a KubeStash executor wrote its component Failed (it exits 0 on failure)",
     "snapshot-not-found": "no Snapshot to restore from",
+    "repository-not-found": "the repository a restore reads is not there (no Repository object, and the Snapshot "
+                            "records no storage of its own): found before anything was created",
     "repository-corrupt": "restic check found errors in the repository after the backup: the backup is not good",
     "repository-check-failed": "the repository could not be checked after the backup: the backup is not known good",
     "target-busy": "another run of the same target is under way in the cluster (its Job is still active)",

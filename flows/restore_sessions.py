@@ -11,6 +11,7 @@ component's phase, duration and error are recorded; the RestoreSession's phase f
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from datetime import datetime, timedelta, timezone
@@ -25,8 +26,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from stashflow.addons import sessions
 from stashflow.addons.contract import contract_of, restore_result
 from stashflow.addons.durations import deadline_seconds
-from stashflow.addons.errors import RunError, StashflowError
+from stashflow.addons.errors import NotFound, RunError, StashflowError
 from stashflow.addons.model.types import Blank, ObjectName
+from stashflow.addons.restore_source import RestoreSource, repository_of, source_problem
 from stashflow.addons.render import FLOW_RUN_LABEL, LABEL_PREFIX, MANAGED_BY
 from stashflow.tasks import claim, objects, resources
 from stashflow.tasks.kube import current
@@ -96,20 +98,25 @@ async def start_restore(params: RestoreParameters) -> tuple[str, dict[str, str],
     """``latest`` → a Snapshot name; the RestoreSession with its components Pending. Returns the Snapshot's
     name, each task's component, and the RestoreSession."""
     kube, logger = current(), get_run_logger()
-    await objects.ensure_crds(kube, ["RestoreSession", "Snapshot"])
+    await objects.ensure_crds(kube, ["RestoreSession", "Snapshot", "Repository"])
     source_ns = params.data_source.namespace or params.namespace
-    if params.data_source.snapshot in ("", "latest"):
-        if not params.data_source.repository:
-            raise RunError('a restore of "latest" needs dataSource.repository', code="invalid-argument")
-        found = await resources.latest_snapshot(kube, source_ns, params.data_source.repository)
-        if found is None:
-            raise RunError(f'repository "{params.data_source.repository}" has no Succeeded Snapshot in namespace '
-                           f"{source_ns}", code="snapshot-not-found", hint="run a backup first, or name a Snapshot")
-    else:
-        found = await resources.read(kube, "Snapshot", source_ns, params.data_source.snapshot)
+    given, repository = params.data_source.snapshot, params.data_source.repository
+    if given in ("", "latest") and not repository:
+        raise RunError('a restore of "latest" needs dataSource.repository', code="invalid-argument")
+    source = await _restore_source(kube, params, source_ns)
+    problem = source_problem(source, any(_speaks_kubestash(params, t.name) for t in params.tasks))
+    if problem is not None:  # before any claim, hook or Job: the RestoreSession records why, and that is all
+        await _record_invalid(kube, params, f"{problem.code}: {problem.message}")
+        raise RunError(problem.message, code=problem.code, hint=problem.hint)
+    found = source.snapshot
+    assert found is not None
     name = found["metadata"]["name"]
     have = list(((found.get("status") or {}).get("components") or {}))
-    components = {t.name: restore_component(t.name, have, name) for t in params.tasks}
+    try:
+        components = {t.name: restore_component(t.name, have, name) for t in params.tasks}
+    except RunError as exc:  # no component of the Snapshot is one a task reads
+        await _record_invalid(kube, params, f"{exc.code}: {exc.message}")
+        raise
     logger.info("restoring Snapshot %s (components %s)", name, ", ".join(components.values()))
     rs = restore_session_object(params, name)
     try:
@@ -127,6 +134,45 @@ async def start_restore(params: RestoreParameters) -> tuple[str, dict[str, str],
             "%Y-%m-%dT%H:%M:%SZ")
     await objects.patch_status(kube, "RestoreSession", params.namespace, params.name, status)
     return name, components, rs
+
+
+async def _restore_source(kube: Any, params: RestoreParameters, source_ns: str) -> RestoreSource:
+    """What the cluster holds for the restore: the Snapshot (latest resolved), its Repository object."""
+    given, named_repository = params.data_source.snapshot, params.data_source.repository
+    found: dict[str, Any] | None
+    has_snapshots = False
+    if given in ("", "latest"):
+        assert named_repository is not None
+        found = await resources.latest_snapshot(kube, source_ns, named_repository)
+        if found is None:
+            has_snapshots = bool(await resources.list_snapshots(kube, source_ns,
+                                                                f"kubestash.com/repo-name={named_repository}"))
+    else:
+        try:
+            found = await resources.read(kube, "Snapshot", source_ns, given)
+        except NotFound:
+            found = None
+    source = RestoreSource(namespace=source_ns, snapshot_name=given, repository_name=named_repository,
+                           snapshot=found, repository=None, repository_has_snapshots=has_snapshots)
+    repository_name = repository_of(source)
+    if repository_name:
+        try:
+            source = dataclasses.replace(source, repository=await objects.read(kube, "Repository", source_ns,
+                                                                               repository_name))
+        except NotFound:
+            pass
+    return source
+
+
+async def _record_invalid(kube: Any, params: RestoreParameters, why: str) -> None:
+    """The RestoreSession, Failed before it ran: what it names is not there (condition ValidationPassed)."""
+    try:
+        await objects.create(kube, restore_session_object(params, params.data_source.snapshot or "latest"))
+    except StashflowError as exc:
+        if exc.code != "api-conflict":
+            raise
+    await objects.patch_status(kube, "RestoreSession", params.namespace, params.name, {
+        "phase": "Failed", "conditions": [sessions.condition("ValidationPassed", False, "RestoreSourceNotFound", why)]})
 
 
 async def _record(namespace: str, name: str, component: str, value: dict[str, Any]) -> None:

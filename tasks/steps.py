@@ -32,6 +32,7 @@ from stashflow.addons.render import (
     render_plan,
 )
 from stashflow.addons.resolve import Value
+from stashflow.addons.restore_source import ANN_DIRECTORY, ANN_SECRET, ANN_STORAGE, ANN_STORAGE_OBJECT
 
 from stashflow.addons.workloads import ANNOTATION as WORKLOAD_ANNOTATION
 
@@ -46,12 +47,6 @@ from .results import aggregate, component_from_restic, failure_condition, from_t
 from .wait import JobOutcome, JobWaiter
 
 STEP = dict(cache_policy=NO_CACHE, persist_result=False)
-
-#: Annotations on a Snapshot that say where its data is, so a restore needs only its name.
-ANN_STORAGE = LABEL_PREFIX + "storage"
-ANN_DIRECTORY = LABEL_PREFIX + "directory"
-ANN_SECRET = LABEL_PREFIX + "encryption-secret"
-ANN_STORAGE_OBJECT = LABEL_PREFIX + "storage-object"  # the BackupStorage as JSON (Secret names only, no secrets)
 
 
 @dataclass
