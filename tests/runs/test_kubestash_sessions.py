@@ -161,6 +161,55 @@ def test_retention_forgets_the_restic_data_an_upstream_executor_wrote(kube_clust
     eventually(lambda: not jobs(kube_cluster, namespace, "stashflow.io/role=retention"))  # its Job removed
 
 
+def test_upstream_workload_addon_as_a_plan_with_hooks(kube_cluster, namespace, node_agent, prefect_api, host_tmp,
+                                                      restic) -> None:
+    """The upstream workload-addon through backup-session (its executor gets the workload's volume by the plan's
+    jobTemplate, as KubeStash copies it from the target) with preBackup/postBackup hooks around the KubeStash
+    task: status.hooks as for stashflow's own tasks; then back byte-identical through restore-session."""
+    import socket
+
+    from stashflow.flows.restore_sessions import restore_session
+
+    node_agent.default = run_for_real()
+    data, restored = _setup(kube_cluster, namespace)
+    before = tree(data)
+
+    def mounted(claim: str) -> dict[str, Any]:
+        return {"jobTemplate": {"spec": {"volumes": [{"name": "app-data", "persistentVolumeClaim": {"claimName": claim}}],
+                                         "volumeMounts": [{"name": "app-data", "mountPath": "/var/app"}]}}}
+
+    app = socket.create_server(("127.0.0.1", 0))
+    port = app.getsockname()[1]
+    template = {"apiVersion": "core.kubestash.com/v1alpha1", "kind": "HookTemplate", "metadata": {"name": "app-port"},
+                "spec": {"action": {"tcpSocket": {"host": "127.0.0.1", "port": port}}, "executor": {"type": "Operator"}}}
+    name = "app-backup-daily-1700000000"
+    params = pvc_session(kube_cluster, namespace, host_tmp / "store", ["repo"], name)
+    params.update(configuration="app-backup", session="daily", target="Deployment.apps/app", addon="workload-addon",
+                  tasks=[{"name": "logical-backup", "params": {"paths": "/var/app"}}],
+                  hooks=[{"phase": phase, "hook": {"name": hook, "hookTemplate": {"name": "app-port"}},
+                          "template": template} for phase, hook in (("preBackup", "quiesce"), ("postBackup", "resume"))],
+                  advanced={"backup_session": name, "addon": mounted("data")})
+    with app:
+        state = run_session(**params)
+    assert state.is_completed(), state.message
+    bs = custom(kube_cluster, "backupsessions", "core.kubestash.com", namespace, name)
+    assert bs["status"]["phase"] == "Succeeded"
+    assert bs["status"]["hooks"] == {"preHooks": [{"name": "quiesce", "phase": "Succeeded"}],
+                                     "postHooks": [{"name": "resume", "phase": "Succeeded"}]}
+    (snap,) = snapshots(kube_cluster, namespace)
+    comp = snap["status"]["components"]["dump"]
+    assert snap["status"]["phase"] == "Succeeded" and comp["resticStats"][0]["summary"]["hostPath"] == "/var/app"
+
+    done = asyncio.run(restore_session(
+        name="restore-app", namespace=namespace, target="Deployment.apps/app", addon="workload-addon",
+        tasks=[{"name": "logical-backup-restore"}], addon_settings=mounted("restored"),
+        data_source={"repository": "repo", "snapshot": "latest", "encryption_secret": "pw"},
+        cluster={"kubeconfig": str(kube_cluster.kubeconfig)}, return_state=True))
+    assert done.is_completed(), done.message
+    assert tree(restored) == before
+    assert not leases(kube_cluster, namespace)
+
+
 def test_a_failed_component_fails_the_session_though_the_executor_exits_0(kube_cluster, namespace, node_agent,
                                                                           prefect_api, host_tmp, restic) -> None:
     node_agent.default = run_for_real()
