@@ -225,7 +225,34 @@ async def _prepare_kubestash(params: RestoreParameters, component: str) -> None:
                        code="unknown-object", hint="fill what is named before the restore runs")
 
 
-@flow(name=FLOW_NAME, retries=0, validate_parameters=True)
+async def cleanup_hook(flow_: Any, flow_run: Any, state: Any) -> None:
+    """``on_cancellation`` / ``on_crashed`` (SIGTERM to ``stashflow restore``, a cancel in the UI): the
+    RestoreSessions this flow run made (found by its label) end Failed with the reason, their unfinished
+    components too; their Jobs, PVCs and claim are removed (the restore tasks' own hooks remove theirs)."""
+    from stashflow.addons.names import label_value
+
+    p = flow_run.parameters or {}
+    namespace = p.get("namespace") or "default"
+    reason = f"the flow run was {str(getattr(state, 'name', 'stopped')).lower()}"
+    async with Connection.of_parameters(p).connect() as kube:
+        for rs in await objects.list_of(kube, "RestoreSession", namespace, f"{FLOW_RUN_LABEL}={flow_run.id}"):
+            name, status = rs["metadata"]["name"], rs.get("status") or {}
+            selector = f"app.kubernetes.io/managed-by={MANAGED_BY},{LABEL_PREFIX}session={label_value(name)}"
+            await resources.delete_run_objects(kube, namespace, selector)
+            await claim.delete_leases(kube, namespace, selector)
+            if status.get("phase") in ("Succeeded", "Failed"):
+                continue
+            components = {c: {**v, "phase": "Failed", "error": reason}
+                          for c, v in (status.get("components") or {}).items()
+                          if (v or {}).get("phase") not in ("Succeeded", "Failed")}
+            await objects.patch_status(kube, "RestoreSession", namespace, name, {
+                "phase": "Failed", **({"components": components} if components else {}),
+                "conditions": sessions.set_condition(status.get("conditions") or [], sessions.condition(
+                    "RestoreIncomplete", True, "RestoreExecutorTerminatedBeforeCompletion", reason))})
+
+
+@flow(name=FLOW_NAME, retries=0, validate_parameters=True,
+      on_cancellation=[cleanup_hook], on_crashed=[cleanup_hook])
 async def restore_session(name: str, addon: str, tasks: list[SessionTask], data_source: DataSource,
                           namespace: str = "default", target: str | None = None, limits: Limits = Limits(),
                           cluster: Cluster = Cluster(), addon_settings: dict[str, Any] | None = None,
