@@ -477,10 +477,33 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_in_cluster(args: argparse.Namespace) -> int:
+    """``install --in-cluster``: the Prefect server, its PostgreSQL and the worker, as YAML for kubectl."""
+    from stashflow.addons.incluster import InCluster, in_cluster_objects
+
+    if args.limit is not None and args.limit < 1:
+        raise InputError(f"--limit is {args.limit}: it must be at least 1", code="invalid-argument",
+                         location=_at(args.argv, "--limit"), field="--limit")
+    if args.pool is not None and not args.pool.strip():
+        raise InputError("--pool is empty", code="invalid-argument", location=_at(args.argv, "--pool"), field="--pool")
+    options = InCluster(serves=tuple(args.serve or [args.namespace]), pool=args.pool or "stashflow",
+                        limit=args.limit, postgres=not args.external_database)
+    for ns in options.serves:
+        problem = name_problem(ns, max_len=63, label=True)
+        if problem:
+            flag = "--serve" if args.serve else ("--namespace" if _argument_positions(args.argv, "--namespace") else "-n")
+            at = _at(args.argv, flag, args.serve.index(ns) if args.serve else 0)
+            raise InputError(problem, code="invalid-name", location=at, field=flag)
+    yaml.safe_dump_all(in_cluster_objects(options), sys.stdout, sort_keys=False)
+    return 0
+
+
 def cmd_install(args: argparse.Namespace) -> int:
     from stashflow.addons.crd import all_crds
     from stashflow.addons.rbac import manifest_rbac_objects, rbac_objects
 
+    if args.in_cluster:
+        return _print_in_cluster(args)
     if args.print:
         extra = manifest_rbac_objects(args.namespace) if args.manifests else []
         yaml.safe_dump_all([*all_crds(), *rbac_objects(args.namespace), *extra], sys.stdout, sort_keys=False)
@@ -580,6 +603,15 @@ def build_parser(extensions: Sequence[Callable[[Any], None]] = ()) -> argparse.A
     p.add_argument("--manifests", action="store_true",
                    help="also the ServiceAccounts the stashflow-manifests Functions run as (cluster-wide read; "
                         "get/create/patch for restores)")
+    p.add_argument("--in-cluster", action="store_true",
+                   help="print the objects that run stashflow in the cluster (kubectl apply -f -): namespace "
+                        "stashflow, PostgreSQL, the Prefect server, the stashflow worker and its RBAC")
+    p.add_argument("--serve", action="append", metavar="NS",
+                   help="with --in-cluster: a namespace whose backups the worker runs (repeatable; default -n's)")
+    p.add_argument("--pool", help="with --in-cluster: the worker's work pool (default stashflow)")
+    p.add_argument("--limit", type=int, help="with --in-cluster: the worker's --limit")
+    p.add_argument("--external-database", action="store_true",
+                   help="with --in-cluster: no PostgreSQL; make Secret prefect-database with key connection-url")
     _cluster_options(p)
     p.set_defaults(func=cmd_install)
 
