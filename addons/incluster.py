@@ -24,6 +24,7 @@ POSTGRES = "postgres"  # StatefulSet and its headless Service
 PREFECT_SERVER = "prefect-server"  # Deployment and Service
 WORKER = "stashflow-worker"  # Deployment, its ServiceAccount, and its Role/RoleBinding in each served namespace
 DATABASE_SECRET = "prefect-database"  # POSTGRES_PASSWORD (the in-cluster server's) and connection-url (Prefect's)
+CATALOG_DIR = "/etc/stashflow/catalog"
 POSTGRES_PORT = 5432
 PREFECT_PORT = 4200
 _LABELS = {"app.kubernetes.io/managed-by": "stashflow", "app.kubernetes.io/part-of": "stashflow"}
@@ -39,6 +40,8 @@ class InCluster(BaseModel):
                                                               "it gets stashflow's Role in each, nothing else.")
     pool: str = Field("stashflow", description="The work pool the worker takes flow runs from (made when missing).")
     limit: int | None = Field(None, ge=1, description="At most this many flow runs at once (`--limit`).")
+    catalog_configmap: str | None = Field(None, description="A ConfigMap (key catalog.yaml: your Addons and "
+                                                            "Functions) the worker reads instead of the built-in catalog.")
     postgres: bool = Field(True, description="Run PostgreSQL here; False: an external one, whose URL is "
                                              "the key connection-url of the Secret prefect-database you make.")
     prefect_image: str = PREFECT_IMAGE
@@ -49,6 +52,8 @@ class InCluster(BaseModel):
         """(option, why) for each name the API server would refuse."""
         out = [("namespace", name_problem(self.namespace, max_len=63, label=True))]
         out += [("serves", name_problem(ns, max_len=63, label=True)) for ns in self.serves]
+        if self.catalog_configmap is not None:
+            out.append(("catalog_configmap", name_problem(self.catalog_configmap)))
         return [(field, problem) for field, problem in out if problem]
 
     @property
@@ -130,6 +135,12 @@ def _worker(o: InCluster) -> list[dict[str, Any]]:
         rbac += role_objects(ns, name=WORKER, subject=account)
     rbac += crd_reader_objects(f"{CRD_READER}-{o.namespace}-{WORKER}", account, role=f"{CRD_READER}-{WORKER}")
     args = ["worker", "--pool", o.pool, *(["--limit", str(o.limit)] if o.limit else [])]
+    env: list[dict[str, Any]] = [{"name": "PREFECT_API_URL", "value": o.server_url}]
+    catalog: dict[str, Any] = {}
+    if o.catalog_configmap:
+        # one key mounted as one file: a folder of a mounted ConfigMap also holds its ..data copies
+        env.append({"name": "STASHFLOW_CATALOG", "value": f"{CATALOG_DIR}/catalog.yaml"})
+        catalog = {"volumeMounts": [{"name": "catalog", "mountPath": CATALOG_DIR, "readOnly": True}]}
     return [
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(WORKER, o.namespace)},
         *rbac,
@@ -141,8 +152,10 @@ def _worker(o: InCluster) -> list[dict[str, Any]]:
                  "terminationGracePeriodSeconds": 60,  # SIGTERM: running runs end with their cleanup
                  "containers": [{
                      "name": "worker", "image": o.stashflow_image, "args": args,  # ENTRYPOINT stashflow
-                     "env": [{"name": "PREFECT_API_URL", "value": o.server_url}],
-                     "resources": {"requests": {"cpu": "250m", "memory": "512Mi"}}}]}}}},
+                     "env": env, "resources": {"requests": {"cpu": "250m", "memory": "512Mi"}}, **catalog}],
+                 **({"volumes": [{"name": "catalog", "configMap": {
+                     "name": o.catalog_configmap, "items": [{"key": "catalog.yaml", "path": "catalog.yaml"}]}}]}
+                    if o.catalog_configmap else {})}}}},
     ]
 
 

@@ -487,7 +487,12 @@ def _print_in_cluster(args: argparse.Namespace) -> int:
     if args.pool is not None and not args.pool.strip():
         raise InputError("--pool is empty", code="invalid-argument", location=_at(args.argv, "--pool"), field="--pool")
     options = InCluster(serves=tuple(args.serve or [args.namespace]), pool=args.pool or "stashflow",
-                        limit=args.limit, postgres=not args.external_database)
+                        limit=args.limit, postgres=not args.external_database,
+                        catalog_configmap=args.catalog_configmap)
+    problem = args.catalog_configmap is not None and name_problem(args.catalog_configmap)
+    if problem:
+        raise InputError(problem, code="invalid-name", location=_at(args.argv, "--catalog-configmap"),
+                         field="--catalog-configmap")
     for ns in options.serves:
         problem = name_problem(ns, max_len=63, label=True)
         if problem:
@@ -610,6 +615,8 @@ def build_parser(extensions: Sequence[Callable[[Any], None]] = ()) -> argparse.A
                    help="with --in-cluster: a namespace whose backups the worker runs (repeatable; default -n's)")
     p.add_argument("--pool", help="with --in-cluster: the worker's work pool (default stashflow)")
     p.add_argument("--limit", type=int, help="with --in-cluster: the worker's --limit")
+    p.add_argument("--catalog-configmap", metavar="NAME",
+                   help="with --in-cluster: the worker's catalog is key catalog.yaml of this ConfigMap (your Addons)")
     p.add_argument("--external-database", action="store_true",
                    help="with --in-cluster: no PostgreSQL; make Secret prefect-database with key connection-url")
     _cluster_options(p)

@@ -13,8 +13,10 @@ newest major version here), not the image's: the data directory format is Debian
 
 from __future__ import annotations
 
+import ctypes
 import os
 import pwd
+import signal
 import shutil
 import subprocess
 import sys
@@ -34,6 +36,10 @@ def _as_postgres() -> None:
     os.setgid(account.pw_gid)
     os.setuid(account.pw_uid)
     os.environ["HOME"] = account.pw_dir
+    # the change of user cleared the parent-death signal of the node agent's `unshare --kill-child`
+    # (gosu in the image does the same; a kubelet's runtime kills by cgroup instead): set it again
+    if ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0) != 0:  # PR_SET_PDEATHSIG
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
 
 
 def _init(data: Path, bindir: Path) -> None:

@@ -132,16 +132,23 @@ def _healthy(url: str) -> bool:
 def in_cluster(kube_cluster, namespace: str, node_agent) -> Iterator[dict[str, Any]]:  # type: ignore[no-untyped-def]
     """The printed manifests, for a worker serving ``namespace``, applied with the local node's
     overrides; whatever happens, deleted again at the end."""
-    printed = subprocess.run([STASHFLOW, "install", "--in-cluster", "--serve", namespace],
-                             capture_output=True, text=True, timeout=120)
+    printed = subprocess.run([STASHFLOW, "install", "--in-cluster", "--serve", namespace,
+                              "--catalog-configmap", "stashflow-catalog"], capture_output=True, text=True, timeout=120)
     assert printed.returncode == 0, printed.stderr
     objects = _local_node(list(yaml.safe_load_all(printed.stdout)), _free_port(), _free_port())
     api_port = int(next(o for o in objects if o["metadata"]["name"] == "prefect-server" and o["kind"] == "Deployment")
                    ["spec"]["template"]["spec"]["containers"][0]["env"][-1]["value"])
+    # the user's part, as the README says: their catalog (here the tests' `scripted` Addon, whose Jobs the
+    # node agent scripts) in the ConfigMap the worker reads
+    catalog = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "stashflow-catalog", "namespace": HOME},
+               "data": {"catalog.yaml": (REPO / "tests" / "data" / "flow-catalog.yaml").read_text()}}
     node_agent.default = run()  # the three Pods run for real
-    asyncio.run(_each(kube_cluster, objects, "create"))
-    yield {"objects": objects, "api_url": f"http://127.0.0.1:{api_port}/api"}
-    asyncio.run(_each(kube_cluster, objects[::-1], "delete"))
+    try:
+        asyncio.run(_each(kube_cluster, [objects[0], catalog, *objects[1:]], "create"))
+        yield {"objects": objects, "api_url": f"http://127.0.0.1:{api_port}/api"}
+    finally:
+        asyncio.run(_each(kube_cluster, objects[::-1], "delete"))
+        eventually(lambda: not _namespace_exists(kube_cluster, HOME), timeout=180, interval=1)
 
 
 def test_a_scheduled_backup_runs_through_the_worker_deployment(kube_cluster, namespace, node_agent, in_cluster,
@@ -199,7 +206,8 @@ def test_a_scheduled_backup_runs_through_the_worker_deployment(kube_cluster, nam
     backup_jobs = jobs(kube_cluster, namespace)
     assert len(backup_jobs) == 1 and backup_jobs[0].status.succeeded == 1
     assert [s["status"]["phase"] for s in snapshots(kube_cluster, namespace)] == ["Succeeded"]
-    assert not pvcs(kube_cluster, namespace)  # the run's volumes went with it
+    claims = pvcs(kube_cluster, namespace)  # the run's volumes are the kept Job's, and go with it
+    assert all([r.name for r in c.metadata.owner_references or []] == [backup_jobs[0].metadata.name] for c in claims)
     leases = api(kube_cluster, lambda c: client.CoordinationV1Api(c).list_namespaced_lease(namespace)).items
     assert all(not (lease.spec.holder_identity or "") for lease in leases), leases  # the target is given back
 
