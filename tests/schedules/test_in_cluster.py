@@ -203,6 +203,10 @@ def test_a_scheduled_backup_runs_through_the_worker_deployment(kube_cluster, nam
     assert "started on pool 'stashflow'" in log, log
     worker_label = (done.labels or {}).get("prefect.worker.name")
     assert worker_label and f"stashflow worker {worker_label!r} started" in log, (done.labels, log)
+    # what the printed RBAC lets the worker's ServiceAccount do, asked of the real authorizer
+    assert _may(kube_cluster, "create", "jobs", namespace) and _may(kube_cluster, "patch", "snapshots", namespace)
+    assert not _may(kube_cluster, "create", "jobs", HOME) and not _may(kube_cluster, "create", "jobs", "default")
+    assert not _may(kube_cluster, "list", "secrets", namespace)  # get only: the pre-flight check's metadata read
     backup_jobs = jobs(kube_cluster, namespace)
     assert len(backup_jobs) == 1 and backup_jobs[0].status.succeeded == 1
     assert [s["status"]["phase"] for s in snapshots(kube_cluster, namespace)] == ["Succeeded"]
@@ -221,6 +225,22 @@ def test_a_scheduled_backup_runs_through_the_worker_deployment(kube_cluster, nam
     assert not [v for v in volumes if v.spec.claim_ref and v.spec.claim_ref.namespace == HOME]
     rbac = api(kube_cluster, lambda c: client.RbacAuthorizationV1Api(c).list_namespaced_role_binding(namespace)).items
     assert "stashflow-worker" not in [b.metadata.name for b in rbac]
+    bindings = api(kube_cluster, lambda c: client.RbacAuthorizationV1Api(c).list_cluster_role_binding()).items
+    assert not [b.metadata.name for b in bindings if "stashflow-worker" in b.metadata.name]
+    assert not _may(kube_cluster, "create", "jobs", namespace)
+
+
+def _may(kube_cluster, verb: str, resource: str, namespace: str) -> bool:  # type: ignore[no-untyped-def]
+    """Whether the worker's ServiceAccount may ``verb`` ``resource`` in ``namespace`` (a SubjectAccessReview)."""
+    from kubernetes_asyncio import client
+
+    group = {"jobs": "batch", "snapshots": "storage.kubestash.com"}.get(resource, "")
+    review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "spec": {
+        "user": f"system:serviceaccount:{HOME}:stashflow-worker",
+        "groups": ["system:serviceaccounts", f"system:serviceaccounts:{HOME}", "system:authenticated"],
+        "resourceAttributes": {"verb": verb, "group": group, "resource": resource, "namespace": namespace}}}
+    done = api(kube_cluster, lambda c: client.AuthorizationV1Api(c).create_subject_access_review(review))
+    return bool(done.status.allowed)
 
 
 def _pool(name: str) -> Any:
