@@ -221,8 +221,8 @@ def test_a_scheduled_backup_runs_through_the_worker_deployment(kube_cluster, nam
     asyncio.run(_each(kube_cluster, objects[::-1], "delete"))
     eventually(lambda: not _namespace_exists(kube_cluster, HOME), timeout=180, interval=1)
     eventually(lambda: not [p for p in pids if _alive(p)], timeout=60, interval=0.5)
-    volumes = api(kube_cluster, lambda c: client.CoreV1Api(c).list_persistent_volume()).items
-    assert not [v for v in volumes if v.spec.claim_ref and v.spec.claim_ref.namespace == HOME]
+    eventually(lambda: not [v for v in api(kube_cluster, lambda c: client.CoreV1Api(c).list_persistent_volume()).items
+                            if v.spec.claim_ref and v.spec.claim_ref.namespace == HOME], timeout=120, interval=1)
     rbac = api(kube_cluster, lambda c: client.RbacAuthorizationV1Api(c).list_namespaced_role_binding(namespace)).items
     assert "stashflow-worker" not in [b.metadata.name for b in rbac]
     bindings = api(kube_cluster, lambda c: client.RbacAuthorizationV1Api(c).list_cluster_role_binding()).items
