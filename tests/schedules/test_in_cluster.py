@@ -96,7 +96,19 @@ def _story(kube_cluster) -> str:  # type: ignore[no-untyped-def]
             lines.append(str(log))
         except Exception as exc:  # noqa: BLE001 - a story for a failure message, whatever it can tell
             lines.append(f"(no log: {exc})")
+    events = api(kube_cluster, lambda c: client.CoreV1Api(c).list_namespaced_event(HOME)).items
+    lines += [f"event {e.involved_object.name}: {e.reason} {e.message}" for e in events]
     return "\n".join(lines)
+
+
+def _log(kube_cluster, pod: str) -> str | None:  # type: ignore[no-untyped-def]
+    from kubernetes_asyncio import client
+    from kubernetes_asyncio.client.exceptions import ApiException
+
+    try:
+        return str(api(kube_cluster, lambda c: client.CoreV1Api(c).read_namespaced_pod_log(pod, HOME)))
+    except ApiException:
+        return None
 
 
 def _descendants(pids: list[int]) -> set[int]:
@@ -215,6 +227,17 @@ def test_a_scheduled_backup_runs_through_the_worker_deployment(kube_cluster, nam
     leases = api(kube_cluster, lambda c: client.CoordinationV1Api(c).list_namespaced_lease(namespace)).items
     assert all(not (lease.spec.holder_identity or "") for lease in leases), leases  # the target is given back
 
+    # the database's Pod replaced (as on a node's failure): the StatefulSet's new Pod mounts the same claim and
+    # starts on the data there, no second initdb; Prefect's rows are still there
+    old = next(p for p in _pods(kube_cluster, HOME) if p.metadata.name == "postgres-0")
+    api(kube_cluster, lambda c: client.CoreV1Api(c).delete_namespaced_pod("postgres-0", HOME, grace_period_seconds=5))
+    eventually(lambda: [p for p in _pods(kube_cluster, HOME) if p.metadata.name == "postgres-0"
+                        and p.metadata.uid != old.metadata.uid and p.status.phase == "Running"], timeout=120, interval=1)
+    rows = eventually(lambda: _psql(objects, "SELECT name FROM deployment"), timeout=120, interval=1)
+    assert rows.split() == [deployment.name], rows
+    log = _log(kube_cluster, "postgres-0")
+    assert log is not None and "init process complete" not in log, (log, _story(kube_cluster))
+
     # delete what was applied: every Pod's processes end, the database's volume goes with its claim
     pids = _descendants(node_agent.running_pids())
     assert len([p for p in _pods(kube_cluster, HOME) if p.status.phase == "Running"]) == 3 and pids
@@ -228,6 +251,18 @@ def test_a_scheduled_backup_runs_through_the_worker_deployment(kube_cluster, nam
     bindings = api(kube_cluster, lambda c: client.RbacAuthorizationV1Api(c).list_cluster_role_binding()).items
     assert not [b.metadata.name for b in bindings if "stashflow-worker" in b.metadata.name]
     assert not _may(kube_cluster, "create", "jobs", namespace)
+
+
+def _psql(objects: list[dict[str, Any]], sql: str) -> str | None:
+    """``sql`` on the in-cluster PostgreSQL as user prefect (Debian's psql, the Secret's password); None
+    while it does not answer."""
+    secret = next(o for o in objects if o["kind"] == "Secret")["stringData"]
+    (pg,) = next(o for o in objects if o["kind"] == "StatefulSet")["spec"]["template"]["spec"]["containers"]
+    port = next(e["value"] for e in pg["env"] if e["name"] == "PGPORT")
+    done = subprocess.run(["psql", "-X", "-At", "-h", "127.0.0.1", "-p", port, "-U", "prefect", "-d", "prefect",
+                           "-c", sql], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PGPASSWORD": secret["POSTGRES_PASSWORD"]})
+    return done.stdout if done.returncode == 0 else None
 
 
 def _may(kube_cluster, verb: str, resource: str, namespace: str) -> bool:  # type: ignore[no-untyped-def]
