@@ -82,6 +82,11 @@ def _at(argv: Sequence[str], flag: str, index: int = 0) -> Location:
     return Location(COMMAND_LINE, argument_position(argv, flag, index))
 
 
+def _flag_at(argv: Sequence[str], flag: str) -> Location:
+    """Where a flag that takes no value stands (1 when it is not there)."""
+    return Location(COMMAND_LINE, next((i + 1 for i, arg in enumerate(argv) if arg == flag), 1))
+
+
 def _pairs(args: Sequence[str], flag: str, argv: Sequence[str] = ()) -> dict[str, Value]:
     """``NAME=VALUE`` arguments; the value is kept verbatim (quotes, backslashes, newlines)."""
     out: dict[str, Value] = {}
@@ -507,6 +512,20 @@ def cmd_install(args: argparse.Namespace) -> int:
     from stashflow.addons.crd import all_crds
     from stashflow.addons.rbac import manifest_rbac_objects, rbac_objects
 
+    only_in_cluster = [flag for flag, given in (("--serve", args.serve), ("--pool", args.pool is not None),
+                                                 ("--limit", args.limit is not None),
+                                                 ("--catalog-configmap", args.catalog_configmap is not None),
+                                                 ("--external-database", args.external_database)) if given]
+    if args.in_cluster and args.manifests:
+        raise InputError("--manifests is not for --in-cluster", code="invalid-argument",
+                         location=_flag_at(args.argv, "--manifests"), field="--manifests",
+                         hint="run `stashflow install -n NS --manifests` on its own for the manifest Functions' accounts")
+    if only_in_cluster and not args.in_cluster:
+        flag = only_in_cluster[0]
+        raise InputError(f"{flag} is an option of --in-cluster", code="invalid-argument",
+                         location=_flag_at(args.argv, flag) if flag == "--external-database" else _at(args.argv, flag),
+                         field=flag,
+                         hint="add --in-cluster to print the objects that run stashflow in the cluster")
     if args.in_cluster:
         return _print_in_cluster(args)
     if args.print:

@@ -104,3 +104,16 @@ def test_the_options_model_refuses_what_the_api_server_would() -> None:
     assert InCluster(namespace="Bad").problems() == [
         ("namespace", '"Bad" is not a valid DNS-1123 label (lowercase letters, digits and "-", starting and ending alphanumeric)')]
     assert in_cluster_objects(InCluster(), password="x")[1]["stringData"]["POSTGRES_PASSWORD"] == "x"
+
+
+def test_in_cluster_options_without_in_cluster_are_refused() -> None:
+    for args, expected in [
+        (("--serve", "shop"), "<command line>:3: invalid-argument: --serve: --serve is an option of --in-cluster"),
+        (("-n", "shop", "--external-database"),
+         "<command line>:4: invalid-argument: --external-database: --external-database is an option of --in-cluster"),
+        (("--in-cluster", "--manifests"),
+         "<command line>:3: invalid-argument: --manifests: --manifests is not for --in-cluster"),
+    ]:
+        code, out, err = run_cli("install", *args)
+        assert (code, out) == (1, ""), err
+        assert err.startswith(expected) and err.count("\n") == 1, err
