@@ -14,9 +14,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from stashflow.addons.incluster import STASHFLOW_IMAGE as DEFAULT_IMAGE
 from stashflow.addons.rbac import NAME as SERVICE_ACCOUNT
-
-DEFAULT_IMAGE = "ghcr.io/stashflow/stashflow:0.1.0"
 
 
 class PoolType(StrEnum):

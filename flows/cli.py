@@ -82,6 +82,11 @@ def _at(argv: Sequence[str], flag: str, index: int = 0) -> Location:
     return Location(COMMAND_LINE, argument_position(argv, flag, index))
 
 
+def _flag_at(argv: Sequence[str], flag: str) -> Location:
+    """Where a flag that takes no value stands (1 when it is not there)."""
+    return Location(COMMAND_LINE, next((i + 1 for i, arg in enumerate(argv) if arg == flag), 1))
+
+
 def _pairs(args: Sequence[str], flag: str, argv: Sequence[str] = ()) -> dict[str, Value]:
     """``NAME=VALUE`` arguments; the value is kept verbatim (quotes, backslashes, newlines)."""
     out: dict[str, Value] = {}
@@ -472,10 +477,52 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_in_cluster(args: argparse.Namespace) -> int:
+    """``install --in-cluster``: the Prefect server, its PostgreSQL and the worker, as YAML for kubectl."""
+    from stashflow.addons.incluster import InCluster, in_cluster_objects
+
+    if args.limit is not None and args.limit < 1:
+        raise InputError(f"--limit is {args.limit}: it must be at least 1", code="invalid-argument",
+                         location=_at(args.argv, "--limit"), field="--limit")
+    if args.pool is not None and not args.pool.strip():
+        raise InputError("--pool is empty", code="invalid-argument", location=_at(args.argv, "--pool"), field="--pool")
+    options = InCluster(serves=tuple(args.serve or [args.namespace]), pool=args.pool or "stashflow",
+                        limit=args.limit, postgres=not args.external_database,
+                        catalog_configmap=args.catalog_configmap)
+    problem = args.catalog_configmap is not None and name_problem(args.catalog_configmap)
+    if problem:
+        raise InputError(problem, code="invalid-name", location=_at(args.argv, "--catalog-configmap"),
+                         field="--catalog-configmap")
+    for ns in options.serves:
+        problem = name_problem(ns, max_len=63, label=True)
+        if problem:
+            flag = "--serve" if args.serve else ("--namespace" if _argument_positions(args.argv, "--namespace") else "-n")
+            at = _at(args.argv, flag, args.serve.index(ns) if args.serve else 0)
+            raise InputError(problem, code="invalid-name", location=at, field=flag)
+    yaml.safe_dump_all(in_cluster_objects(options), sys.stdout, sort_keys=False)
+    return 0
+
+
 def cmd_install(args: argparse.Namespace) -> int:
     from stashflow.addons.crd import all_crds
     from stashflow.addons.rbac import manifest_rbac_objects, rbac_objects
 
+    only_in_cluster = [flag for flag, given in (("--serve", args.serve), ("--pool", args.pool is not None),
+                                                 ("--limit", args.limit is not None),
+                                                 ("--catalog-configmap", args.catalog_configmap is not None),
+                                                 ("--external-database", args.external_database)) if given]
+    if args.in_cluster and args.manifests:
+        raise InputError("--manifests is not for --in-cluster", code="invalid-argument",
+                         location=_flag_at(args.argv, "--manifests"), field="--manifests",
+                         hint="run `stashflow install -n NS --manifests` on its own for the manifest Functions' accounts")
+    if only_in_cluster and not args.in_cluster:
+        flag = only_in_cluster[0]
+        raise InputError(f"{flag} is an option of --in-cluster", code="invalid-argument",
+                         location=_flag_at(args.argv, flag) if flag == "--external-database" else _at(args.argv, flag),
+                         field=flag,
+                         hint="add --in-cluster to print the objects that run stashflow in the cluster")
+    if args.in_cluster:
+        return _print_in_cluster(args)
     if args.print:
         extra = manifest_rbac_objects(args.namespace) if args.manifests else []
         yaml.safe_dump_all([*all_crds(), *rbac_objects(args.namespace), *extra], sys.stdout, sort_keys=False)
@@ -575,6 +622,17 @@ def build_parser(extensions: Sequence[Callable[[Any], None]] = ()) -> argparse.A
     p.add_argument("--manifests", action="store_true",
                    help="also the ServiceAccounts the stashflow-manifests Functions run as (cluster-wide read; "
                         "get/create/patch for restores)")
+    p.add_argument("--in-cluster", action="store_true",
+                   help="print the objects that run stashflow in the cluster (kubectl apply -f -): namespace "
+                        "stashflow, PostgreSQL, the Prefect server, the stashflow worker and its RBAC")
+    p.add_argument("--serve", action="append", metavar="NS",
+                   help="with --in-cluster: a namespace whose backups the worker runs (repeatable; default -n's)")
+    p.add_argument("--pool", help="with --in-cluster: the worker's work pool (default stashflow)")
+    p.add_argument("--limit", type=int, help="with --in-cluster: the worker's --limit")
+    p.add_argument("--catalog-configmap", metavar="NAME",
+                   help="with --in-cluster: the worker's catalog is key catalog.yaml of this ConfigMap (your Addons)")
+    p.add_argument("--external-database", action="store_true",
+                   help="with --in-cluster: no PostgreSQL; make Secret prefect-database with key connection-url")
     _cluster_options(p)
     p.set_defaults(func=cmd_install)
 
