@@ -80,7 +80,7 @@ def contract_of(function: Any) -> Contract:
                              field=f"metadata.annotations[{CONTRACT_ANNOTATION}]",
                              hint="use kubestash (the image reads KubeStash's objects) or stashflow "
                                   "(the image reads restic's environment)")
-        return chosen  # type: ignore[return-value]
+        return chosen
     spec = fn.get("spec") or {}
     words = [*(spec.get("command") or []), *(spec.get("args") or [])]
     return "kubestash" if any(_SESSION_REF.match(str(w)) for w in words) else "stashflow"
