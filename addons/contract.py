@@ -25,7 +25,7 @@ Pure: plain dicts in, frozen results out; no network.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -234,8 +234,9 @@ def _secret_problems(enc: Any, secrets: dict[tuple[str, str], set[str]]) -> list
 
 
 def backup_preconditions(backup_session: Mapping[str, Any], backup_configuration: Mapping[str, Any] | None,
-                         snapshots: list[Mapping[str, Any]], repositories: list[Mapping[str, Any]],
-                         storages: list[Mapping[str, Any]], secrets: Mapping[tuple[str, str], Any]) -> tuple[Problem, ...]:
+                         snapshots: Sequence[Mapping[str, Any]], repositories: Sequence[Mapping[str, Any]],
+                         storages: Sequence[Mapping[str, Any]],
+                         secrets: Mapping[tuple[str, str], Any]) -> tuple[Problem, ...]:
     """What a KubeStash backup executor would miss if its Job started now. ``secrets`` maps
     ``(namespace, name)`` to the Secret's keys (values are never needed). Empty: good to go."""
     ns, bs_name = _key(backup_session)
@@ -287,7 +288,7 @@ def backup_preconditions(backup_session: Mapping[str, Any], backup_configuration
 
 
 def restore_preconditions(restore_session: Mapping[str, Any], component: str, snapshot: Mapping[str, Any] | None,
-                          repositories: list[Mapping[str, Any]], storages: list[Mapping[str, Any]],
+                          repositories: Sequence[Mapping[str, Any]], storages: Sequence[Mapping[str, Any]],
                           secrets: Mapping[tuple[str, str], Any]) -> tuple[Problem, ...]:
     """What a KubeStash restore executor (``--snapshot`` = ``spec.dataSource.snapshot``) would miss."""
     ns, name = _key(restore_session)
