@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 #: Every stable code, with a short description. Codes never change meaning once released.
 CODES: dict[str, str] = {
@@ -195,7 +195,7 @@ class ClusterError(StashflowError):
 
     default_code = "api-error"
 
-    def __init__(self, message: str, *, status: int = 0, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, message: str, *, status: int = 0, **kwargs: Any) -> None:
         self.status = status
         super().__init__(message, **kwargs)
 
@@ -235,7 +235,7 @@ class RunError(StashflowError):
 
     default_code = "job-failed"
 
-    def __init__(self, message: str, *, diagnosis: object = None, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, message: str, *, diagnosis: object = None, **kwargs: Any) -> None:
         self.diagnosis = diagnosis
         super().__init__(message, **kwargs)
 

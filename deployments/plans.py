@@ -16,7 +16,7 @@ from typing import Any
 from stashflow.addons.catalog import Catalog
 from stashflow.addons.durations import whole_seconds
 from stashflow.addons.errors import CatalogError, StashflowError, raise_all
-from stashflow.addons.model import BackupConfiguration, BackupStorage, RetentionPolicy
+from stashflow.addons.model import BackupConfiguration, BackupStorage, KubeObject, RetentionPolicy
 from stashflow.addons.names import label_value
 from stashflow.addons.source import format_path
 from stashflow.addons.render import Target
@@ -72,7 +72,7 @@ def plan_tag(plan: BackupConfiguration) -> str:
     return f"plan:{plan.namespace or 'default'}.{plan.name}"
 
 
-def _lookup(catalog: Catalog, model: type, ref: Any, default_ns: str, plan: BackupConfiguration, path: tuple,
+def _lookup(catalog: Catalog, model: type[KubeObject], ref: Any, default_ns: str, plan: BackupConfiguration, path: tuple,
             problems: list[StashflowError]) -> Any:
     if ref is None:
         problems.append(CatalogError(f"no {model.KIND} is named", code="missing-field", location=plan.location(path),
@@ -153,12 +153,12 @@ def plan_deployments(catalog: Catalog, *, work_pool: str | None = None, kubeconf
                 "history_limit": session.session_history_limit if session.session_history_limit is not None else 1}
             if session.backup_timeout:  # whole seconds, rounded up: 0.1s is 1 s, never "no deadline"
                 limits["timeout"] = whole_seconds(session.backup_timeout)
-            run = SessionParameters(
+            run = SessionParameters.model_validate(dict(
                 configuration=plan.name, session=session.name, namespace=target_ns, target=target,
                 addon=session.addon.name, tasks=tasks, repositories=repositories, limits=limits, schedule=schedule,
                 hooks=session_hooks(catalog, session.hooks, namespace),
                 cluster={"kubeconfig": kubeconfig},
-                advanced={"addon": addon_settings, "configuration": plan.spec.dump()})
+                advanced={"addon": addon_settings, "configuration": plan.spec.dump()}))
             tag = plan_tag(plan)
             where = f"{target} in {target_ns}" if target else f"{target_ns} (no target)"
             specs.append(DeploymentSpec(

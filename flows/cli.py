@@ -56,7 +56,7 @@ def load_checked(paths: Sequence[str]) -> Catalog:
     """Files → a catalog with every problem found, plans included: the one check that
     ``validate``, ``restore``, ``deploy`` and ``serve`` share (``Catalog.problems``)."""
     catalog = Catalog().add_paths(paths).check()
-    if catalog.of_kind(BackupConfiguration) or catalog.of_kind(RestoreSession):
+    if any(catalog.of_kind(kind) for kind in (BackupConfiguration, RestoreSession)):
         from stashflow.flows.plan_check import check_plans
 
         catalog.problems.extend(check_plans(catalog))
@@ -127,7 +127,7 @@ def _argument_positions(argv: Sequence[str], flag: str) -> list[int]:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     catalog = load_checked(args.paths)
-    if (catalog.of_kind(BackupConfiguration) or catalog.of_kind(RestoreSession)) and not catalog.addons:
+    if any(catalog.of_kind(kind) for kind in (BackupConfiguration, RestoreSession)) and not catalog.addons:
         # plans alone: check them against the catalog deploy/restore would use
         catalog = load_checked([*catalog_paths(args.catalog), *args.paths])
     for problem in catalog.problems:
@@ -209,7 +209,7 @@ def check_run_options(args: argparse.Namespace) -> None:
         ("--encryption-secret", args.encryption_secret,
          args.encryption_secret and name_problem(args.encryption_secret)),
         ("--snapshot", getattr(args, "snapshot", None),
-         getattr(args, "snapshot", None) not in (None, "latest") and name_problem(args.snapshot)),
+         name_problem(args.snapshot) if getattr(args, "snapshot", None) not in (None, "latest") else None),
     ]
     for flag, value, problem in checks:
         if value is not None and problem:
@@ -315,12 +315,12 @@ def _run_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "history_limit", None) is not None:
         limits["history_limit"] = args.history_limit
     try:
-        run = RunParameters(
+        run = RunParameters.model_validate(dict(
             target=str(_parse_target(args)), namespace=args.namespace,
             task_params={k: str(v) for k, v in values.items() if form_parameter(k)}, snapshot=snapshot,
             repository={"name": args.repository, "storage": storage, "directory": args.directory or "",
                         "encryption_secret": args.encryption_secret},
-            limits=limits, cluster={"kubeconfig": args.kubeconfig, "context": args.context}, advanced=advanced)
+            limits=limits, cluster={"kubeconfig": args.kubeconfig, "context": args.context}, advanced=advanced))
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"])
@@ -369,7 +369,8 @@ def _run_restore_session(params: dict[str, Any]) -> Any:
     from stashflow.flows.restore_sessions import restore_session
 
     with tags("stashflow", f"addon:{params['addon']}", target_tag(params["namespace"], params["target"])):
-        state = asyncio.run(restore_session(**params, return_state=True))
+        # Prefect types this call as an Awaitable; it is a coroutine.
+        state: Any = asyncio.run(restore_session(**params, return_state=True))  # type: ignore[arg-type]
     return _completed(state)
 
 

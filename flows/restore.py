@@ -60,13 +60,13 @@ def restore_runs(catalog: Catalog, session: RestoreSession) -> list[tuple[str, s
             continue
         task_params, advanced = from_task_reference(ref, settings)
         try:
-            run = RunParameters(
+            run = RunParameters.model_validate(dict(
                 target=target, namespace=spec.target.namespace or namespace, task_params=task_params,
                 snapshot=source.snapshot,
                 repository={"name": source.repository,
                             "encryption_secret": source.encryption_secret.name if source.encryption_secret else None},
                 limits={"timeout": whole_seconds(spec.restore_timeout)} if spec.restore_timeout else {},
-                advanced={**advanced, "invoker": {"kind": "RestoreSession", "name": session.name}})
+                advanced={**advanced, "invoker": {"kind": "RestoreSession", "name": session.name}}))
         except ValidationError as exc:
             first = exc.errors()[0]
             problem(first["msg"], ("spec",), "invalid-value")

@@ -328,7 +328,7 @@ async def _run(params: RestoreParameters) -> dict[str, Any]:
                 else:
                     await _record(ns, params.name, component, {"phase": "Running"})
                 begun = time.time()
-                run = RunParameters(
+                run = RunParameters.model_validate(dict(
                     target=task_target(parsed), namespace=ns,
                     task_params={k: v for k, v in t.params.items() if form_parameter(k)}, snapshot=snapshot,
                     repository={"name": params.data_source.repository,
@@ -341,7 +341,7 @@ async def _run(params: RestoreParameters) -> dict[str, Any]:
                               "addon": _with_account({**params.addon_settings,
                                                       **({"addonVolumes": t.addon_volumes} if t.addon_volumes
                                                          else {})}, kubestash),
-                              "invoker": {"kind": "RestoreSession", "name": params.name}, "within_session": True})
+                              "invoker": {"kind": "RestoreSession", "name": params.name}, "within_session": True}))
                 state: State = await flow_for(params.addon, t.name)(**run.to_flow("restore"), return_state=True)
                 took = sessions.duration(time.time() - begun)
                 if held is not None:
