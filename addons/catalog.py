@@ -22,7 +22,7 @@ from .errors import (
     did_you_mean,
     raise_all,
 )
-from .model import KINDS, Addon, BackupConfiguration, Function, KubeObject, RestoreSession, Task
+from .model import KINDS, Addon, AddonInfo, BackupConfiguration, Function, KubeObject, RestoreSession, Task
 from .names import name_problem
 from .source import Document, FieldPath, format_path, read_documents, yaml_files
 
@@ -136,6 +136,7 @@ class Catalog:
                     )
                 )
                 return
+        assert isinstance(api_version, str) and isinstance(kind, str)  # the loop above returned otherwise
         model = KINDS.get((api_version, kind))
         if model is None:
             self._unknown_kind(doc, api_version, kind)
@@ -403,6 +404,7 @@ def check_addon(addon: Addon, functions: dict[str, Function]) -> list[StashflowE
 def check_plan_addons(plan: BackupConfiguration | RestoreSession, catalog: Catalog) -> list[StashflowError]:
     """A plan's addon and task names must be in the catalog (parameters are checked at resolution)."""
     problems: list[StashflowError] = []
+    infos: list[tuple[FieldPath, AddonInfo | None]]
     if isinstance(plan, BackupConfiguration):
         infos = [(("spec", "sessions", i, "addon"), s.addon) for i, s in enumerate(plan.spec.sessions or [])]
     else:

@@ -25,7 +25,7 @@ Pure: plain dicts in, frozen results out; no network.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -34,6 +34,11 @@ from .errors import InputError
 CONTRACT_ANNOTATION = "stashflow.io/contract"
 Contract = Literal["kubestash", "stashflow"]
 CONTRACTS: tuple[Contract, ...] = ("kubestash", "stashflow")
+
+#: The image of stashflow's own restic Jobs for a repository a KubeStash executor wrote (retention's
+#: ``restic forget --prune``): the repository is restic either way, but KubeStash's images take only their
+#: own flags. The built-in ``stashflow-pvc`` Functions' image (a test keeps the two the same).
+RESTIC_IMAGE = "docker.io/restic/restic:0.14.0"
 
 # --backupsession=${backupSession}, --restoresession=${restoreSession:=}: the session flag of KubeStash's images
 _SESSION_REF = re.compile(r"^--(?:backupsession=\$\{backupSession|restoresession=\$\{restoreSession|"
@@ -80,7 +85,7 @@ def contract_of(function: Any) -> Contract:
                              field=f"metadata.annotations[{CONTRACT_ANNOTATION}]",
                              hint="use kubestash (the image reads KubeStash's objects) or stashflow "
                                   "(the image reads restic's environment)")
-        return chosen  # type: ignore[return-value]
+        return chosen
     spec = fn.get("spec") or {}
     words = [*(spec.get("command") or []), *(spec.get("args") or [])]
     return "kubestash" if any(_SESSION_REF.match(str(w)) for w in words) else "stashflow"
@@ -234,8 +239,9 @@ def _secret_problems(enc: Any, secrets: dict[tuple[str, str], set[str]]) -> list
 
 
 def backup_preconditions(backup_session: Mapping[str, Any], backup_configuration: Mapping[str, Any] | None,
-                         snapshots: list[Mapping[str, Any]], repositories: list[Mapping[str, Any]],
-                         storages: list[Mapping[str, Any]], secrets: Mapping[tuple[str, str], Any]) -> tuple[Problem, ...]:
+                         snapshots: Sequence[Mapping[str, Any]], repositories: Sequence[Mapping[str, Any]],
+                         storages: Sequence[Mapping[str, Any]],
+                         secrets: Mapping[tuple[str, str], Any]) -> tuple[Problem, ...]:
     """What a KubeStash backup executor would miss if its Job started now. ``secrets`` maps
     ``(namespace, name)`` to the Secret's keys (values are never needed). Empty: good to go."""
     ns, bs_name = _key(backup_session)
@@ -287,7 +293,7 @@ def backup_preconditions(backup_session: Mapping[str, Any], backup_configuration
 
 
 def restore_preconditions(restore_session: Mapping[str, Any], component: str, snapshot: Mapping[str, Any] | None,
-                          repositories: list[Mapping[str, Any]], storages: list[Mapping[str, Any]],
+                          repositories: Sequence[Mapping[str, Any]], storages: Sequence[Mapping[str, Any]],
                           secrets: Mapping[tuple[str, str], Any]) -> tuple[Problem, ...]:
     """What a KubeStash restore executor (``--snapshot`` = ``spec.dataSource.snapshot``) would miss."""
     ns, name = _key(restore_session)

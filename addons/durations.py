@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+from typing import Mapping
 
 _GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _GO_PART = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ns|us|µs|μs|ms|s|m|h)", re.ASCII)
@@ -22,7 +23,7 @@ def _shown(text: str) -> str:
     return repr(text) if len(text) <= 40 else repr(text[:37]) + "..."
 
 
-def _sum_parts(value: str, part: re.Pattern[str], units: dict[str, float]) -> float | None:
+def _sum_parts(value: str, part: re.Pattern[str], units: Mapping[str, float]) -> float | None:
     """The sum of ``<number><unit>`` parts that make up all of ``value``; None if anything else is there."""
     pos, total = 0, 0.0
     for match in part.finditer(value):

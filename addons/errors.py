@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 #: Every stable code, with a short description. Codes never change meaning once released.
 CODES: dict[str, str] = {
@@ -92,6 +92,8 @@ CODES: dict[str, str] = {
     "component-unfinished": "a KubeStash executor's Job ended with its component still Running (killed mid-run)",
     "component-failed": "a KubeStash executor wrote its component Failed (it exits 0 on failure)",
     "snapshot-not-found": "no Snapshot to restore from",
+    "repository-not-found": "the repository a restore reads is not there (no Repository object, and the Snapshot "
+                            "records no storage of its own): found before anything was created",
     "repository-corrupt": "restic check found errors in the repository after the backup: the backup is not good",
     "repository-check-failed": "the repository could not be checked after the backup: the backup is not known good",
     "target-busy": "another run of the same target is under way in the cluster (its Job is still active)",
@@ -193,7 +195,7 @@ class ClusterError(StashflowError):
 
     default_code = "api-error"
 
-    def __init__(self, message: str, *, status: int = 0, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, message: str, *, status: int = 0, **kwargs: Any) -> None:
         self.status = status
         super().__init__(message, **kwargs)
 
@@ -233,7 +235,7 @@ class RunError(StashflowError):
 
     default_code = "job-failed"
 
-    def __init__(self, message: str, *, diagnosis: object = None, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, message: str, *, diagnosis: object = None, **kwargs: Any) -> None:
         self.diagnosis = diagnosis
         super().__init__(message, **kwargs)
 

@@ -53,24 +53,39 @@ CRD_RULES: list[dict[str, Any]] = [
 ]
 
 
+def role_objects(namespace: str, *, name: str = NAME, subject: tuple[str, str] | None = None) -> list[dict[str, Any]]:
+    """Role ``name`` with ``RULES`` in ``namespace`` and its RoleBinding to ``subject`` (namespace,
+    ServiceAccount), by default the ServiceAccount ``stashflow`` of that namespace."""
+    sa_namespace, sa = subject or (namespace, NAME)
+    meta = {"name": name, "namespace": namespace, "labels": {"app.kubernetes.io/managed-by": "stashflow"}}
+    return [
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": dict(meta), "rules": RULES},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": dict(meta),
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+         "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": sa_namespace}]},
+    ]
+
+
+def crd_reader_objects(binding: str, subject: tuple[str, str], *, role: str = CRD_READER) -> list[dict[str, Any]]:
+    """ClusterRole ``role`` (``CRD_RULES``: read KubeStash's CRDs, nothing else) and ClusterRoleBinding
+    ``binding`` of it to ``subject`` (namespace, ServiceAccount)."""
+    labels = {"app.kubernetes.io/managed-by": "stashflow"}
+    return [
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+         "metadata": {"name": role, "labels": labels}, "rules": CRD_RULES},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+         "metadata": {"name": binding, "labels": labels},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+         "subjects": [{"kind": "ServiceAccount", "name": subject[1], "namespace": subject[0]}]},
+    ]
+
+
 def rbac_objects(namespace: str) -> list[dict[str, Any]]:
     """ServiceAccount, Role and RoleBinding named ``stashflow`` in ``namespace``, and a
     ClusterRole(Binding) that lets it read KubeStash's CRDs and nothing else cluster-wide."""
-    labels = {"app.kubernetes.io/managed-by": "stashflow"}
-    meta = {"name": NAME, "namespace": namespace, "labels": labels}
-    return [
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": dict(meta)},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": dict(meta), "rules": RULES},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": dict(meta),
-         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": NAME},
-         "subjects": [{"kind": "ServiceAccount", "name": NAME, "namespace": namespace}]},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-         "metadata": {"name": CRD_READER, "labels": labels}, "rules": CRD_RULES},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-         "metadata": {"name": f"{CRD_READER}-{namespace}", "labels": labels},
-         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": CRD_READER},
-         "subjects": [{"kind": "ServiceAccount", "name": NAME, "namespace": namespace}]},
-    ]
+    account = {"apiVersion": "v1", "kind": "ServiceAccount",
+               "metadata": {"name": NAME, "namespace": namespace, "labels": {"app.kubernetes.io/managed-by": "stashflow"}}}
+    return [account, *role_objects(namespace), *crd_reader_objects(f"{CRD_READER}-{namespace}", (namespace, NAME))]
 
 
 # -- KubeStash's executor images (EXECUTOR-CONTRACT.md "RBAC of the executor's ServiceAccount") ------

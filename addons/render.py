@@ -376,7 +376,7 @@ def _storage_url(storage: BackupStorage, path: str) -> tuple[str, list[dict[str,
     """restic's repository URL for ``path`` inside the storage, and the env it needs."""
     backend = storage.spec.storage
     provider = backend.provider if backend else None
-    where = dict(location=storage.location(("spec", "storage")), obj=storage.ref, field="spec.storage")
+    where: dict[str, Any] = dict(location=storage.location(("spec", "storage")), obj=storage.ref, field="spec.storage")
     if backend is None or provider is None:
         raise InputError("the storage has no provider", code="missing-field", **where)
     if provider == "local":
@@ -601,7 +601,7 @@ class _Checker:
         self.integer(pod.get("terminationGracePeriodSeconds"), f"{base}.terminationGracePeriodSeconds", 0, INT64)
         if pod.get("serviceAccountName") is not None:
             self.name(pod["serviceAccountName"], f"{base}.serviceAccountName")
-        volumes: set[str] = set()
+        volumes: set[str | None] = set()  # a volume without a name is reported above
         for i, volume in enumerate(pod.get("volumes") or []):
             where = f"{base}.volumes[{i}]"
             if not isinstance(volume, dict):
@@ -617,7 +617,7 @@ class _Checker:
         for i, container in enumerate(pod.get("containers") or []):
             self.container(container, f"{base}.containers[{i}]", volumes)
 
-    def container(self, container: dict[str, Any], base: str, volumes: set[str]) -> None:
+    def container(self, container: dict[str, Any], base: str, volumes: set[str | None]) -> None:
         self.name(container.get("name"), f"{base}.name", label=True)
         image = container.get("image")
         if not isinstance(image, str) or not image.strip() or image != image.strip():

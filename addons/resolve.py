@@ -155,7 +155,7 @@ def resolve_task(
             except ResolutionError as exc:
                 problems.append(exc)
                 continue
-            where = dict(location=value.location, obj=f"task {addon.name}/{task.name}", field=value.field)
+            where: dict[str, Any] = dict(location=value.location, obj=f"task {addon.name}/{task.name}", field=value.field)
             if name in RESERVED:
                 problems.append(ResolutionError(
                     f'"{name}" is a built-in variable that stashflow sets; it cannot be a {label}',

@@ -59,7 +59,8 @@ def _deployment_options(spec: DeploymentSpec) -> dict[str, Any]:
 
 
 def runner_deployment(spec: DeploymentSpec) -> RunnerDeployment:
-    return backup_session.to_deployment(**_deployment_options(spec))
+    # Prefect's async_dispatch types both outcomes; called from sync code, it returns the deployment.
+    return backup_session.to_deployment(**_deployment_options(spec))  # type: ignore[return-value]
 
 
 async def arunner_deployment(spec: DeploymentSpec) -> RunnerDeployment:
@@ -108,7 +109,7 @@ async def deploy(specs: list[DeploymentSpec], *, plan_tags: set[str], prune: boo
         deployment = await arunner_deployment(spec)
         if spec.work_pool and pool_type is PoolType.KUBERNETES:
             deployment.job_variables = {**deployment.job_variables, "namespace": spec.parameters["namespace"]}
-        deployment_id = await deployment.apply(work_pool_name=spec.work_pool)
+        deployment_id = await deployment.aapply(work_pool_name=spec.work_pool)
         if spec.work_pool:
             async with get_client() as client:
                 await client.update_deployment(deployment_id, DeploymentUpdate(pull_steps=WORKER_PULL_STEPS))

@@ -11,15 +11,18 @@ import asyncio
 import os
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from stashflow.flows import cli as flows_cli
 
 from .pools import PoolType
 from stashflow.worker import cli as worker_cli
 
+if TYPE_CHECKING:
+    from .plans import DeploymentSpec
 
-def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+
+def _load(args: argparse.Namespace) -> tuple[list[DeploymentSpec], set[str]]:
     """Addon catalog + plan files → deployment specs (the flows see the same catalog)."""
     catalog_paths = flows_cli.catalog_paths(args.catalog)
     os.environ[flows_cli.CATALOG_ENV] = os.pathsep.join(os.path.abspath(p) for p in catalog_paths)

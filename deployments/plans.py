@@ -16,24 +16,23 @@ from typing import Any
 from stashflow.addons.catalog import Catalog
 from stashflow.addons.durations import whole_seconds
 from stashflow.addons.errors import CatalogError, StashflowError, raise_all
-from stashflow.addons.model import BackupConfiguration, BackupStorage, RetentionPolicy
+from stashflow.addons.model import BackupConfiguration, BackupStorage, KubeObject, RetentionPolicy
 from stashflow.addons.names import label_value
 from stashflow.addons.source import format_path
 from stashflow.addons.render import Target
 from stashflow.flows.naming import target_tag
 from stashflow.flows.parameters import Storage, from_task_reference
 from stashflow.flows.plan_check import (
-    HOOK_LISTS,
     NO_TARGET,
     check_plans,
     cron_problem,
     late_after,
     plan_target,
+    session_hooks,
     split_schedule,
 )
 from stashflow.flows.session_flows import ENTRYPOINT, FLOW_NAME
-from stashflow.addons.model.hook import HookTemplate
-from stashflow.flows.session_parameters import SessionHook, SessionParameters, SessionRepository, SessionTask
+from stashflow.flows.session_parameters import SessionParameters, SessionRepository, SessionTask
 from stashflow.flows.policies import lock_name
 
 MANAGED_TAG = "stashflow"
@@ -73,7 +72,7 @@ def plan_tag(plan: BackupConfiguration) -> str:
     return f"plan:{plan.namespace or 'default'}.{plan.name}"
 
 
-def _lookup(catalog: Catalog, model: type, ref: Any, default_ns: str, plan: BackupConfiguration, path: tuple,
+def _lookup(catalog: Catalog, model: type[KubeObject], ref: Any, default_ns: str, plan: BackupConfiguration, path: tuple,
             problems: list[StashflowError]) -> Any:
     if ref is None:
         problems.append(CatalogError(f"no {model.KIND} is named", code="missing-field", location=plan.location(path),
@@ -85,18 +84,6 @@ def _lookup(catalog: Catalog, model: type, ref: Any, default_ns: str, plan: Back
                                      code="unknown-object", location=plan.location(path), obj=plan.ref,
                                      field=format_path(path), hint=f"add the file that defines the {model.KIND}"))
     return found
-
-
-def session_hooks(catalog: Catalog, hooks: Any, namespace: str) -> list[SessionHook]:
-    """A session's hooks with their HookTemplates (checked by ``check_plans`` already: every one is there)."""
-    out = []
-    for attr, _, phase in HOOK_LISTS:
-        for info in getattr(hooks, attr, None) or []:
-            ref = info.hook_template
-            template = catalog.get(HookTemplate, ref.name, ref.namespace or namespace) if ref else None
-            if template is not None:
-                out.append(SessionHook(phase=phase, hook=info.dump(), template=template.dump()))
-    return out
 
 
 def plan_deployments(catalog: Catalog, *, work_pool: str | None = None, kubeconfig: str | None = None,
@@ -166,12 +153,12 @@ def plan_deployments(catalog: Catalog, *, work_pool: str | None = None, kubeconf
                 "history_limit": session.session_history_limit if session.session_history_limit is not None else 1}
             if session.backup_timeout:  # whole seconds, rounded up: 0.1s is 1 s, never "no deadline"
                 limits["timeout"] = whole_seconds(session.backup_timeout)
-            run = SessionParameters(
+            run = SessionParameters.model_validate(dict(
                 configuration=plan.name, session=session.name, namespace=target_ns, target=target,
                 addon=session.addon.name, tasks=tasks, repositories=repositories, limits=limits, schedule=schedule,
                 hooks=session_hooks(catalog, session.hooks, namespace),
                 cluster={"kubeconfig": kubeconfig},
-                advanced={"addon": addon_settings, "configuration": plan.spec.dump()})
+                advanced={"addon": addon_settings, "configuration": plan.spec.dump()}))
             tag = plan_tag(plan)
             where = f"{target} in {target_ns}" if target else f"{target_ns} (no target)"
             specs.append(DeploymentSpec(

@@ -14,9 +14,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from stashflow.addons.incluster import STASHFLOW_IMAGE as DEFAULT_IMAGE
 from stashflow.addons.rbac import NAME as SERVICE_ACCOUNT
-
-DEFAULT_IMAGE = "ghcr.io/stashflow/stashflow:0.1.0"
 
 
 class PoolType(StrEnum):
@@ -69,8 +68,8 @@ async def ensure_pool(client: Any, name: str, pool_type: PoolType | None, kubern
         wanted = pool_type or PoolType.PROCESS
         template = (kubernetes or KubernetesPool()).base_job_template() if wanted is PoolType.KUBERNETES else None
         try:
-            await client.create_work_pool(WorkPoolCreate(name=name, type=wanted.value,
-                                                         **({"base_job_template": template} if template else {})))
+            await client.create_work_pool(WorkPoolCreate.model_validate(dict(
+                name=name, type=wanted.value, **({"base_job_template": template} if template else {}))))
             return wanted.value
         except ObjectAlreadyExists:  # a worker starting on this pool made it meanwhile: check that one
             pool = await client.read_work_pool(name)

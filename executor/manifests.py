@@ -219,7 +219,7 @@ def clean(obj: dict[str, Any], res: Resource) -> dict[str, Any]:
         annotations.pop(key, None)
     if "annotations" in meta and not annotations:
         del meta["annotations"]
-    spec = out.get("spec") if isinstance(out.get("spec"), dict) else {}
+    spec: dict[str, Any] = out["spec"] if isinstance(out.get("spec"), dict) else {}
     if res.qualified == "services" and spec.get("clusterIP") not in ("None",):
         spec.pop("clusterIP", None)
         spec.pop("clusterIPs", None)

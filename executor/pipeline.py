@@ -128,8 +128,8 @@ class Pipeline:
         producer_tail: deque[str] = deque(maxlen=TAIL_LINES)
         consumer_tail: deque[str] = deque(maxlen=TAIL_LINES)
         handler = self.consumer_stdout if callable(self.consumer_stdout) else None
-        stdout_target = self.consumer_stdout if self.consumer_stdout is not None and handler is None \
-            else subprocess.PIPE
+        stdout_target = subprocess.PIPE if self.consumer_stdout is None or callable(self.consumer_stdout) \
+            else self.consumer_stdout
         try:
             consumer = subprocess.Popen(self.consumer.argv, env=self.consumer.env, stdin=read_end,
                                         stdout=stdout_target, stderr=subprocess.PIPE)

@@ -21,7 +21,7 @@ import functools
 import inspect
 import os
 import re
-from typing import Any
+from typing import Any, Coroutine
 
 from prefect import Flow, flow, get_run_logger
 from prefect.runtime import deployment as current_deployment
@@ -196,7 +196,6 @@ def make_flow(catalog: Catalog, addon: Addon, list_name: str, task: Task) -> Flo
     run.__module__ = __name__
     run.__doc__ = doc
     return flow(
-        run,
         name=f"{addon.name}:{task.name}",
         description=doc.split("\n\n")[0],
         flow_run_name=_run_name,
@@ -204,7 +203,7 @@ def make_flow(catalog: Catalog, addon: Addon, list_name: str, task: Task) -> Flo
         validate_parameters=True,
         on_cancellation=[cleanup_hook],
         on_crashed=[cleanup_hook],
-    )
+    )(run)
 
 
 def build_flows(paths: list[str]) -> tuple[Catalog, dict[str, Flow]]:
@@ -238,7 +237,7 @@ def flows_of(paths: list[str]) -> dict[str, Flow]:
     return _load(tuple(paths))[1]
 
 
-def flow_for(addon: str, task: str) -> Flow:
+def flow_for(addon: str, task: str) -> Flow[..., Coroutine[Any, Any, Any]]:
     """The flow of ``addon``/``task`` (an ``unknown-addon``/``unknown-task`` error if there is none)."""
     catalog, found = loaded()
     catalog.task(addon, task)

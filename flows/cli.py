@@ -56,7 +56,7 @@ def load_checked(paths: Sequence[str]) -> Catalog:
     """Files → a catalog with every problem found, plans included: the one check that
     ``validate``, ``restore``, ``deploy`` and ``serve`` share (``Catalog.problems``)."""
     catalog = Catalog().add_paths(paths).check()
-    if catalog.of_kind(BackupConfiguration) or catalog.of_kind(RestoreSession):
+    if any(catalog.of_kind(kind) for kind in (BackupConfiguration, RestoreSession)):
         from stashflow.flows.plan_check import check_plans
 
         catalog.problems.extend(check_plans(catalog))
@@ -80,6 +80,11 @@ def positional_position(argv: Sequence[str], value: str) -> int:
 
 def _at(argv: Sequence[str], flag: str, index: int = 0) -> Location:
     return Location(COMMAND_LINE, argument_position(argv, flag, index))
+
+
+def _flag_at(argv: Sequence[str], flag: str) -> Location:
+    """Where a flag that takes no value stands (1 when it is not there)."""
+    return Location(COMMAND_LINE, next((i + 1 for i, arg in enumerate(argv) if arg == flag), 1))
 
 
 def _pairs(args: Sequence[str], flag: str, argv: Sequence[str] = ()) -> dict[str, Value]:
@@ -122,7 +127,7 @@ def _argument_positions(argv: Sequence[str], flag: str) -> list[int]:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     catalog = load_checked(args.paths)
-    if (catalog.of_kind(BackupConfiguration) or catalog.of_kind(RestoreSession)) and not catalog.addons:
+    if any(catalog.of_kind(kind) for kind in (BackupConfiguration, RestoreSession)) and not catalog.addons:
         # plans alone: check them against the catalog deploy/restore would use
         catalog = load_checked([*catalog_paths(args.catalog), *args.paths])
     for problem in catalog.problems:
@@ -204,7 +209,7 @@ def check_run_options(args: argparse.Namespace) -> None:
         ("--encryption-secret", args.encryption_secret,
          args.encryption_secret and name_problem(args.encryption_secret)),
         ("--snapshot", getattr(args, "snapshot", None),
-         getattr(args, "snapshot", None) not in (None, "latest") and name_problem(args.snapshot)),
+         name_problem(args.snapshot) if getattr(args, "snapshot", None) not in (None, "latest") else None),
     ]
     for flag, value, problem in checks:
         if value is not None and problem:
@@ -312,12 +317,12 @@ def _run_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "logs", None):
         limits["logs"] = args.logs
     try:
-        run = RunParameters(
+        run = RunParameters.model_validate(dict(
             target=str(_parse_target(args)), namespace=args.namespace,
             task_params={k: str(v) for k, v in values.items() if form_parameter(k)}, snapshot=snapshot,
             repository={"name": args.repository, "storage": storage, "directory": args.directory or "",
                         "encryption_secret": args.encryption_secret},
-            limits=limits, cluster={"kubeconfig": args.kubeconfig, "context": args.context}, advanced=advanced)
+            limits=limits, cluster={"kubeconfig": args.kubeconfig, "context": args.context}, advanced=advanced))
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"])
@@ -357,7 +362,7 @@ def _completed(state: Any) -> Any:
 
 
 def _run_restore_session(params: dict[str, Any]) -> Any:
-    """Run the ``restore-session`` flow (a RestoreSession whose tasks run KubeStash executors)."""
+    """Run the ``restore-session`` flow for one RestoreSession; its final state when Completed, else its error."""
     import asyncio
 
     from prefect import tags
@@ -366,7 +371,8 @@ def _run_restore_session(params: dict[str, Any]) -> Any:
     from stashflow.flows.restore_sessions import restore_session
 
     with tags("stashflow", f"addon:{params['addon']}", target_tag(params["namespace"], params["target"])):
-        state = asyncio.run(restore_session(**params, return_state=True))
+        # Prefect types this call as an Awaitable; it is a coroutine.
+        state: Any = asyncio.run(restore_session(**params, return_state=True))  # type: ignore[arg-type]
     return _completed(state)
 
 
@@ -418,10 +424,11 @@ def _print_result(args: argparse.Namespace, result: dict[str, Any]) -> None:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    """Run the restore tasks of RestoreSession files, one after another; stop at the first failure."""
+    """Run RestoreSession files, one after another, each as one ``restore-session`` flow run (its object,
+    its components, its hooks); stop at the first failure."""
     paths = catalog_paths(args.catalog)
     os.environ[CATALOG_ENV] = os.pathsep.join(os.path.abspath(p) for p in paths)
-    from stashflow.flows.restore import restore_runs
+    from stashflow.flows.restore import restore_session_parameters
 
     catalog = load_checked([*paths, *args.files]).raise_for_problems()
     sessions = catalog.of_kind(RestoreSession)
@@ -429,30 +436,24 @@ def cmd_restore(args: argparse.Namespace) -> int:
         raise InputError("the files hold no RestoreSession", code="missing-field",
                          location=Location(COMMAND_LINE, positional_position(args.argv, args.files[0])), field="FILE",
                          hint="give the files that define the RestoreSessions to run")
-    from stashflow.flows.restore import restore_session_parameters, speaks_kubestash
-
-    whole = {id(s) for s in sessions if speaks_kubestash(catalog, s)}  # KubeStash executors: one restore-session
-    runs = [run for session in sessions if id(session) not in whole for run in restore_runs(catalog, session)]
-    session_runs = [restore_session_parameters(catalog, s) for s in sessions if id(s) in whole]
+    session_runs = [restore_session_parameters(catalog, s) for s in sessions]  # every one checked before any runs
     _check_kubeconfig(args)
+    import stashflow.flows.restore_sessions  # noqa: F401 - sets Prefect's logging up; quieted next
+
     quiet_prefect_tracebacks(args.verbose)
     for params in session_runs:
         if args.kubeconfig:
             params.setdefault("cluster", {})["kubeconfig"] = os.path.abspath(args.kubeconfig)
         if args.context:
             params.setdefault("cluster", {})["context"] = args.context
-        _run_restore_session(params)
+        result = _run_restore_session(params).result()
+        source = params["data_source"]
+        of = f" of {source['repository']}" if source.get("repository") else ""
+        for task in params["tasks"]:  # the lines `stashflow restore` has always printed, one per task
+            print(f"restored {params['target']} in {params['namespace']} with {params['addon']}/{task['name']} "
+                  f"from {source['snapshot']}{of}")
         print(f"restored {params['target']} in {params['namespace']} with RestoreSession {params['name']} "
-              f"from {params['data_source']['snapshot']}")
-    for addon, task, params in runs:
-        if args.kubeconfig:
-            params.setdefault("cluster", {})["kubeconfig"] = os.path.abspath(args.kubeconfig)
-        if args.context:
-            params.setdefault("cluster", {})["context"] = args.context
-        _run_flow(addon, task, params)
-        print(f"restored {params['target']} in {params['namespace']} with {addon}/{task} "
-              f"from {params['snapshot']}" + (f" of {params['repository']['name']}"
-                                             if (params.get("repository") or {}).get("name") else ""))
+              f"from {result.get('snapshot') or source['snapshot']}")
     return 0
 
 
@@ -479,10 +480,52 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_in_cluster(args: argparse.Namespace) -> int:
+    """``install --in-cluster``: the Prefect server, its PostgreSQL and the worker, as YAML for kubectl."""
+    from stashflow.addons.incluster import InCluster, in_cluster_objects
+
+    if args.limit is not None and args.limit < 1:
+        raise InputError(f"--limit is {args.limit}: it must be at least 1", code="invalid-argument",
+                         location=_at(args.argv, "--limit"), field="--limit")
+    if args.pool is not None and not args.pool.strip():
+        raise InputError("--pool is empty", code="invalid-argument", location=_at(args.argv, "--pool"), field="--pool")
+    options = InCluster(serves=tuple(args.serve or [args.namespace]), pool=args.pool or "stashflow",
+                        limit=args.limit, postgres=not args.external_database,
+                        catalog_configmap=args.catalog_configmap)
+    problem = args.catalog_configmap is not None and name_problem(args.catalog_configmap)
+    if problem:
+        raise InputError(problem, code="invalid-name", location=_at(args.argv, "--catalog-configmap"),
+                         field="--catalog-configmap")
+    for ns in options.serves:
+        problem = name_problem(ns, max_len=63, label=True)
+        if problem:
+            flag = "--serve" if args.serve else ("--namespace" if _argument_positions(args.argv, "--namespace") else "-n")
+            at = _at(args.argv, flag, args.serve.index(ns) if args.serve else 0)
+            raise InputError(problem, code="invalid-name", location=at, field=flag)
+    yaml.safe_dump_all(in_cluster_objects(options), sys.stdout, sort_keys=False)
+    return 0
+
+
 def cmd_install(args: argparse.Namespace) -> int:
     from stashflow.addons.crd import all_crds
     from stashflow.addons.rbac import manifest_rbac_objects, rbac_objects
 
+    only_in_cluster = [flag for flag, given in (("--serve", args.serve), ("--pool", args.pool is not None),
+                                                 ("--limit", args.limit is not None),
+                                                 ("--catalog-configmap", args.catalog_configmap is not None),
+                                                 ("--external-database", args.external_database)) if given]
+    if args.in_cluster and args.manifests:
+        raise InputError("--manifests is not for --in-cluster", code="invalid-argument",
+                         location=_flag_at(args.argv, "--manifests"), field="--manifests",
+                         hint="run `stashflow install -n NS --manifests` on its own for the manifest Functions' accounts")
+    if only_in_cluster and not args.in_cluster:
+        flag = only_in_cluster[0]
+        raise InputError(f"{flag} is an option of --in-cluster", code="invalid-argument",
+                         location=_flag_at(args.argv, flag) if flag == "--external-database" else _at(args.argv, flag),
+                         field=flag,
+                         hint="add --in-cluster to print the objects that run stashflow in the cluster")
+    if args.in_cluster:
+        return _print_in_cluster(args)
     if args.print:
         extra = manifest_rbac_objects(args.namespace) if args.manifests else []
         yaml.safe_dump_all([*all_crds(), *rbac_objects(args.namespace), *extra], sys.stdout, sort_keys=False)
@@ -565,7 +608,7 @@ def build_parser(extensions: Sequence[Callable[[Any], None]] = ()) -> argparse.A
     _cluster_options(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("restore", help="run the restore tasks of RestoreSession files")
+    p = sub.add_parser("restore", help="run RestoreSession files, each as one restore-session flow run")
     p.add_argument("files", nargs="+", metavar="FILE", help="files or folders with RestoreSessions")
     p.add_argument("--catalog", action="append", metavar="PATH",
                    help=f"Addon/Function file or folder, repeatable (default: ${CATALOG_ENV}, else the built-in catalog)")
@@ -585,6 +628,17 @@ def build_parser(extensions: Sequence[Callable[[Any], None]] = ()) -> argparse.A
     p.add_argument("--manifests", action="store_true",
                    help="also the ServiceAccounts the stashflow-manifests Functions run as (cluster-wide read; "
                         "get/create/patch for restores)")
+    p.add_argument("--in-cluster", action="store_true",
+                   help="print the objects that run stashflow in the cluster (kubectl apply -f -): namespace "
+                        "stashflow, PostgreSQL, the Prefect server, the stashflow worker and its RBAC")
+    p.add_argument("--serve", action="append", metavar="NS",
+                   help="with --in-cluster: a namespace whose backups the worker runs (repeatable; default -n's)")
+    p.add_argument("--pool", help="with --in-cluster: the worker's work pool (default stashflow)")
+    p.add_argument("--limit", type=int, help="with --in-cluster: the worker's --limit")
+    p.add_argument("--catalog-configmap", metavar="NAME",
+                   help="with --in-cluster: the worker's catalog is key catalog.yaml of this ConfigMap (your Addons)")
+    p.add_argument("--external-database", action="store_true",
+                   help="with --in-cluster: no PostgreSQL; make Secret prefect-database with key connection-url")
     _cluster_options(p)
     p.set_defaults(func=cmd_install)
 

@@ -17,13 +17,14 @@ import asyncio
 import os
 import signal
 import time
+from contextlib import AbstractAsyncContextManager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar, cast
 
 from prefect import get_run_logger
 from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
-from prefect.utilities.annotations import quote
+from prefect.utilities.annotations import quote as prefect_quote
 
 from stashflow.addons.catalog import Catalog
 from stashflow.addons.contract import contract_of
@@ -49,6 +50,14 @@ from stashflow.tasks.steps import (
     wait_for_job,
 )
 from stashflow.tasks.wait import JobOutcome
+
+T = TypeVar("T")
+
+
+def quote(value: T) -> T:
+    """Prefect's ``quote`` (a task gets ``value`` as is, not searched for futures), typed as ``value``:
+    Prefect unwraps it before the task runs, but its task signatures do not accept the wrapper."""
+    return cast(T, prefect_quote(value))
 
 #: Runs whose Job succeeded but whose result cannot be called good: (message, hint) by code.
 RESULT_FAILURES = {
@@ -76,7 +85,7 @@ class Connection:
     context: str | None = None
     credentials_block: str | None = None
 
-    def connect(self):  # type: ignore[no-untyped-def]
+    def connect(self) -> AbstractAsyncContextManager[Kube]:
         return connect(self.kubeconfig, self.context, self.credentials_block)
 
     @classmethod

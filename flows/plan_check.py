@@ -21,12 +21,15 @@ from stashflow.addons.catalog import Catalog
 from stashflow.addons.durations import deadline_seconds
 from stashflow.addons.errors import CatalogError, Problems, StashflowError
 from stashflow.addons.hooks import HookPlan, Phase, plan_hook
-from stashflow.addons.model import AddonInfo, BackupConfiguration, BackupStorage, RestoreSession, RetentionPolicy
+from stashflow.addons.model import (AddonInfo, BackupConfiguration, BackupStorage, KubeObject, RestoreSession,
+                                    RetentionPolicy)
 from stashflow.addons.model.hook import HookTemplate
 from stashflow.addons.names import name_problem, path_problem, valid_name
 from stashflow.addons.render import RenderRequest, RepositoryContext, Target, check_objects, render_plan
 from stashflow.addons.resolve import as_value
 from stashflow.addons.source import FieldPath, format_path
+
+from .session_parameters import SessionHook
 
 #: When a sample run of a plan is rendered (pins the session name, so the check is repeatable).
 SAMPLE_TIME = datetime(2024, 1, 1, tzinfo=timezone.utc)
@@ -278,6 +281,19 @@ def check_hooks(c: _Collector, catalog: Catalog, hooks: Any, namespace: str, pat
     return plans
 
 
+def session_hooks(catalog: Catalog, hooks: Any, namespace: str) -> list[SessionHook]:
+    """A session's or RestoreSession's hooks with their HookTemplates, carried whole into the flow's
+    parameters (checked by ``check_hooks`` already: a template that is not there was reported)."""
+    out = []
+    for attr, _, phase in HOOK_LISTS:
+        for info in getattr(hooks, attr, None) or []:
+            ref = info.hook_template
+            template = catalog.get(HookTemplate, ref.name, ref.namespace or namespace) if ref else None
+            if template is not None:
+                out.append(SessionHook(phase=phase, hook=info.dump(), template=template.dump()))
+    return out
+
+
 #: What a session's tasks are run for when the plan has no target (KubeStash's ``{apiGroup: na, name: na}``).
 NO_TARGET = "na.na/na"
 
@@ -292,7 +308,7 @@ def plan_target(plan: BackupConfiguration) -> str:
     return f"{ref.kind or 'PersistentVolumeClaim'}{group}/{ref.name}"
 
 
-def _lookup(c: _Collector, catalog: Catalog, model: type, ref: Any, default_ns: str, path: FieldPath) -> Any:
+def _lookup(c: _Collector, catalog: Catalog, model: type[KubeObject], ref: Any, default_ns: str, path: FieldPath) -> Any:
     if ref is None:
         c.add(f"no {model.KIND} is named", path, "missing-field")
         return None
@@ -332,12 +348,12 @@ def check_restore_session(session: RestoreSession, catalog: Catalog) -> list[Sta
     except StashflowError as exc:
         return [*(exc.problems if isinstance(exc, Problems) else [exc])]
     assert spec.addon is not None and spec.target is not None
-    for i, (addon, task, params) in enumerate(runs):
+    for i, (addon_name, task, params) in enumerate(runs):
         tpath: FieldPath = ("spec", "addon", "tasks", i)
         ref = spec.addon.tasks[i] if spec.addon.tasks and i < len(spec.addon.tasks) else None
         raw = (ref.params or {}) if ref else {}
         request = RenderRequest(
-            addon=addon, task=task, namespace=params["namespace"], target=Target.parse(params["target"]),
+            addon=addon_name, task=task, namespace=params["namespace"], target=Target.parse(params["target"]),
             params=_params(c, raw, tpath + ("params",)),
             builtins={**_variables(c, ref.variables if ref else None, tpath + ("variables",)),
                       "snapshot": as_value(params["snapshot"] if params["snapshot"] != "latest" else "latest")},

@@ -67,7 +67,7 @@ async def check_missed(policy: str, starting_deadline_seconds: int | None, late_
     async with get_client() as client:
         me = await client.read_flow_run(current_flow_run.id)
         due = me.expected_start_time
-        if not me.auto_scheduled or due is None:
+        if not me.auto_scheduled or due is None or me.deployment_id is None:
             return  # only runs the schedule made; manual runs and new attempts always run
         now = datetime.now(timezone.utc)
         late = now - due
@@ -83,8 +83,9 @@ async def check_missed(policy: str, starting_deadline_seconds: int | None, late_
         newer = [r.expected_start_time for r in await client.read_flow_runs(
             deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[me.deployment_id])),
             flow_run_filter=FlowRunFilter(expected_start_time=FlowRunFilterExpectedStartTime(
-                after_=due + timedelta(microseconds=1), before_=now)))
-            if r.auto_scheduled and r.id != me.id]
+                # pydantic makes Prefect's DateTime (pendulum's, on 3.11) of the datetime
+                after_=due + timedelta(microseconds=1), before_=now)))  # type: ignore[arg-type]
+            if r.auto_scheduled and r.id != me.id and r.expected_start_time is not None]
         if newer:
             raise Skip(f"missed: scheduled for {due:%Y-%m-%d %H:%M:%S}; a later missed run "
                        f"({max(newer):%Y-%m-%d %H:%M:%S}) runs instead (missed-run policy: latest)")
@@ -141,7 +142,7 @@ async def schedule_retry(parameters: dict[str, Any], attempt: int, max_retry: in
     ``name_key`` is the ``advanced`` field naming the run, dropped so that the attempt gets its own."""
     if not current_deployment.id or attempt > max_retry:
         return None
-    from prefect.deployments import run_deployment
+    from prefect.deployments import arun_deployment
 
     seconds = parse_duration(delay) if delay else 0.0
     when = datetime.now(timezone.utc) + timedelta(seconds=seconds)
@@ -149,6 +150,6 @@ async def schedule_retry(parameters: dict[str, Any], attempt: int, max_retry: in
     advanced.update(attempt=attempt + 1)
     advanced.pop(name_key, None)  # a new attempt is a new run: its own name, Job and Snapshot
     again = {**parameters, "advanced": advanced}
-    run = await run_deployment(current_deployment.id, parameters=again, scheduled_time=when, timeout=0,
+    run = await arun_deployment(current_deployment.id, parameters=again, scheduled_time=when, timeout=0,
                                as_subflow=False, tags=[f"attempt:{attempt + 1}"])
     return f"attempt {attempt + 1} of {max_retry + 1} scheduled for {when:%H:%M:%S} (flow run {run.name})"

@@ -1,4 +1,4 @@
-"""RestoreSessions (KubeStash's restore request) → runs of the restore task's flow.
+"""RestoreSessions (KubeStash's restore request) → the ``restore-session`` flow's parameters.
 
 ``dataSource.snapshot`` names a Snapshot or ``latest`` (of ``dataSource.repository``);
 ``addon.tasks[]`` are the restore tasks to run, in order; ``restoreTimeout`` is the deadline;
@@ -13,13 +13,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from stashflow.addons.catalog import Catalog
-from stashflow.addons.contract import contract_of
 from stashflow.addons.durations import whole_seconds
 from stashflow.addons.errors import CatalogError, StashflowError, raise_all
 from stashflow.addons.model import RestoreSession
 from stashflow.addons.source import format_path
 
 from .parameters import RunParameters, from_task_reference
+from .plan_check import session_hooks
 
 
 def restore_runs(catalog: Catalog, session: RestoreSession) -> list[tuple[str, str, dict[str, Any]]]:
@@ -60,13 +60,13 @@ def restore_runs(catalog: Catalog, session: RestoreSession) -> list[tuple[str, s
             continue
         task_params, advanced = from_task_reference(ref, settings)
         try:
-            run = RunParameters(
+            run = RunParameters.model_validate(dict(
                 target=target, namespace=spec.target.namespace or namespace, task_params=task_params,
                 snapshot=source.snapshot,
                 repository={"name": source.repository,
                             "encryption_secret": source.encryption_secret.name if source.encryption_secret else None},
                 limits={"timeout": whole_seconds(spec.restore_timeout)} if spec.restore_timeout else {},
-                advanced={**advanced, "invoker": {"kind": "RestoreSession", "name": session.name}})
+                advanced={**advanced, "invoker": {"kind": "RestoreSession", "name": session.name}}))
         except ValidationError as exc:
             first = exc.errors()[0]
             problem(first["msg"], ("spec",), "invalid-value")
@@ -76,25 +76,10 @@ def restore_runs(catalog: Catalog, session: RestoreSession) -> list[tuple[str, s
     return runs
 
 
-def speaks_kubestash(catalog: Catalog, session: RestoreSession) -> bool:
-    """Whether a task of the RestoreSession runs a KubeStash executor: then the whole session runs as one
-    ``restore-session`` flow, which makes the RestoreSession object the executor reads (its Snapshot a name,
-    its components pre-created), and reads the result from those components."""
-    spec = session.spec
-    if spec.addon is None:
-        return False
-    for ref in spec.addon.tasks or []:
-        try:
-            _, _, _, task = catalog.task(spec.addon.name, ref.name)
-            if contract_of(catalog.function(task.function)) == "kubestash":
-                return True
-        except StashflowError:
-            continue  # restore_runs reports it
-    return False
-
-
 def restore_session_parameters(catalog: Catalog, session: RestoreSession) -> dict[str, Any]:
-    """The ``restore-session`` flow's parameters for a RestoreSession (checked by ``restore_runs`` first)."""
+    """The ``restore-session`` flow's parameters for a RestoreSession (checked by ``restore_runs`` first): every
+    RestoreSession runs as one, whatever contract its Functions speak, so it has its object, its components
+    and its hooks."""
     restore_runs(catalog, session)  # the same checks, the same coded errors
     spec = session.spec
     assert spec.target is not None and spec.data_source is not None and spec.addon is not None
@@ -116,4 +101,5 @@ def restore_session_parameters(catalog: Catalog, session: RestoreSession) -> dic
                             "namespace": getattr(source, "namespace", None),
                             "encryption_secret": source.encryption_secret.name if source.encryption_secret else None},
             "limits": {"timeout": whole_seconds(spec.restore_timeout)} if spec.restore_timeout else {},
-            "addon_settings": settings}
+            "addon_settings": settings,
+            "hooks": [h.model_dump(mode="json") for h in session_hooks(catalog, spec.hooks, namespace)]}

@@ -11,6 +11,7 @@ component's phase, duration and error are recorded; the RestoreSession's phase f
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from datetime import datetime, timedelta, timezone
@@ -25,8 +26,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from stashflow.addons import sessions
 from stashflow.addons.contract import contract_of, restore_result
 from stashflow.addons.durations import deadline_seconds
-from stashflow.addons.errors import RunError, StashflowError
+from stashflow.addons.errors import NotFound, RunError, StashflowError
 from stashflow.addons.model.types import Blank, ObjectName
+from stashflow.addons.restore_source import RestoreSource, repository_of, source_problem
 from stashflow.addons.render import FLOW_RUN_LABEL, LABEL_PREFIX, MANAGED_BY
 from stashflow.tasks import claim, objects, resources
 from stashflow.tasks.kube import current
@@ -96,20 +98,25 @@ async def start_restore(params: RestoreParameters) -> tuple[str, dict[str, str],
     """``latest`` → a Snapshot name; the RestoreSession with its components Pending. Returns the Snapshot's
     name, each task's component, and the RestoreSession."""
     kube, logger = current(), get_run_logger()
-    await objects.ensure_crds(kube, ["RestoreSession", "Snapshot"])
+    await objects.ensure_crds(kube, ["RestoreSession", "Snapshot", "Repository"])
     source_ns = params.data_source.namespace or params.namespace
-    if params.data_source.snapshot in ("", "latest"):
-        if not params.data_source.repository:
-            raise RunError('a restore of "latest" needs dataSource.repository', code="invalid-argument")
-        found = await resources.latest_snapshot(kube, source_ns, params.data_source.repository)
-        if found is None:
-            raise RunError(f'repository "{params.data_source.repository}" has no Succeeded Snapshot in namespace '
-                           f"{source_ns}", code="snapshot-not-found", hint="run a backup first, or name a Snapshot")
-    else:
-        found = await resources.read(kube, "Snapshot", source_ns, params.data_source.snapshot)
+    given, repository = params.data_source.snapshot, params.data_source.repository
+    if given in ("", "latest") and not repository:
+        raise RunError('a restore of "latest" needs dataSource.repository', code="invalid-argument")
+    source = await _restore_source(kube, params, source_ns)
+    problem = source_problem(source, any(_speaks_kubestash(params, t.name) for t in params.tasks))
+    if problem is not None:  # before any claim, hook or Job: the RestoreSession records why, and that is all
+        await _record_invalid(kube, params, f"{problem.code}: {problem.message}")
+        raise RunError(problem.message, code=problem.code, hint=problem.hint)
+    found = source.snapshot
+    assert found is not None
     name = found["metadata"]["name"]
     have = list(((found.get("status") or {}).get("components") or {}))
-    components = {t.name: restore_component(t.name, have, name) for t in params.tasks}
+    try:
+        components = {t.name: restore_component(t.name, have, name) for t in params.tasks}
+    except RunError as exc:  # no component of the Snapshot is one a task reads
+        await _record_invalid(kube, params, f"{exc.code}: {exc.message}")
+        raise
     logger.info("restoring Snapshot %s (components %s)", name, ", ".join(components.values()))
     rs = restore_session_object(params, name)
     try:
@@ -127,6 +134,45 @@ async def start_restore(params: RestoreParameters) -> tuple[str, dict[str, str],
             "%Y-%m-%dT%H:%M:%SZ")
     await objects.patch_status(kube, "RestoreSession", params.namespace, params.name, status)
     return name, components, rs
+
+
+async def _restore_source(kube: Any, params: RestoreParameters, source_ns: str) -> RestoreSource:
+    """What the cluster holds for the restore: the Snapshot (latest resolved), its Repository object."""
+    given, named_repository = params.data_source.snapshot, params.data_source.repository
+    found: dict[str, Any] | None
+    has_snapshots = False
+    if given in ("", "latest"):
+        assert named_repository is not None
+        found = await resources.latest_snapshot(kube, source_ns, named_repository)
+        if found is None:
+            has_snapshots = bool(await resources.list_snapshots(kube, source_ns,
+                                                                f"kubestash.com/repo-name={named_repository}"))
+    else:
+        try:
+            found = await resources.read(kube, "Snapshot", source_ns, given)
+        except NotFound:
+            found = None
+    source = RestoreSource(namespace=source_ns, snapshot_name=given, repository_name=named_repository,
+                           snapshot=found, repository=None, repository_has_snapshots=has_snapshots)
+    repository_name = repository_of(source)
+    if repository_name:
+        try:
+            source = dataclasses.replace(source, repository=await objects.read(kube, "Repository", source_ns,
+                                                                               repository_name))
+        except NotFound:
+            pass
+    return source
+
+
+async def _record_invalid(kube: Any, params: RestoreParameters, why: str) -> None:
+    """The RestoreSession, Failed before it ran: what it names is not there (condition ValidationPassed)."""
+    try:
+        await objects.create(kube, restore_session_object(params, params.data_source.snapshot or "latest"))
+    except StashflowError as exc:
+        if exc.code != "api-conflict":
+            raise
+    await objects.patch_status(kube, "RestoreSession", params.namespace, params.name, {
+        "phase": "Failed", "conditions": [sessions.condition("ValidationPassed", False, "RestoreSourceNotFound", why)]})
 
 
 async def _record(namespace: str, name: str, component: str, value: dict[str, Any]) -> None:
@@ -179,7 +225,34 @@ async def _prepare_kubestash(params: RestoreParameters, component: str) -> None:
                        code="unknown-object", hint="fill what is named before the restore runs")
 
 
-@flow(name=FLOW_NAME, retries=0, validate_parameters=True)
+async def cleanup_hook(flow_: Any, flow_run: Any, state: Any) -> None:
+    """``on_cancellation`` / ``on_crashed`` (SIGTERM to ``stashflow restore``, a cancel in the UI): the
+    RestoreSessions this flow run made (found by its label) end Failed with the reason, their unfinished
+    components too; their Jobs, PVCs and claim are removed (the restore tasks' own hooks remove theirs)."""
+    from stashflow.addons.names import label_value
+
+    p = flow_run.parameters or {}
+    namespace = p.get("namespace") or "default"
+    reason = f"the flow run was {str(getattr(state, 'name', 'stopped')).lower()}"
+    async with Connection.of_parameters(p).connect() as kube:
+        for rs in await objects.list_of(kube, "RestoreSession", namespace, f"{FLOW_RUN_LABEL}={flow_run.id}"):
+            name, status = rs["metadata"]["name"], rs.get("status") or {}
+            selector = f"app.kubernetes.io/managed-by={MANAGED_BY},{LABEL_PREFIX}session={label_value(name)}"
+            await resources.delete_run_objects(kube, namespace, selector)
+            await claim.delete_leases(kube, namespace, selector)
+            if status.get("phase") in ("Succeeded", "Failed"):
+                continue
+            components = {c: {**v, "phase": "Failed", "error": reason}
+                          for c, v in (status.get("components") or {}).items()
+                          if (v or {}).get("phase") not in ("Succeeded", "Failed")}
+            await objects.patch_status(kube, "RestoreSession", namespace, name, {
+                "phase": "Failed", **({"components": components} if components else {}),
+                "conditions": sessions.set_condition(status.get("conditions") or [], sessions.condition(
+                    "RestoreIncomplete", True, "RestoreExecutorTerminatedBeforeCompletion", reason))})
+
+
+@flow(name=FLOW_NAME, retries=0, validate_parameters=True,
+      on_cancellation=[cleanup_hook], on_crashed=[cleanup_hook])
 async def restore_session(name: str, addon: str, tasks: list[SessionTask], data_source: DataSource,
                           namespace: str = "default", target: str | None = None, limits: Limits = Limits(),
                           cluster: Cluster = Cluster(), addon_settings: dict[str, Any] | None = None,
@@ -255,7 +328,7 @@ async def _run(params: RestoreParameters) -> dict[str, Any]:
                 else:
                     await _record(ns, params.name, component, {"phase": "Running"})
                 begun = time.time()
-                run = RunParameters(
+                run = RunParameters.model_validate(dict(
                     target=task_target(parsed), namespace=ns,
                     task_params={k: v for k, v in t.params.items() if form_parameter(k)}, snapshot=snapshot,
                     repository={"name": params.data_source.repository,
@@ -269,7 +342,7 @@ async def _run(params: RestoreParameters) -> dict[str, Any]:
                               "addon": _with_account({**params.addon_settings,
                                                       **({"addonVolumes": t.addon_volumes} if t.addon_volumes
                                                          else {})}, kubestash),
-                              "invoker": {"kind": "RestoreSession", "name": params.name}, "within_session": True})
+                              "invoker": {"kind": "RestoreSession", "name": params.name}, "within_session": True}))
                 state: State = await flow_for(params.addon, t.name)(**run.to_flow("restore"), return_state=True)
                 took = sessions.duration(time.time() - begun)
                 if held is not None:

@@ -166,7 +166,7 @@ def task_run(params: SessionParameters, task: SessionTask, repo: SessionReposito
     """The Addon-task run of one task into one repository, within this session."""
     from .parameters import form_parameter
 
-    return RunParameters(
+    return RunParameters.model_validate(dict(
         target=task_target(parse_target(params.target)), namespace=params.namespace,
         task_params={k: v for k, v in task.params.items() if form_parameter(k)},
         repository={"name": repo.name, "storage": repo.storage, "directory": repo.directory.strip("/"),
@@ -183,7 +183,7 @@ def task_run(params: SessionParameters, task: SessionTask, repo: SessionReposito
                   "invoker": {"kind": "BackupConfiguration", "name": params.configuration},
                   "within_session": True,
                   "retry_note": policies.retry_note(params.advanced.attempt, params.schedule.max_retry,
-                                                    params.schedule.retry_delay, bool(current_deployment.id))})
+                                                    params.schedule.retry_delay, bool(current_deployment.id))}))
 
 
 def task_parameters(params: SessionParameters, task: SessionTask, repo: SessionRepository, backup_session: str,
@@ -404,9 +404,9 @@ async def _session(kube: Any, params: SessionParameters, ref: sessions.BackupSes
     except StashflowError as exc:
         logger.error("session history not cleaned: %s", exc)
         cleaned = False
-    for repo, snap_name in snapshot_of.items():
+    for repo_name, snap_name in snapshot_of.items():
         snap = finished.get(snap_name) or {}
-        if snap.get("phase") != "Succeeded" and not any(w.endswith(f"→ {repo}") for w in failures):
+        if snap.get("phase") != "Succeeded" and not any(w.endswith(f"→ {repo_name}") for w in failures):
             failures[f"Snapshot {snap_name}"] = "job-failed: " + ("; ".join(
                 f"{c}: {v.get('error')}" for c, v in (snap.get("components") or {}).items()
                 if v and v.get("phase") != "Succeeded") or f"it ended {snap.get('phase')}")
@@ -500,7 +500,7 @@ def backup_session_name(params: SessionParameters) -> str:
     return sessions.backup_session_name(params.configuration, params.session, seconds)
 
 
-async def cleanup_hook(flow_: Any, flow_run: Any, state: Any) -> None:
+async def cleanup_hook(flow: Any, flow_run: Any, state: Any) -> None:
     """``on_cancellation`` / ``on_crashed``: end the sessions this flow run made (found by its label):
     their Jobs and PVCs deleted, the target given back, unfinished Snapshots and the BackupSession Failed."""
     from stashflow.tasks import objects

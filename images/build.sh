@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build the images of stashflow's own Functions (images/<name>/Containerfile, versions pinned in
-# images/versions.txt) with the first container builder found: docker, podman or buildah.
+# images/versions.txt) with the first container builder found: docker, podman or buildah; and the
+# stashflow image itself (images/stashflow: this checkout's wheel), which the in-cluster worker runs.
 #
 #   bash images/build.sh                 # every image and tag
 #   bash images/build.sh postgres-executor
@@ -41,6 +42,9 @@ while read -r name tag base restic; do
   if [ "$#" -gt 0 ] && [[ " $* " != *" $name "* ]]; then continue; fi
   image="$registry/$name:$tag"
   cp "$here/$name/Containerfile" "$context/Containerfile"
+  if [ "$name" = stashflow ] && ! ls "$context"/stashflow-*.whl >/dev/null 2>&1; then
+    python3 -m pip wheel --quiet --no-deps --wheel-dir "$context" "$here/.."  # this checkout's stashflow
+  fi
   say "$builder: $image (base $base, restic $restic)"
   if [ "$builder" = buildah ]; then
     buildah bud --build-arg "BASE_VERSION=$base" --build-arg "RESTIC_VERSION=$restic" -t "$image" -f "$context/Containerfile" "$context"

@@ -313,6 +313,9 @@ class _Tracked:
     bound: bool = False
     terminal: bool = False
     finishing: bool = False
+    # this Pod's container logs: logs are found by (namespace, name, container), and a StatefulSet's new
+    # Pod has its predecessor's name, so forgetting the old one must not take the new one's logs
+    logs: list[ContainerLog] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------------- the agent
@@ -693,7 +696,9 @@ class NodeAgent:
         if tr is None:
             return
         for key in [k for k in self._logs if k[0] == tr.namespace and k[1] == tr.name]:
-            del self._logs[key]
+            self._logs[key] = [cl for cl in self._logs[key] if not any(cl is mine for mine in tr.logs)]
+            if not self._logs[key]:
+                del self._logs[key]
         shutil.rmtree(self.state_dir / "pods" / uid, ignore_errors=True)
 
     async def _finish_deletion(self, tr: _Tracked, pod: Pod) -> None:
@@ -726,7 +731,7 @@ class NodeAgent:
                     tr.name, tr.namespace, grace_period_seconds=0,
                     body={"preconditions": {"uid": tr.uid}, "gracePeriodSeconds": 0}, _request_timeout=30))
         for key, attempts in self._logs.items():
-            if key[0] == tr.namespace and key[1] == tr.name:
+            if key[0] == tr.namespace and key[1] == tr.name and any(attempts[-1] is mine for mine in tr.logs):
                 attempts[-1].close()
 
     async def _stop_containers(self, tr: _Tracked, grace: float) -> dict[str, int]:
@@ -864,6 +869,7 @@ class NodeAgent:
     def _new_log(self, tr: _Tracked, container: str) -> ContainerLog:
         cl = ContainerLog()
         self._logs.setdefault((tr.namespace, tr.name, container), []).append(cl)
+        tr.logs.append(cl)
         return cl
 
     async def _script_pod(self, tr: _Tracked, pod: Pod, o: Outcome, rec: PodRecord) -> None:

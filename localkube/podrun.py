@@ -175,6 +175,9 @@ def main(spec_path: str) -> None:
             os.setgid(int(gid))
             if spec.get("uid") is not None:
                 os.setuid(int(spec["uid"]))
+            # a change of credentials clears the parent-death signal that `unshare --kill-child` set:
+            # without it again, killing unshare would leave this Pod's processes running
+            _kill_with_parent()
         argv = spec["argv"]
         if not argv:
             raise RuntimeError("container has no command: the image's entrypoint is unknown here; set command")
@@ -184,6 +187,13 @@ def main(spec_path: str) -> None:
         os.write(err_fd, msg.encode())
         print(f"localkube podrun: failed to start container: {msg}", file=sys.stderr, flush=True)
         os._exit(START_ERROR_EXIT)
+
+
+def _kill_with_parent() -> None:
+    """SIGKILL this process when its parent (unshare) dies, as ``--kill-child`` arranged before."""
+    PR_SET_PDEATHSIG = 1
+    if _libc.prctl(PR_SET_PDEATHSIG, 9, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
 
 
 if __name__ == "__main__":

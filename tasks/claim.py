@@ -89,7 +89,9 @@ def _lease_body(plan: Claimant, holder: str) -> client.V1Lease:
         metadata=client.V1ObjectMeta(name=lease_name(plan), namespace=plan.namespace, labels=dict(plan.labels),
                                      annotations={HOLDER_ANNOTATION: plan.job,
                                                   LABEL_PREFIX + "target": str(plan.target)}),
-        spec=client.V1LeaseSpec(holder_identity=holder, acquire_time=now, renew_time=now,
+        # The stub wants datetimes; the client sends a str as is, and a datetime's isoformat() drops
+        # zero microseconds, which the API's MicroTime refuses.
+        spec=client.V1LeaseSpec(holder_identity=holder, acquire_time=now, renew_time=now,  # type: ignore[arg-type]
                                 lease_duration_seconds=GRACE_SECONDS))
 
 
@@ -230,7 +232,7 @@ async def fail_orphans(kube: Kube, plan: Claimant) -> list[str]:
     no run behind it any more: mark it Failed, saying so. Returns their names."""
     selector = (f"app.kubernetes.io/managed-by={MANAGED_BY},kubestash.com/app-ref-kind={label_value(plan.target.kind)},"
                 f"kubestash.com/app-ref-name={label_value(plan.target.name)}")
-    failed = []
+    failed: list[str] = []
     try:
         snapshots = await resources.list_snapshots(kube, plan.namespace, selector)
     except NotFound:  # no Snapshot CRD yet (the first backup installs it): no Snapshot, no orphan

@@ -24,7 +24,7 @@ from stashflow.addons.hooks import HookPlan
 
 from .kube import Kube, current, to_dict
 
-STEP = dict(persist_result=False)
+STEP: dict[str, Any] = dict(persist_result=False)
 OUTPUT_TAIL = 2000  # characters of a failed hook's output kept in its error
 
 
@@ -56,9 +56,11 @@ async def exec_in(kube: Kube, namespace: str, pod: str, container: str | None, c
         kwargs: dict[str, Any] = {"container": container} if container else {}
         output: list[str] = []
         code = -1
-        async with await core.connect_get_namespaced_pod_exec(
-                pod, namespace, command=command, stdout=True, stderr=True, stdin=False, tty=False,
-                _preload_content=False, **kwargs) as ws:
+        # The stub says str and command: str; through WsApiClient it returns the WebSocket, and a list
+        # command is sent as one query parameter per word.
+        async with await core.connect_get_namespaced_pod_exec(  # type: ignore[attr-defined]
+                pod, namespace, command=command,  # type: ignore[arg-type]
+                stdout=True, stderr=True, stdin=False, tty=False, _preload_content=False, **kwargs) as ws:
             async for message in ws:
                 if message.type != aiohttp.WSMsgType.BINARY or not message.data:
                     continue

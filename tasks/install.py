@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from stashflow.addons.crd import KINDS
 from stashflow.addons.errors import Conflict
@@ -14,13 +14,14 @@ from .objects import ensure_crds
 
 async def _apply(kube: Kube, obj: dict[str, Any]) -> str:
     kind, ns, name = obj["kind"], obj["metadata"].get("namespace"), obj["metadata"]["name"]
-    create, replace = {
+    calls: dict[str, tuple[Callable[..., Awaitable[Any]], Callable[..., Awaitable[Any]] | None]] = {
         "ServiceAccount": (kube.core.create_namespaced_service_account, None),
         "Role": (kube.rbac.create_namespaced_role, kube.rbac.replace_namespaced_role),
         "RoleBinding": (kube.rbac.create_namespaced_role_binding, kube.rbac.replace_namespaced_role_binding),
         "ClusterRole": (kube.rbac.create_cluster_role, kube.rbac.replace_cluster_role),
         "ClusterRoleBinding": (kube.rbac.create_cluster_role_binding, kube.rbac.replace_cluster_role_binding),
-    }[kind]
+    }
+    create, replace = calls[kind]
     scope = (ns,) if ns else ()
     try:
         await kube.call(f"create {kind} {name}", create, *scope, obj)

@@ -52,6 +52,7 @@ async def _create(kube: Kube, obj: dict[str, Any]) -> Any:
 
 async def read(kube: Kube, kind: str, namespace: str, name: str) -> dict[str, Any]:
     what = f"read {kind} {namespace}/{name}"
+    found: Any  # a client model, or a dict for a custom object
     if kind == "Job":
         found = await kube.call(what, kube.batch.read_namespaced_job, name, namespace)
     elif kind == "PersistentVolumeClaim":
@@ -145,7 +146,7 @@ async def ensure_snapshot_crd(kube: Kube, timeout: float = 30.0) -> str:
 
 async def snapshot_schema(kube: Kube) -> str:
     """Whose Snapshot CRD the cluster has: ``"stashflow"``, ``"kubestash"`` or ``"unknown"`` (no read access)."""
-    found = kube.seen.get(f"crd/{crd.CRD_NAME}")  # read by this run's provision step already
+    found: Any = kube.seen.get(f"crd/{crd.CRD_NAME}")  # read by this run's provision step already
     if found is None:
         try:
             found = await kube.call("read CRD", kube.extensions.read_custom_resource_definition, crd.CRD_NAME)
@@ -165,9 +166,9 @@ async def delete_run_objects(kube: Kube, namespace: str, label_selector: str, *,
                 await kube.call(f"delete Job {namespace}/{job.metadata.name}", kube.batch.delete_namespaced_job,
                                 job.metadata.name, namespace, propagation_policy="Foreground")
                 deleted.append(f"Job/{job.metadata.name}")
-    found = await kube.call("list PVCs", kube.core.list_namespaced_persistent_volume_claim, namespace,
-                            label_selector=label_selector)
-    for pvc in found.items:
+    claims = await kube.call("list PVCs", kube.core.list_namespaced_persistent_volume_claim, namespace,
+                             label_selector=label_selector)
+    for pvc in claims.items:
         with contextlib.suppress(NotFound):
             await kube.call(f"delete PVC {namespace}/{pvc.metadata.name}",
                             kube.core.delete_namespaced_persistent_volume_claim, pvc.metadata.name, namespace)

@@ -1,5 +1,10 @@
 """Applying a RetentionPolicy after a backup: Snapshots that fall out are deleted, and for
-restic repositories stashflow manages, their data too, by a Job like the backup's own."""
+restic repositories stashflow manages, their data too, by a Job like the backup's own.
+
+A repository a KubeStash executor wrote is restic too, in the layout its Snapshots' component paths
+name: its data is forgotten the same way, per repository, by stashflow's own restic image
+(``contract.RESTIC_IMAGE``) in the backup's pod (storage volume, restic's environment), never by the
+upstream image, which takes only its own flags."""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from typing import Any, Callable
 
 from prefect import get_run_logger, task
 
+from stashflow.addons.contract import RESTIC_IMAGE, contract_of
 from stashflow.addons.errors import NotFound, RunError
 from stashflow.addons.model import RetentionPolicy
 from stashflow.addons.render import ExecutionPlan
@@ -29,10 +35,24 @@ def items_of(snapshots: list[dict[str, Any]]) -> list[Item]:
             for s in snapshots]
 
 
+def kubestash_written(plan: ExecutionPlan) -> bool:
+    """The backup's Function is a KubeStash executor with a restic repository stashflow can reach."""
+    env = plan.job["spec"]["template"]["spec"]["containers"][0].get("env", [])
+    return plan.kind == "backup" and contract_of(plan.resolved.function) == "kubestash" and any(
+        e.get("name") == "RESTIC_REPOSITORY" for e in env)
+
+
+def manages_data(plan: ExecutionPlan) -> bool:
+    """Whether retention deletes the restic data of the Snapshots that fall out, not only the objects."""
+    return wants_init(plan) or kubestash_written(plan)
+
+
 def forget_job(plan: ExecutionPlan, component_path: str, ids: list[str]) -> dict[str, Any]:
     """The backup Job's pod running ``restic forget --prune`` on one component repository."""
     # ids and paths come from Snapshot objects: data, escaped against Kubernetes' $(VAR) expansion
     container = restic_container(plan, "restic-forget", ["forget", "--prune", *map(kube_escape, ids)])
+    if kubestash_written(plan):  # stashflow's own restic, not the executor's image
+        container["image"] = RESTIC_IMAGE
     own_path = kube_escape(plan.snapshot["status"]["components"][plan.component]["path"] if plan.snapshot else "")
     for env in container.get("env", []):
         if env.get("name") == "RESTIC_REPOSITORY" and own_path and env["value"].endswith(own_path):
@@ -60,7 +80,7 @@ async def apply_retention(plan: ExecutionPlan, policy: dict[str, Any]) -> dict[s
     snapshots = await resources.list_snapshots(kube, plan.namespace, f"kubestash.com/repo-name={plan.repository}")
     decision: Decision = apply(retention, items_of(snapshots), datetime.now(timezone.utc))
     by_name = {s["metadata"]["name"]: s for s in snapshots}
-    if decision.delete and wants_init(plan):  # stashflow manages this restic repository: delete the data too
+    if decision.delete and manages_data(plan):  # a restic repository stashflow reaches: delete the data too
         ids_by_path: dict[str, list[str]] = {}
         for name in decision.delete:
             for component in ((by_name[name].get("status") or {}).get("components") or {}).values():

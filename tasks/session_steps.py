@@ -127,7 +127,7 @@ async def finish_snapshots(namespace: str, expected: dict[str, dict[str, str]]) 
     no task wrote is Failed with that reason; phase, size, integrity, totalComponents, conditions."""
     kube, logger = current(), get_run_logger()
     now = datetime.now(timezone.utc)
-    done = {}
+    done: dict[str, dict[str, Any]] = {}
     for name, components in expected.items():
         try:
             snap = await resources.read(kube, "Snapshot", namespace, name)

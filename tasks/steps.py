@@ -33,6 +33,7 @@ from stashflow.addons.render import (
     render_plan,
 )
 from stashflow.addons.resolve import Value
+from stashflow.addons.restore_source import ANN_DIRECTORY, ANN_SECRET, ANN_STORAGE, ANN_STORAGE_OBJECT
 
 from stashflow.addons.workloads import ANNOTATION as WORKLOAD_ANNOTATION
 
@@ -46,13 +47,7 @@ from .results import aggregate, component_from_restic, failure_condition, from_t
     nested_restic_stats, now_rfc3339, restic_snapshot_id, restic_summary
 from .wait import JobOutcome, JobWaiter
 
-STEP = dict(cache_policy=NO_CACHE, persist_result=False)
-
-#: Annotations on a Snapshot that say where its data is, so a restore needs only its name.
-ANN_STORAGE = LABEL_PREFIX + "storage"
-ANN_DIRECTORY = LABEL_PREFIX + "directory"
-ANN_SECRET = LABEL_PREFIX + "encryption-secret"
-ANN_STORAGE_OBJECT = LABEL_PREFIX + "storage-object"  # the BackupStorage as JSON (Secret names only, no secrets)
+STEP: dict[str, Any] = dict(cache_policy=NO_CACHE, persist_result=False)
 
 
 @dataclass
@@ -243,14 +238,14 @@ async def provision_volumes(plan: ExecutionPlan) -> list[str]:
 async def launch_job(plan: ExecutionPlan, pvcs: list[str]) -> dict[str, Any]:
     """Record the Snapshot as Pending, then create (or adopt) the Job; the Job owns the PVCs."""
     kube, logger = current(), get_run_logger()
-    if plan.snapshot is not None and plan.within_session:
+    if plan.snapshot_name is not None and plan.within_session:
         try:  # the session made it before any Job: this run only writes its component into it
             await resources.read(kube, "Snapshot", plan.namespace, plan.snapshot_name)
         except NotFound:
             raise RunError(f"the session's Snapshot {plan.snapshot_name} is not in namespace {plan.namespace}",
                            code="snapshot-not-found", hint="a task within a session runs from its session's flow, "
                                                            "which creates the Snapshot first") from None
-    elif plan.snapshot is not None:
+    elif plan.snapshot is not None and plan.snapshot_name is not None:  # render sets both or neither
         snapshot, adopted = await resources.create_or_adopt(kube, plan.snapshot)
         if not adopted or not (snapshot.get("status") or {}).get("phase"):
             await resources.patch_snapshot_status(kube, plan.namespace, plan.snapshot_name, plan.snapshot["status"])
@@ -343,7 +338,7 @@ async def record_snapshot(plan: ExecutionPlan, outcome: JobOutcome, started: flo
     kube, logger = current(), get_run_logger()
     summary: dict[str, Any] = {"job": plan.job_name, "phase": "Succeeded" if outcome.succeeded else "Failed",
                                "namespace": plan.namespace, "target": str(plan.target)}
-    if plan.snapshot is None:
+    if plan.snapshot is None or plan.snapshot_name is None:  # render sets both or neither
         return summary
     async def recreated() -> dict[str, Any]:
         if plan.within_session:

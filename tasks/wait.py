@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
+import aiohttp
+
 from stashflow.addons.errors import ClusterError
 
 from .diagnose import Category, Diagnosis, diagnose, job_phase, pod_problem
@@ -195,7 +197,9 @@ class JobWaiter:
         for attempt in range(5):
             try:
                 self.kube.requests += 1
-                response = await self.kube.core.read_namespaced_pod_log(
+                # The stub says str; with _preload_content=False the client returns aiohttp's response.
+                response: aiohttp.ClientResponse
+                response = await self.kube.core.read_namespaced_pod_log(  # type: ignore[assignment]
                     pod, self.namespace, container=container, follow=True, _preload_content=False)
                 try:
                     async for raw in response.content:

@@ -60,6 +60,15 @@ def test_every_upstream_executor_function_speaks_kubestash_and_builtins_speak_st
     assert {contract_of(f) for f in builtin.functions.values()} == {"stashflow"}
 
 
+def test_the_restic_image_for_kubestash_written_repositories_is_the_builtin_pvc_functions() -> None:
+    """Retention forgets a KubeStash executor's restic data with stashflow's own restic image (tasks/retention.py):
+    the one the built-in stashflow-pvc Functions run, so the two cannot drift apart."""
+    from stashflow.addons.contract import RESTIC_IMAGE
+
+    builtin = load([BUILTIN_CATALOG])
+    assert {builtin.functions[n].spec.image for n in ("stashflow-pvc-backup", "stashflow-pvc-restore")} == {RESTIC_IMAGE}
+
+
 SUCCEEDED = {"phase": "Succeeded", "driver": "Restic", "duration": "2.1s", "integrity": True, "size": "1.134 MiB",
              "path": "repository/v1/frequent/dump",
              "resticStats": [{"summary": {"id": "abc", "hostPath": "/kubestash-data", "size": "4 MiB"}}]}

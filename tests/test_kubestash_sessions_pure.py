@@ -47,10 +47,10 @@ def test_repositories_on_two_local_storages_are_unsupported_for_one_executor_job
 
 
 @pytest.mark.skipif(not HAVE_SHARED, reason=NEEDS_SHARED_REASON)
-def test_a_restoresession_of_kubestash_executors_runs_as_one_restore_session(tmp_path: Path) -> None:
+def test_a_restoresession_becomes_the_restore_session_flows_parameters(tmp_path: Path) -> None:
     from stashflow.addons.catalog import Catalog
     from stashflow.addons.model import RestoreSession
-    from stashflow.flows.restore import restore_session_parameters, speaks_kubestash
+    from stashflow.flows.restore import restore_session_parameters
 
     f = tmp_path / "rs.yaml"
     f.write_text("apiVersion: core.kubestash.com/v1alpha1\nkind: RestoreSession\nmetadata: {name: r, namespace: demo}\n"
@@ -60,7 +60,6 @@ def test_a_restoresession_of_kubestash_executors_runs_as_one_restore_session(tmp
                  "  addon: {name: pvc-addon, tasks: [{name: logical-backup-restore}]}\n")
     catalog = Catalog().add_paths([str(UPSTREAM_CATALOG), str(f)])
     (session,) = catalog.of_kind(RestoreSession)
-    assert speaks_kubestash(catalog, session)
     p = restore_session_parameters(catalog, session)
     assert (p["name"], p["namespace"], p["target"], p["addon"]) == ("r", "demo", "PersistentVolumeClaim/restored",
                                                                     "pvc-addon")

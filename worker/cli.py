@@ -17,7 +17,7 @@ import sys
 import threading
 from typing import Any
 
-SIGNAL_NAMES = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT"}
+SIGNAL_NAMES: dict[int, str] = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT"}
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

@@ -61,7 +61,7 @@ def _install_intent_lookup() -> None:
                 return "cancel"
             return process_wide()
 
-        flow_engine._termination_intent = per_run_intent  # type: ignore[assignment]
+        flow_engine._termination_intent = per_run_intent
         _patched = True
 
 

@@ -28,7 +28,7 @@ import os
 import socket
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 from uuid import UUID
 
 import anyio
@@ -47,6 +47,9 @@ from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker
 from stashflow.flows import addon_flows
 
 from .inprocess import RunControl, run_flow_run
+
+if TYPE_CHECKING:
+    from prefect.client.schemas.responses import WorkerFlowRunResponse
 
 ADDON_FLOWS = f"{addon_flows.__name__}:"
 
@@ -248,14 +251,19 @@ class StashflowWorker(BaseWorker[StashflowJobConfiguration, StashflowWorkerVaria
         worker always observes the Cancelling events of its pool (websocket, polling as fallback)."""
         if self._cancelling_observer is not None or self._work_pool is None:
             return
-        self._cancelling_observer = await self._exit_stack.enter_async_context(FlowRunCancellingObserver(
-            on_cancelling=lambda flow_run_id: self._runs_task_group.start_soon(self._cancel_run, flow_run_id),
+        def on_cancelling(flow_run_id: UUID) -> None:
+            assert self._runs_task_group is not None  # set while the worker runs
+            self._runs_task_group.start_soon(self._cancel_run, flow_run_id)
+
+        observer: FlowRunCancellingObserver = await self._exit_stack.enter_async_context(FlowRunCancellingObserver(
+            on_cancelling=on_cancelling,
             polling_interval=min(get_current_settings().worker.cancellation_poll_seconds, 30),
             event_filter=EventFilter(event=EventNameFilter(name=["prefect.flow-run.Cancelling"]),
                                      any_resource=EventAnyResourceFilter(id=[f"prefect.work-pool.{self._work_pool.id}"])),
         ))
+        self._cancelling_observer = observer
         for flow_run_id in self._running:
-            self._cancelling_observer.add_in_flight_flow_run_id(flow_run_id)
+            observer.add_in_flight_flow_run_id(flow_run_id)
 
     async def _cancel_run(self, flow_run_id: UUID) -> None:
         """The cancellation observer saw Cancelling: a run of this process is cancelled here; one
@@ -275,7 +283,7 @@ class StashflowWorker(BaseWorker[StashflowJobConfiguration, StashflowWorkerVaria
         if flow_run.id in self._running and self._cancelling_observer is not None:
             self._cancelling_observer.add_in_flight_flow_run_id(flow_run.id)
 
-    async def _submit_scheduled_flow_runs(self, flow_run_response):  # type: ignore[no-untyped-def]
+    async def _submit_scheduled_flow_runs(self, flow_run_response: list[WorkerFlowRunResponse]) -> list[FlowRun]:
         if self._stopping:
             return []
         return await super()._submit_scheduled_flow_runs(flow_run_response)

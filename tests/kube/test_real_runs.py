@@ -195,3 +195,52 @@ def test_follow_a_real_process_and_deleting_its_pod_stops_it(kube_cluster: Clust
     pids = asyncio.run(body())
     assert not [p for p in pids if _alive(p)]
     assert node_agent.running_pids() == []
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and every process below it (Linux /proc)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            todo += [int(c) for t in Path(f"/proc/{p}/task").iterdir() for c in (t / "children").read_text().split()]
+        except OSError:
+            continue
+    return out
+
+
+def _uid(pid: int) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return None
+
+
+def test_a_pod_running_as_another_user_ends_with_its_pod(kube_cluster: Cluster, namespace: str,
+                                                         node_agent: NodeAgent) -> None:
+    """A change of user clears the parent-death signal that ``unshare --kill-child`` set; podrun sets it
+    again, else the container's processes would outlive the Pod (its PID 1 ignores SIGTERM)."""
+    node_agent.script("other-user", run())
+
+    async def body() -> list[int]:
+        async with kube_cluster.api_client() as api:
+            await create_job(api, namespace, real_job("other-user", "exec sleep 600", terminationGracePeriodSeconds=1,
+                                                      securityContext={"runAsUser": 65534, "runAsGroup": 65534}))
+            await wait_pod(api, namespace, "other-user", lambda p: p.status.phase == "Running", what="Running")
+
+            async def as_nobody() -> list[int] | None:  # the container's command runs, as user 65534
+                found = [p for pid in node_agent.running_pids() for p in _tree(pid)]
+                return found if any(_uid(p) == 65534 for p in found) else None
+            processes = await wait_until(as_nobody, 30, what="the container's process as user 65534")
+            await client.BatchV1Api(api).delete_namespaced_job("other-user", namespace, propagation_policy="Background")
+
+            async def gone() -> bool:
+                return not await job_pods(api, namespace, "other-user")
+            await wait_until(gone, 60, what="the pod to be deleted")
+            return processes
+    processes = asyncio.run(body())
+
+    async def ended() -> bool | None:
+        return not [p for p in processes if _alive(p)] or None
+    asyncio.run(wait_until(ended, 30, what="every process of the Pod to end"))

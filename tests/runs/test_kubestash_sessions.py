@@ -129,6 +129,87 @@ def test_upstream_pvc_addon_through_the_session_flow(kube_cluster, namespace, no
     assert rs["status"]["phase"] == "Succeeded" and rs["status"]["components"]["dump"]["phase"] == "Succeeded"
 
 
+def test_retention_forgets_the_restic_data_an_upstream_executor_wrote(kube_cluster, namespace, node_agent, prefect_api,
+                                                                     host_tmp, restic) -> None:
+    """A repository written by a KubeStash executor is restic too: retention forgets the data of the Snapshots
+    that fall out with stashflow's own restic (the upstream image takes only its own flags), per repository."""
+    import json
+    import os
+    import subprocess
+
+    from .observe import eventually
+
+    node_agent.default = run_for_real()
+    _setup(kube_cluster, namespace)
+    keep_one = {"retention_policy": "keep-last", "retention": {"successfulSnapshots": {"last": 1}}}
+    names = ["data-backup-frequent-1700000000", "data-backup-frequent-1700000100"]
+    for name in names:
+        params = pvc_session(kube_cluster, namespace, host_tmp / "store", ["repo"], name)
+        params["repositories"][0].update(keep_one)
+        state = run_session(**params)
+        assert state.is_completed(), state.message
+    assert [s["metadata"]["name"] for s in snapshots(kube_cluster, namespace)] == [f"repo-{names[1]}"]
+    bs = custom(kube_cluster, "backupsessions", "core.kubestash.com", namespace, names[1])
+    assert [(r["repository"], r["phase"]) for r in bs["status"]["retentionPolicy"]] == [("repo", "Applied")]
+    listed = subprocess.run([restic, "-r", str(host_tmp / "store" / "demo" / "repo" / "repository" / "v1" / "frequent"
+                                               / "dump"), "snapshots", "--json", "--no-lock"],
+                            env={**os.environ, "RESTIC_PASSWORD": "upstream pw"}, capture_output=True, text=True,
+                            check=True)
+    (only,) = json.loads(listed.stdout)  # the first session's restic snapshot is gone
+    kept = custom(kube_cluster, "snapshots", "storage.kubestash.com", namespace, f"repo-{names[1]}")
+    assert only["id"].startswith(kept["status"]["components"]["dump"]["resticStats"][0]["summary"]["id"])
+    eventually(lambda: not jobs(kube_cluster, namespace, "stashflow.io/role=retention"))  # its Job removed
+
+
+def test_upstream_workload_addon_as_a_plan_with_hooks(kube_cluster, namespace, node_agent, prefect_api, host_tmp,
+                                                      restic) -> None:
+    """The upstream workload-addon through backup-session (its executor gets the workload's volume by the plan's
+    jobTemplate, as KubeStash copies it from the target) with preBackup/postBackup hooks around the KubeStash
+    task: status.hooks as for stashflow's own tasks; then back byte-identical through restore-session."""
+    import socket
+
+    from stashflow.flows.restore_sessions import restore_session
+
+    node_agent.default = run_for_real()
+    data, restored = _setup(kube_cluster, namespace)
+    before = tree(data)
+
+    def mounted(claim: str) -> dict[str, Any]:
+        return {"jobTemplate": {"spec": {"volumes": [{"name": "app-data", "persistentVolumeClaim": {"claimName": claim}}],
+                                         "volumeMounts": [{"name": "app-data", "mountPath": "/var/app"}]}}}
+
+    app = socket.create_server(("127.0.0.1", 0))
+    port = app.getsockname()[1]
+    template = {"apiVersion": "core.kubestash.com/v1alpha1", "kind": "HookTemplate", "metadata": {"name": "app-port"},
+                "spec": {"action": {"tcpSocket": {"host": "127.0.0.1", "port": port}}, "executor": {"type": "Operator"}}}
+    name = "app-backup-daily-1700000000"
+    params = pvc_session(kube_cluster, namespace, host_tmp / "store", ["repo"], name)
+    params.update(configuration="app-backup", session="daily", target="Deployment.apps/app", addon="workload-addon",
+                  tasks=[{"name": "logical-backup", "params": {"paths": "/var/app"}}],
+                  hooks=[{"phase": phase, "hook": {"name": hook, "hookTemplate": {"name": "app-port"}},
+                          "template": template} for phase, hook in (("preBackup", "quiesce"), ("postBackup", "resume"))],
+                  advanced={"backup_session": name, "addon": mounted("data")})
+    with app:
+        state = run_session(**params)
+    assert state.is_completed(), state.message
+    bs = custom(kube_cluster, "backupsessions", "core.kubestash.com", namespace, name)
+    assert bs["status"]["phase"] == "Succeeded"
+    assert bs["status"]["hooks"] == {"preHooks": [{"name": "quiesce", "phase": "Succeeded"}],
+                                     "postHooks": [{"name": "resume", "phase": "Succeeded"}]}
+    (snap,) = snapshots(kube_cluster, namespace)
+    comp = snap["status"]["components"]["dump"]
+    assert snap["status"]["phase"] == "Succeeded" and comp["resticStats"][0]["summary"]["hostPath"] == "/var/app"
+
+    done = asyncio.run(restore_session(
+        name="restore-app", namespace=namespace, target="Deployment.apps/app", addon="workload-addon",
+        tasks=[{"name": "logical-backup-restore"}], addon_settings=mounted("restored"),
+        data_source={"repository": "repo", "snapshot": "latest", "encryption_secret": "pw"},
+        cluster={"kubeconfig": str(kube_cluster.kubeconfig)}, return_state=True))
+    assert done.is_completed(), done.message
+    assert tree(restored) == before
+    assert not leases(kube_cluster, namespace)
+
+
 def test_a_failed_component_fails_the_session_though_the_executor_exits_0(kube_cluster, namespace, node_agent,
                                                                           prefect_api, host_tmp, restic) -> None:
     node_agent.default = run_for_real()

@@ -139,7 +139,13 @@ def test_second_backup_needs_no_init_and_retention_forgets_the_first(kube_cluste
 
 def test_a_restoresession_file_restores_latest(kube_cluster, namespace, node_agent, prefect_env, host_tmp,
                                                 restic, tmp_path) -> None:
-    """KubeStash's own restore request, run by `stashflow restore`."""
+    """KubeStash's own restore request, run by `stashflow restore` as one restore-session (stashflow's own
+    Function too): the RestoreSession object with its component, its preRestore/postRestore hooks; a failed
+    preRestore hook is a coded line and exit 1, and no restore Job is made."""
+    import socket
+
+    from .test_sessions import custom, leases
+
     node_agent.default = run_for_real()
 
     async def setup(c: client.ApiClient) -> tuple[Path, Path]:
@@ -161,19 +167,59 @@ def test_a_restoresession_file_restores_latest(kube_cluster, namespace, node_age
          "--catalog", "addons/catalog", "--catalog", str(_write(tmp_path / "storage.yaml", storage)), "--storage", "s"],
         env=prefect_env, capture_output=True, text=True, timeout=300)
     assert backup.returncode == 0, backup.stderr[-3000:]
-    session = tmp_path / "restore.yaml"
-    session.write_text(
-        "apiVersion: core.kubestash.com/v1alpha1\nkind: RestoreSession\n"
-        f"metadata: {{name: put-it-back, namespace: {namespace}}}\n"
-        "spec:\n  target: {kind: PersistentVolumeClaim, name: restored}\n"
-        "  dataSource: {repository: data, snapshot: latest, encryptionSecret: {name: pw}}\n"
-        "  restoreTimeout: 10m\n  addon:\n    name: stashflow-pvc\n    tasks:\n    - name: logical-backup-restore\n")
-    done = subprocess.run([str(Path(sys.executable).parent / "stashflow"), "restore", str(session),
-                           "--kubeconfig", str(kube_cluster.kubeconfig)], env=prefect_env, capture_output=True,
-                          text=True, timeout=300)
+    app = socket.create_server(("127.0.0.1", 0))  # what the hooks check: a port that is open, then one that is not
+    closed = socket.create_server(("127.0.0.1", 0))
+    closed_port = closed.getsockname()[1]
+    closed.close()
+
+    def session_file(name: str, port: int) -> Path:
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(
+            "apiVersion: core.kubestash.com/v1alpha1\nkind: HookTemplate\n"
+            f"metadata: {{name: app-{name}, namespace: {namespace}}}\n"
+            f"spec: {{action: {{tcpSocket: {{host: 127.0.0.1, port: {port}}}}}, executor: {{type: Operator}}}}\n---\n"
+            "apiVersion: core.kubestash.com/v1alpha1\nkind: RestoreSession\n"
+            f"metadata: {{name: {name}, namespace: {namespace}}}\n"
+            "spec:\n  target: {kind: PersistentVolumeClaim, name: restored}\n"
+            "  dataSource: {repository: data, snapshot: latest, encryptionSecret: {name: pw}}\n"
+            "  restoreTimeout: 10m\n  addon:\n    name: stashflow-pvc\n    tasks:\n    - name: logical-backup-restore\n"
+            f"  hooks:\n    preRestore: [{{name: app-up, hookTemplate: {{name: app-{name}}}}}]\n"
+            f"    postRestore: [{{name: app-check, hookTemplate: {{name: app-{name}}}, executionPolicy: OnSuccess}}]\n")
+        return path
+
+    def restore(path: Path) -> subprocess.CompletedProcess:
+        return subprocess.run([str(Path(sys.executable).parent / "stashflow"), "restore", str(path),
+                               "--kubeconfig", str(kube_cluster.kubeconfig)], env=prefect_env, capture_output=True,
+                              text=True, timeout=300)
+
+    with app:
+        done = restore(session_file("put-it-back", app.getsockname()[1]))
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "restored PersistentVolumeClaim/restored" in done.stdout
+    assert f"restored PersistentVolumeClaim/restored in {namespace} with stashflow-pvc/logical-backup-restore " \
+           "from latest of data" in done.stdout
+    assert f"with RestoreSession put-it-back from data-" in done.stdout  # latest, resolved to a name
     assert tree(restored) == tree(data)
+    rs = custom(kube_cluster, "restoresessions", "core.kubestash.com", namespace, "put-it-back")
+    assert rs["spec"]["dataSource"]["snapshot"].startswith("data-")  # a name, never latest
+    status = rs["status"]
+    assert status["phase"] == "Succeeded" and status["totalComponents"] == 1
+    assert status["components"]["dump"]["phase"] == "Succeeded"
+    assert status["hooks"] == {"preHooks": [{"name": "app-up", "phase": "Succeeded"}],
+                               "postHooks": [{"name": "app-check", "phase": "Succeeded"}]}
+    assert not leases(kube_cluster, namespace)
+
+    made = {j.metadata.name for j in jobs(kube_cluster, namespace)}
+    failed = restore(session_file("app-down", closed_port))
+    assert failed.returncode == 1, failed.stdout
+    line = failed.stderr.strip().splitlines()[-1]
+    assert "hook-failed" in line and "the restore was skipped" in line and "Traceback" not in failed.stderr
+    assert "restored" not in failed.stdout
+    assert {j.metadata.name for j in jobs(kube_cluster, namespace)} == made  # no restore Job
+    rs = custom(kube_cluster, "restoresessions", "core.kubestash.com", namespace, "app-down")
+    assert rs["status"]["phase"] == "Failed"
+    assert rs["status"]["components"]["dump"]["phase"] == "Failed"
+    assert rs["status"]["hooks"]["preHooks"][0]["phase"] == "Failed"
+    assert not leases(kube_cluster, namespace)
 
 
 def _write(path: Path, obj: dict) -> Path:
