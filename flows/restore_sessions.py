@@ -225,7 +225,7 @@ async def _prepare_kubestash(params: RestoreParameters, component: str) -> None:
                        code="unknown-object", hint="fill what is named before the restore runs")
 
 
-async def cleanup_hook(flow_: Any, flow_run: Any, state: Any) -> None:
+async def cleanup_hook(flow: Any, flow_run: Any, state: Any) -> None:
     """``on_cancellation`` / ``on_crashed`` (SIGTERM to ``stashflow restore``, a cancel in the UI): the
     RestoreSessions this flow run made (found by its label) end Failed with the reason, their unfinished
     components too; their Jobs, PVCs and claim are removed (the restore tasks' own hooks remove theirs)."""

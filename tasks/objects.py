@@ -97,7 +97,7 @@ async def ensure_crd(kube: Kube, kind: str, timeout: float = 30.0) -> str:
     """Install stashflow's CRD of ``kind`` when the cluster has none: ``"present"``, ``"installed"``,
     or ``"unknown"`` when this identity may not read CRDs (then `stashflow install` did it)."""
     name = KINDS[kind].crd_name
-    key = (kube.api.configuration.host, name)
+    key = (kube.api.configuration.host or "", name)
     known = _present.get(key)
     if known is not None and time.monotonic() - known[0] < CRD_TTL:
         kube.seen[f"crd/{name}"] = known[1]

@@ -340,6 +340,8 @@ async def record_snapshot(plan: ExecutionPlan, outcome: JobOutcome, started: flo
                                "namespace": plan.namespace, "target": str(plan.target)}
     if plan.snapshot is None or plan.snapshot_name is None:  # render sets both or neither
         return summary
+    snapshot, snapshot_name = plan.snapshot, plan.snapshot_name
+
     async def recreated() -> dict[str, Any]:
         if plan.within_session:
             raise RunError(f"the session's Snapshot {plan.snapshot_name} was deleted during the run",
@@ -347,14 +349,14 @@ async def record_snapshot(plan: ExecutionPlan, outcome: JobOutcome, started: flo
         # deleted while the run went on: the data is in the repository, so record it again
         logger.warning("Snapshot %s was deleted during the run; creating it again", plan.snapshot_name)
         summary["recreated"] = True
-        return (await resources.create_or_adopt(kube, plan.snapshot))[0]
+        return (await resources.create_or_adopt(kube, snapshot))[0]
 
     async def write(status: dict[str, Any]) -> None:
         try:
-            await resources.patch_snapshot_status(kube, plan.namespace, plan.snapshot_name, status)
+            await resources.patch_snapshot_status(kube, plan.namespace, snapshot_name, status)
         except NotFound:
             await recreated()
-            await resources.patch_snapshot_status(kube, plan.namespace, plan.snapshot_name, status)
+            await resources.patch_snapshot_status(kube, plan.namespace, snapshot_name, status)
 
     # this run wrote the Snapshot's status when it made it (provision-volumes) and, outside a session and
     # unless a KubeStash executor writes its components, nothing else writes it during the run: no need to
