@@ -215,12 +215,13 @@ def main() -> int:
         storage = {"apiVersion": "storage.kubestash.com/v1alpha1", "kind": "BackupStorage", "metadata": {"name": "s"},
                    "spec": {"storage": {"provider": "local", "local": {"mountPath": "/stashflow-repo",
                                                                         "hostPath": {"path": str(flow_repo)}}}}}
-        common = dict(namespace=namespace, kubeconfig=str(cluster.kubeconfig), host="127.0.0.1", port=str(server.port),
-                      authSecret="pg-auth", timeout="2h")
+        common = dict(namespace=namespace, cluster={"kubeconfig": str(cluster.kubeconfig)}, host="127.0.0.1",
+                      port=str(server.port), authSecret="pg-auth")
         with prefect_test_harness(server_startup_timeout=180):
             with Sampler(("flow-repo", "/stashflow-repo"), work, server.port) as flow_sample:
                 state, flow_s = timed(lambda: asyncio.run(flow_for("stashflow-postgres", "logical-backup")(
-                    target="Postgres.kubedb.com/pg", storage=storage, encryption_secret="restic-pw",
+                    target="Postgres.kubedb.com/pg", limits={"timeout": "2h"},
+                    repository={"storage": {"name": "s", "spec": storage["spec"]}, "encryption_secret": "restic-pw"},
                     return_state=True, **common)))
             assert state.is_completed(), state.message
             result = state.result()
@@ -246,8 +247,8 @@ def main() -> int:
             server.recreate()
             with Sampler(("flow-repo", "/stashflow-repo"), work, server.port) as flow_restore:
                 state, flow_r = timed(lambda: asyncio.run(flow_for("stashflow-postgres", "logical-backup-restore")(
-                    target="Postgres.kubedb.com/pg", snapshot="latest", repository="pg", return_state=True,
-                    **common)))
+                    target="Postgres.kubedb.com/pg", snapshot="latest", repository={"name": "pg"},
+                    limits={"timeout": "2h"}, return_state=True, **common)))
             assert state.is_completed(), state.message
             assert checksum(server) == rows_checksum_before
             report.append(f"{'restore':8} {'wall time':>12} {'pipeline':>10} {'peak memory':>12}   largest other file open")

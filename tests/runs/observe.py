@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
 import time
 from typing import Any, Callable
 
@@ -49,6 +51,17 @@ def eventually(check: Callable[[], Any], timeout: float = 60.0, interval: float 
         if time.monotonic() > end:
             raise AssertionError(f"not true within {timeout}s: {check.__doc__ or check}")
         time.sleep(interval)
+
+
+def sigterm_once_a_job_exists(proc: subprocess.Popen, cluster: Cluster, namespace: str) -> tuple[str, str]:
+    """As a user's Ctrl-C or a worker's stop: SIGTERM to the CLI once its run made a Job; its output."""
+    try:
+        eventually(lambda: jobs(cluster, namespace), timeout=120)
+        proc.send_signal(signal.SIGTERM)
+        return proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
 
 
 def nothing_left(cluster: Cluster, namespace: str) -> bool:

@@ -7,13 +7,12 @@ and SIGTERM a TerminationSignal traceback. The trace is still there with ``-v``.
 from __future__ import annotations
 
 import re
-import signal
 import subprocess
 
 from localkube.nodeagent import never_ends
 
 from .conftest import REPO
-from .observe import eventually, jobs, nothing_left
+from .observe import eventually, nothing_left, sigterm_once_a_job_exists
 
 STASHFLOW = str(REPO / ".venv" / "bin" / "stashflow")
 CODED = re.compile(r"^(?:<command line>:[1-9][0-9]*: )?([a-z][a-z-]*): ")
@@ -41,13 +40,7 @@ def test_sigterm_is_one_interrupted_line_and_leaves_nothing(kube_cluster, namesp
     node_agent.script({"stashflow.io/session": "data-t"}, never_ends())
     proc = subprocess.Popen(_run_args(kube_cluster, namespace, "--var", "backupSession=data-t"), env=prefect_env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        eventually(lambda: jobs(kube_cluster, namespace), timeout=120)
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=180)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    out, err = sigterm_once_a_job_exists(proc, kube_cluster, namespace)
     assert "Traceback" not in out + err, err[-3000:]
     last = err.strip().splitlines()[-1]
     assert last.startswith("<command line>:1: interrupted: stopped by SIGTERM"), err[-2000:]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ from kubernetes_asyncio import client
 
 from support import run_cli
 
-from .observe import api, eventually, jobs, nothing_left, pvcs
+from .observe import api, eventually, jobs, nothing_left, pvcs, sigterm_once_a_job_exists
 from .test_sessions import custom, leases
 
 
@@ -109,13 +108,7 @@ def test_sigterm_to_a_restore_ends_its_restoresession_and_leaves_nothing(kube_cl
     proc = subprocess.Popen([str(Path(sys.executable).parent / "stashflow"), "restore", str(session),
                              "--kubeconfig", str(kube_cluster.kubeconfig)], env=prefect_env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        eventually(lambda: jobs(kube_cluster, namespace), timeout=120)
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=180)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    out, err = sigterm_once_a_job_exists(proc, kube_cluster, namespace)
     assert err.strip().splitlines()[-1].startswith("<command line>:1: interrupted: stopped by SIGTERM"), err[-2000:]
     assert proc.returncode == 143
     eventually(lambda: nothing_left(kube_cluster, namespace), timeout=120)
