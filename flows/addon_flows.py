@@ -39,7 +39,7 @@ from stashflow.tasks.steps import RunSpec
 
 from stashflow.flows import policies
 from stashflow.flows.naming import short_target
-from stashflow.flows.parameters import GROUPS, LogMode, RunParameters, form_parameter
+from stashflow.flows.parameters import GROUPS, Limits, LogMode, RunParameters, form_parameter
 from stashflow.flows.engine import Connection, cleanup_hook, execute
 
 CATALOG_ENV = "STASHFLOW_CATALOG"
@@ -104,7 +104,7 @@ def _spec_from_parameters(addon: Addon, task: Task, run: RunParameters) -> RunSp
         request=request, storage=repo.storage.to_object() if repo.storage else None, repository=repo.name,
         directory=repo.directory, encryption_secret=repo.encryption_secret, snapshot=run.snapshot,
         stuck_after=run.limits.stuck_after, history_limit=run.limits.history_limit,
-        follow_logs=run.limits.logs is LogMode.FOLLOW, addon_info=run.advanced.addon or None,
+        follow_logs=run.limits.follows("restore" if run.snapshot is not None else "backup"), addon_info=run.advanced.addon or None,
     )
 
 
@@ -151,8 +151,9 @@ def make_flow(catalog: Catalog, addon: Addon, list_name: str, task: Task) -> Flo
     for name, model, kinds in GROUPS:
         if kind in kinds:
             # the defaults as the form shows them: a group's unset options are absent, not null
+            shown = model(logs=LogMode.FOLLOW) if model is Limits and kind == "restore" else model()
             parameters.append(inspect.Parameter(name, keyword_only, annotation=model,
-                                                default=model().model_dump(mode="json", exclude_none=True)))
+                                                default=shown.model_dump(mode="json", exclude_none=True)))
             docs.append(f"    {name}: {(model.__doc__ or '').strip().splitlines()[0]}")
         if name == "schedule" and kind == "backup":
             parameters.append(inspect.Parameter("retention", keyword_only, default={},  # {}: none

@@ -102,7 +102,13 @@ class Limits(Group):
     logs: LogMode = Field(LogMode.TAIL, description="The Job's log in this run's logs: tail reads its last lines "
                                                     "once, when the Job failed or reported its result there; "
                                                     "follow streams every container's log live (one open "
-                                                    "request per container: for runs someone watches).")
+                                                    "request per container: for runs someone watches). "
+                                                    "Default: tail for backups, follow for restores.")
+
+    def follows(self, kind: str) -> bool:
+        """Whether the run streams its Job's log: as set, else by kind (a fleet's backups read logs only
+        when they fail; a restore is watched, and a dry run's plan is its log)."""
+        return self.logs is LogMode.FOLLOW if "logs" in self.model_fields_set else kind == "restore"
 
 
 class MissedRuns(StrEnum):

@@ -335,7 +335,7 @@ async def _run(params: RestoreParameters) -> dict[str, Any]:
                                 "encryption_secret": params.data_source.encryption_secret},
                     limits={"timeout": f"{math.ceil(left)}s" if left else None,
                             "stuck_after": params.limits.stuck_after, "history_limit": params.limits.history_limit,
-                            "logs": params.limits.logs},
+                            "logs": "follow" if params.limits.follows("restore") else "tail"},
                     cluster=params.cluster,
                     advanced={"session": params.name, "variables": t.variables,
                               "extra_params": {k: v for k, v in t.params.items() if not form_parameter(k)},

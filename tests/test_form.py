@@ -57,6 +57,10 @@ def test_groups_are_objects_with_typed_fields_and_choices() -> None:
     assert limits["properties"]["history_limit"]["minimum"] == 0
     logs = _resolve(schema, limits["properties"]["logs"])
     assert logs["enum"] == ["tail", "follow"] and limits["properties"]["logs"]["default"] == "tail"
+    # a restore is watched, and a dry run's plan is its log: its form opens with follow
+    restore = form("stashflow_pvc__logical_backup_restore")
+    assert restore["properties"]["limits"]["default"]["logs"] == "follow"
+    assert schema["properties"]["limits"]["default"]["logs"] == "tail"
 
 
 def test_every_builtin_flow_has_a_form_with_target_first() -> None:
@@ -140,3 +144,11 @@ def test_a_session_deployments_parameters_pass_prefects_deployment_check() -> No
     for spec in specs:
         validate_values_conform_to_schema(spec.parameters, schema, ignore_required=True)
         assert "null" not in json.dumps(spec.parameters), spec.name
+
+
+def test_logs_follow_by_kind_unless_set() -> None:
+    from stashflow.flows.parameters import Limits
+
+    assert not Limits().follows("backup") and Limits().follows("restore")
+    assert not Limits.model_validate({"logs": "tail"}).follows("restore")
+    assert Limits.model_validate({"logs": "follow"}).follows("backup")
