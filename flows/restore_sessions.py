@@ -253,19 +253,19 @@ async def cleanup_hook(flow: Any, flow_run: Any, state: Any) -> None:
 
 @flow(name=FLOW_NAME, retries=0, validate_parameters=True,
       on_cancellation=[cleanup_hook], on_crashed=[cleanup_hook])
-async def restore_session(name: str, addon: str, tasks: list[SessionTask], data_source: DataSource,
-                          namespace: str = "default", target: str | None = None, limits: Limits = Limits(),
+async def restore_session(*, target: str | None = None, namespace: str = "default", name: str, addon: str,
+                          tasks: list[SessionTask], data_source: DataSource, limits: Limits = Limits(),
                           cluster: Cluster = Cluster(), addon_settings: dict[str, Any] | None = None,
                           hooks: list[SessionHook] | None = None) -> Any:
     """Run a KubeStash RestoreSession: latest resolved, its components Pending, its restore tasks in order.
 
     Args:
+        target: What is restored into, as KIND/NAME.
+        namespace: Namespace of the RestoreSession and its target.
         name: The RestoreSession's name.
         addon: The Addon of the restore tasks.
         tasks: The restore tasks, in order.
         data_source: The repository and Snapshot (a name, or latest) to restore from.
-        namespace: Namespace of the RestoreSession and its target.
-        target: What is restored into, as KIND/NAME.
         limits: restoreTimeout (one deadline for the session), stuck Pods, Jobs kept.
         cluster: How to reach the cluster.
         addon_settings: jobTemplate, containerRuntimeSettings.

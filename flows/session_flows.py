@@ -516,8 +516,8 @@ async def cleanup_hook(flow: Any, flow_run: Any, state: Any) -> None:
 
 @flow(name=FLOW_NAME, flow_run_name=_run_name, retries=0, validate_parameters=True,
       on_cancellation=[cleanup_hook], on_crashed=[cleanup_hook])
-async def backup_session(configuration: str, session: str, addon: str, tasks: list[SessionTask],
-                         repositories: list[SessionRepository], namespace: str = "default", target: str | None = None,
+async def backup_session(*, target: str | None = None, namespace: str = "default", configuration: str, session: str,
+                         addon: str, tasks: list[SessionTask], repositories: list[SessionRepository],
                          hooks: list[SessionHook] | None = None,
                          limits: Limits = Limits(), schedule: SchedulePolicy = SchedulePolicy(),
                          cluster: Cluster = Cluster(), advanced: SessionAdvanced = SessionAdvanced()) -> Any:
@@ -525,13 +525,13 @@ async def backup_session(configuration: str, session: str, addon: str, tasks: li
     repository, the session's Addon tasks in order (each its own flow run), one component per task.
 
     Args:
+        target: What is backed up, as KIND/NAME; empty for a cluster-wide plan.
+        namespace: Namespace of the plan, its target and everything the session creates.
         configuration: The BackupConfiguration's name (the session's invoker).
         session: The name of its session (sessions[].name).
         addon: The session's Addon.
         tasks: Its tasks, in order, with their params.
         repositories: Where the data goes; each gets its own Snapshot and its own copy.
-        namespace: Namespace of the plan, its target and everything the session creates.
-        target: What is backed up, as KIND/NAME; empty for a cluster-wide plan.
         hooks: The session's preBackup/postBackup hooks, each with its HookTemplate.
         limits: backupTimeout (one deadline for the session), stuck Pods, sessionHistoryLimit.
         schedule: retryConfig (new sessions), missed runs, the target's lock.

@@ -152,3 +152,12 @@ def test_logs_follow_by_kind_unless_set() -> None:
     assert not Limits().follows("backup") and Limits().follows("restore")
     assert not Limits.model_validate({"logs": "tail"}).follows("restore")
     assert Limits.model_validate({"logs": "follow"}).follows("backup")
+
+
+def test_session_forms_open_with_target_and_namespace() -> None:
+    from stashflow.flows.restore_sessions import restore_session
+    from stashflow.flows.session_flows import backup_session
+
+    for flow in (backup_session, restore_session):
+        schema = flow.parameters.model_dump()
+        assert ordered(schema)[:2] == ["target", "namespace"], flow.name
