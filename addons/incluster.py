@@ -18,7 +18,7 @@ from .rbac import CRD_READER, crd_reader_objects, role_objects
 
 PREFECT_IMAGE = "prefecthq/prefect:3.9.1-python3.11"
 POSTGRES_IMAGE = "postgres:16-bookworm"
-STASHFLOW_IMAGE = "ghcr.io/stashflow/stashflow:0.1.0"  # images/stashflow: stashflow installed, ENTRYPOINT stashflow
+STASHFLOW_IMAGE = "ghcr.io/stashflow/stashflow:0.1.0"  # images/stashflow: stashflow installed, no ENTRYPOINT
 
 POSTGRES = "postgres"  # StatefulSet and its headless Service
 PREFECT_SERVER = "prefect-server"  # Deployment and Service
@@ -134,7 +134,7 @@ def _worker(o: InCluster) -> list[dict[str, Any]]:
     for ns in dict.fromkeys(o.serves):
         rbac += role_objects(ns, name=WORKER, subject=account)
     rbac += crd_reader_objects(f"{CRD_READER}-{o.namespace}-{WORKER}", account, role=f"{CRD_READER}-{WORKER}")
-    args = ["worker", "--pool", o.pool, *(["--limit", str(o.limit)] if o.limit else [])]
+    args = ["stashflow", "worker", "--pool", o.pool, *(["--limit", str(o.limit)] if o.limit else [])]
     env: list[dict[str, Any]] = [{"name": "PREFECT_API_URL", "value": o.server_url}]
     catalog: dict[str, Any] = {}
     if o.catalog_configmap:
@@ -151,7 +151,7 @@ def _worker(o: InCluster) -> list[dict[str, Any]]:
                  "serviceAccountName": WORKER,
                  "terminationGracePeriodSeconds": 60,  # SIGTERM: running runs end with their cleanup
                  "containers": [{
-                     "name": "worker", "image": o.stashflow_image, "args": args,  # ENTRYPOINT stashflow
+                     "name": "worker", "image": o.stashflow_image, "args": args,  # no ENTRYPOINT: the args run
                      "env": env, "resources": {"requests": {"cpu": "250m", "memory": "512Mi"}}, **catalog}],
                  **({"volumes": [{"name": "catalog", "configMap": {
                      "name": o.catalog_configmap, "items": [{"key": "catalog.yaml", "path": "catalog.yaml"}]}}]}

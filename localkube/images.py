@@ -30,8 +30,9 @@ IMAGE_PROGRAMS: dict[str, list[str]] = {
     "ghcr.io/kubedb/postgres-restic-plugin": [*_KS_EXECUTOR, "postgres"],
     "ghcr.io/kubedb/kubedb-manifest-plugin": [*_KS_EXECUTOR, "kubedbmanifest"],
     # stashflow in the cluster (addons/incluster.py): each image's ENTRYPOINT, played from this checkout.
-    # stashflow's image: ENTRYPOINT stashflow
-    "ghcr.io/stashflow/stashflow": ["{repo}/.venv/bin/stashflow"],
+    # stashflow's image has no ENTRYPOINT: its args run, with stashflow and prefect on PATH (the worker's
+    # `stashflow worker`, a Kubernetes pool's `prefect flow-run execute`)
+    "ghcr.io/stashflow/stashflow": ["env", "PATH={repo}/.venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
     # Prefect's image: its entrypoint runs the args with Prefect on PATH
     "prefecthq/prefect": ["env", "PATH={repo}/.venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
     # the official postgres image's docker-entrypoint.sh: initdb into $PGDATA once, then postgres (Debian's)

@@ -57,7 +57,7 @@ def test_the_server_runs_on_the_statefulsets_postgresql_and_the_worker_on_the_se
     (worker,) = pod["containers"]
     assert pod["serviceAccountName"] == "stashflow-worker"
     assert worker["image"] == "ghcr.io/stashflow/stashflow:0.1.0"
-    assert worker["args"] == ["worker", "--pool", "fleet", "--limit", "50"]
+    assert worker["args"] == ["stashflow", "worker", "--pool", "fleet", "--limit", "50"]  # no ENTRYPOINT
     assert _env(worker) == {"PREFECT_API_URL": "http://prefect-server.stashflow.svc:4200/api"}
 
 
