@@ -21,8 +21,8 @@ from stashflow.addons.catalog import Catalog
 from stashflow.addons.durations import deadline_seconds
 from stashflow.addons.errors import CatalogError, Problems, StashflowError
 from stashflow.addons.hooks import HookPlan, Phase, plan_hook
-from stashflow.addons.model import (AddonInfo, BackupConfiguration, BackupStorage, KubeObject, RestoreSession,
-                                    RetentionPolicy)
+from stashflow.addons.model import (AddonInfo, BackupConfiguration, BackupStorage, Function, KubeObject,
+                                    RestoreSession, RetentionPolicy)
 from stashflow.addons.model.hook import HookTemplate
 from stashflow.addons.names import name_problem, path_problem, valid_name
 from stashflow.addons.render import RenderRequest, RepositoryContext, Target, check_objects, render_plan
@@ -265,6 +265,14 @@ HOOK_LISTS: tuple[tuple[str, str, Phase], ...] = (
     ("pre_restore", "preRestore", "preRestore"), ("post_restore", "postRestore", "postRestore"))
 
 
+def hook_function(catalog: Catalog, template: HookTemplate) -> Function | None:
+    """The Function a HookTemplate's Function executor names, when the catalog has it."""
+    executor = template.spec.executor
+    if executor is None or executor.type != "Function" or executor.function is None:
+        return None
+    return catalog.functions.get(executor.function.name)
+
+
 def check_hooks(c: _Collector, catalog: Catalog, hooks: Any, namespace: str, path: FieldPath) -> list[HookPlan]:
     """Each hook's template found and its plan made: what a run cannot do is a problem now."""
     plans = []
@@ -275,7 +283,7 @@ def check_hooks(c: _Collector, catalog: Catalog, hooks: Any, namespace: str, pat
             if template is None:
                 continue
             try:
-                plans.append(plan_hook(info, template, phase, namespace))
+                plans.append(plan_hook(info, template, phase, namespace, hook_function(catalog, template)))
             except StashflowError as exc:
                 c.relocate(exc, hpath)
     return plans
@@ -290,7 +298,9 @@ def session_hooks(catalog: Catalog, hooks: Any, namespace: str) -> list[SessionH
             ref = info.hook_template
             template = catalog.get(HookTemplate, ref.name, ref.namespace or namespace) if ref else None
             if template is not None:
-                out.append(SessionHook(phase=phase, hook=info.dump(), template=template.dump()))
+                function = hook_function(catalog, template)
+                out.append(SessionHook(phase=phase, hook=info.dump(), template=template.dump(),
+                                       function=function.dump() if function else {}))
     return out
 
 

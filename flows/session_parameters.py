@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from stashflow.addons.hooks import HookPlan, plan_hook
+from stashflow.addons.model.addon import Function
 from stashflow.addons.model.core import HookInfo
 from stashflow.addons.model.hook import HookTemplate
 from stashflow.addons.model.types import Blank, ObjectName
@@ -52,12 +53,15 @@ class SessionHook(Group):
     hook: dict[str, Any] = Field(description="The HookInfo as the plan writes it (name, hookTemplate, params, "
                                              "maxRetry, timeout, executionPolicy).")
     template: dict[str, Any] = Field(description="The HookTemplate object it names.")
+    function: dict[str, Any] = Field(default_factory=dict, description="The Function its executor runs as a Job "
+                                                                       "(the Function executor only).")
 
     def plan(self, namespace: str) -> HookPlan:
         """The hook, ready to run (``addons.hooks.plan_hook``; checked at deploy, so this does not fail
         unless the parameters were edited by hand)."""
+        function = Function.model_validate(self.function) if self.function else None
         return plan_hook(HookInfo.model_validate(self.hook), HookTemplate.model_validate(self.template), self.phase,
-                         namespace)
+                         namespace, function)
 
 
 class SessionAdvanced(Group):

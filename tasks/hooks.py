@@ -3,14 +3,19 @@
 The Pod executor picks the Running Pods that match the template's selector (and owner), one or
 all (``strategy``); ``exec`` runs the command in the Pod's container through the API (the
 kubelet's exec, as ``kubectl exec``), ``httpGet``/``httpPost``/``tcpSocket`` go to the Pod's IP
-unless the action names a host. The Operator executor is this flow: it calls the host itself.
-Success is what KubeStash counts: exit code 0, HTTP status 200–399, an open port. A hook is tried
+unless the action names a host. The Operator executor is this flow: it calls the host itself. The
+Function executor is a Job of the Function's container, made in the namespace and removed after.
+Success is what KubeStash counts: exit code 0 (of the command, or of the Job), HTTP status 200–399,
+an open port. A hook is tried
 ``1 + maxRetry`` times, each within its ``timeout``; it fails with a code and the output's tail.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import math
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,10 +24,13 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.stream import WsApiClient
 from prefect import get_run_logger, task
 
-from stashflow.addons.errors import RunError
+from stashflow.addons.errors import NotFound, RunError
 from stashflow.addons.hooks import HookPlan
+from stashflow.addons.names import label_value, valid_name
+from stashflow.addons.render import MANAGED_BY
 
 from .kube import Kube, current, to_dict
+from .wait import JobWaiter
 
 STEP: dict[str, Any] = dict(persist_result=False)
 OUTPUT_TAIL = 2000  # characters of a failed hook's output kept in its error
@@ -136,8 +144,37 @@ def _port(pod: dict[str, Any] | None, container: str | None, port: int | str) ->
                      hint="name the port in the container's ports, or give the number")
 
 
+async def run_function_job(kube: Kube, plan: HookPlan) -> tuple[bool, str]:
+    """The Function executor: one Job of the hook's Pod spec, waited for and removed (with its Pod)
+    whatever the end, even when the try is cancelled at its timeout."""
+    assert plan.pod_spec is not None
+    name = valid_name("hook", plan.name, secrets.token_hex(3))
+    labels = {"app.kubernetes.io/managed-by": MANAGED_BY, "stashflow.io/role": "hook",
+              "stashflow.io/hook": label_value(plan.name), "stashflow.io/hook-phase": plan.phase}
+    spec: dict[str, Any] = {"backoffLimit": 0, "template": {"metadata": {"labels": labels}, "spec": plan.pod_spec}}
+    if plan.timeout:
+        spec["activeDeadlineSeconds"] = max(1, math.ceil(plan.timeout))
+    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name, "namespace": plan.namespace,
+                                                                "labels": labels}, "spec": spec}
+    await kube.call(f"create Job {plan.namespace}/{name}", kube.batch.create_namespaced_job, plan.namespace, job)
+    try:
+        outcome = await JobWaiter(kube, plan.namespace, name, timeout=(plan.timeout or 3600.0) + 30,
+                                  stuck_after=60.0, follow_logs=False).wait()
+    finally:
+        with contextlib.suppress(NotFound):
+            await asyncio.shield(kube.call(f"delete Job {plan.namespace}/{name}", kube.batch.delete_namespaced_job,
+                                           name, plan.namespace, propagation_policy="Foreground"))
+    said = "\n".join(outcome.logs()[-20:])
+    if outcome.succeeded:
+        return True, said or f"Job {name} completed"
+    why = outcome.diagnosis.summary() if outcome.diagnosis else f"the Job ended {outcome.phase}"
+    return False, f"Job {name}: {why}" + (f"\n{said}" if said else "")
+
+
 async def _once(kube: Kube, plan: HookPlan, pod: dict[str, Any] | None) -> tuple[bool, str]:
-    """One try of the action on one Pod (or on the named host): (succeeded, what it said)."""
+    """One try of the action on one Pod (or on the named host, or as a Job): (succeeded, what it said)."""
+    if plan.kind == "job":
+        return await run_function_job(kube, plan)
     action = plan.action
     if plan.kind == "exec":
         assert pod is not None
@@ -168,12 +205,13 @@ async def run_hook(plan: HookPlan) -> HookOutcome:
 async def execute_hook(kube: Kube, plan: HookPlan, logger: Any) -> HookOutcome:
     """Run one hook to its end: Succeeded, or ``HookFailed`` with the code and the output's tail."""
     pods: list[dict[str, Any] | None] = list(await select_pods(kube, plan)) if plan.executor == "Pod" else [None]
-    where = tuple(p["metadata"]["name"] for p in pods if p) or (str(plan.action.get("host")),)
+    where = tuple(p["metadata"]["name"] for p in pods if p) or \
+        (str(plan.action.get("host") or f"a Job in {plan.namespace}"),)
     last = ""
     for attempt in range(1, plan.tries + 1):
         failed: list[str] = []
         for pod in pods:
-            name = pod["metadata"]["name"] if pod else plan.action.get("host")
+            name = pod["metadata"]["name"] if pod else plan.action.get("host") or "job"
             try:
                 ok, said = await asyncio.wait_for(_once(kube, plan, pod), plan.timeout)
             except asyncio.TimeoutError:

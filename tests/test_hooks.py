@@ -6,14 +6,15 @@ import pytest
 
 from stashflow.addons.errors import InputError
 from stashflow.addons.hooks import HookPlan, hook_status, plan_hook, should_run
+from stashflow.addons.model.addon import Function
 from stashflow.addons.model.core import HookInfo
 from stashflow.addons.model.hook import HookTemplate
 
 
-def template(action: dict, executor: dict | None = None, params: list | None = None) -> HookTemplate:
+def template(action: dict | None, executor: dict | None = None, params: list | None = None) -> HookTemplate:
     return HookTemplate.model_validate({
         "apiVersion": "core.kubestash.com/v1alpha1", "kind": "HookTemplate", "metadata": {"name": "t"},
-        "spec": {"action": action, "executor": executor or {"type": "Pod", "pod": {"selector": "app=db"}},
+        "spec": {**({"action": action} if action else {}), "executor": executor or {"type": "Pod", "pod": {"selector": "app=db"}},
                  **({"params": params} if params else {})}})
 
 
@@ -32,8 +33,8 @@ def test_parameters_fill_the_action_as_data() -> None:
 
 
 @pytest.mark.parametrize("action, executor, code, says", [
-    ({"exec": {"command": ["true"]}}, {"type": "Function", "function": {"name": "f"}}, "unsupported",
-     "Function hook executor"),
+    ({"exec": {"command": ["true"]}}, {"type": "Function", "function": {"name": "f"}}, "unknown-function",
+     'Function "f" is not in the catalog'),
     ({"exec": {"command": ["true"]}}, {"type": "Operator"}, "unsupported", "needs the Pod executor"),
     ({"httpGet": {"port": 80, "path": "/"}}, {"type": "Operator"}, "missing-field", "needs action.httpGet.host"),
     ({"httpPost": {"host": "h", "port": 443, "body": '{{ .Status.Phase }}'}}, {"type": "Operator"}, "unsupported",
@@ -45,6 +46,30 @@ def test_what_cannot_run_is_refused_when_planned(action: dict, executor: dict | 
     with pytest.raises(InputError) as err:
         plan_hook(info(), template(action, executor), "preBackup", "demo")
     assert err.value.code == code and says in err.value.message
+
+
+def test_the_function_executor_is_the_functions_container_as_a_job() -> None:
+    """KubeStash's Function executor: the Function's image and args, ``${}`` filled from the hook's
+    parameters (values kept byte-equal through Kubernetes' own ``$(VAR)`` expansion), the executor's
+    env, volumes and mounts."""
+    function = Function.model_validate({
+        "apiVersion": "addons.kubestash.com/v1alpha1", "kind": "Function", "metadata": {"name": "notify"},
+        "spec": {"image": "example.org/notify:${TAG:=1}", "args": ["--text=${TEXT}", "--to=$(TARGET)"],
+                 "volumeMounts": [{"name": "cfg", "mountPath": "/etc/notify"}]}})
+    t = template(None, {"type": "Function", "function": {
+        "name": "notify", "env": [{"name": "LEVEL", "value": "${LEVEL}"}],
+        "volumes": [{"name": "cfg", "configMap": {"name": "notify-${LEVEL}"}}]}},
+        params=[{"name": "TEXT", "required": True}, {"name": "LEVEL", "default": "info"}])
+    plan = plan_hook(info(params={"TEXT": "done $(HOME) $$"}, timeout="2m"), t, "postBackup", "demo", function)
+    assert (plan.executor, plan.kind, plan.timeout, plan.tries) == ("Function", "job", 120.0, 1)
+    assert plan.pod_spec is not None
+    (container,) = plan.pod_spec["containers"]
+    assert container["image"] == "example.org/notify:1"
+    assert container["args"] == ["--text=done $$(HOME) $$$$", "--to=$(TARGET)"]  # the value as data, $(VAR) of the Function kept
+    assert container["env"] == [{"name": "LEVEL", "value": "info"}]
+    assert container["volumeMounts"] == [{"name": "cfg", "mountPath": "/etc/notify"}]
+    assert plan.pod_spec["volumes"] == [{"name": "cfg", "configMap": {"name": "notify-info"}}]
+    assert plan.pod_spec["restartPolicy"] == "Never"
 
 
 def test_a_required_parameter_without_value() -> None:

@@ -143,3 +143,45 @@ def test_a_failed_post_hook_fails_a_session_whose_backup_succeeded(kube_cluster,
     bs = custom(kube_cluster, "backupsessions", "core.kubestash.com", namespace, "data-backup-nightly-1700000102")
     assert bs["status"]["phase"] == "Failed"
     assert bs["status"]["hooks"] == {"postHooks": [{"name": "thaw", "phase": "Failed"}]}
+
+
+def function_hook(phase: str, name: str, script: str, marks: Path, **info: Any) -> dict[str, Any]:
+    """A hook whose HookTemplate names the Function executor: the Function's container runs as a Job (run for
+    real by the node agent), the executor's volume giving it the marks folder."""
+    function = {"apiVersion": "addons.kubestash.com/v1alpha1", "kind": "Function", "metadata": {"name": f"fn-{name}"},
+                "spec": {"image": "debian:bookworm", "command": ["sh", "-c", script, "hook", "${WHAT}"]}}
+    template = {"apiVersion": "core.kubestash.com/v1alpha1", "kind": "HookTemplate", "metadata": {"name": name},
+                "spec": {"params": [{"name": "WHAT", "default": name}],
+                         "executor": {"type": "Function", "function": {
+                             "name": f"fn-{name}", "volumeMounts": [{"name": "marks", "mountPath": "/marks"}],
+                             "volumes": [{"name": "marks", "hostPath": {"path": str(marks), "type": "Directory"}}]}}}}
+    return {"phase": phase, "hook": {"name": name, "hookTemplate": {"name": name}, **info}, "template": template,
+            "function": function}
+
+
+def test_function_hooks_run_as_jobs_and_leave_none(kube_cluster, namespace, db_pod, prefect_api, host_tmp,
+                                                   restic) -> None:
+    _setup(kube_cluster, namespace)
+    (host_tmp / "a").mkdir()
+    (host_tmp / "b").mkdir()
+    state = run_session(**session_parameters(
+        kube_cluster, namespace, host_tmp / "a", host_tmp / "b",
+        hooks=[function_hook("preBackup", "flush", MARK, db_pod, params={"WHAT": "flushed $(HOME)"}),
+               function_hook("postBackup", "notify", MARK + "; echo 'no route to chat' >&2; exit 5", db_pod)],
+        advanced={"backup_session": "data-backup-nightly-1700000103"}))
+    assert state.is_failed() and state.message.startswith("hook-failed: "), state.message
+    assert "no route to chat" in state.result(raise_on_failure=False).message
+    assert (db_pod / "log").read_text() == "flushed $(HOME)\nnotify\n"  # the parameter as data, then the post hook
+    for repo in ("repo-a", "repo-b"):  # the backup ran between the two
+        assert snapshot(kube_cluster, namespace, f"{repo}-data-backup-nightly-1700000103")["status"]["phase"] == \
+            "Succeeded"
+    bs = custom(kube_cluster, "backupsessions", "core.kubestash.com", namespace, "data-backup-nightly-1700000103")
+    assert bs["status"]["hooks"] == {"preHooks": [{"name": "flush", "phase": "Succeeded"}],
+                                     "postHooks": [{"name": "notify", "phase": "Failed"}]}
+    api(kube_cluster, lambda c: wait_until(
+        lambda: _no_hook_jobs(c, namespace), timeout=60, what="the hook Jobs to go"))
+
+
+async def _no_hook_jobs(c: client.ApiClient, namespace: str) -> bool | None:
+    found = await client.BatchV1Api(c).list_namespaced_job(namespace, label_selector="stashflow.io/role=hook")
+    return True if not found.items else None
