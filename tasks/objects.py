@@ -93,18 +93,28 @@ def forget_crds() -> None:
     _present.clear()
 
 
+async def read_crd(kube: Kube, name: str) -> Any:
+    """The CRD ``name``, as this run or (within ``CRD_TTL``) this process saw it, else read (and kept)."""
+    found = kube.seen.get(f"crd/{name}")
+    if found is not None:
+        return found
+    key = (kube.api.configuration.host or "", name)
+    known = _present.get(key)
+    if known is not None and time.monotonic() - known[0] < CRD_TTL:
+        found = known[1]
+    else:
+        found = await kube.call("read CRD", kube.extensions.read_custom_resource_definition, name)
+        _present[key] = (time.monotonic(), found)
+    kube.seen[f"crd/{name}"] = found
+    return found
+
+
 async def ensure_crd(kube: Kube, kind: str, timeout: float = 30.0) -> str:
     """Install stashflow's CRD of ``kind`` when the cluster has none: ``"present"``, ``"installed"``,
     or ``"unknown"`` when this identity may not read CRDs (then `stashflow install` did it)."""
     name = KINDS[kind].crd_name
-    key = (kube.api.configuration.host or "", name)
-    known = _present.get(key)
-    if known is not None and time.monotonic() - known[0] < CRD_TTL:
-        kube.seen[f"crd/{name}"] = known[1]
-        return "present"
     try:  # kept for the run (kube.seen): the Snapshot's schema is read from it, not asked again
-        kube.seen[f"crd/{name}"] = await kube.call("read CRD", kube.extensions.read_custom_resource_definition, name)
-        _present[key] = (time.monotonic(), kube.seen[f"crd/{name}"])
+        await read_crd(kube, name)
         return "present"
     except Forbidden:
         return "unknown"

@@ -146,12 +146,12 @@ async def ensure_snapshot_crd(kube: Kube, timeout: float = 30.0) -> str:
 
 async def snapshot_schema(kube: Kube) -> str:
     """Whose Snapshot CRD the cluster has: ``"stashflow"``, ``"kubestash"`` or ``"unknown"`` (no read access)."""
-    found: Any = kube.seen.get(f"crd/{crd.CRD_NAME}")  # read by this run's provision step already
-    if found is None:
-        try:
-            found = await kube.call("read CRD", kube.extensions.read_custom_resource_definition, crd.CRD_NAME)
-        except (Forbidden, NotFound):
-            return "unknown"
+    from .objects import read_crd
+
+    try:  # read by this run's provision step already, or by this process within a minute
+        found: Any = await read_crd(kube, crd.CRD_NAME)
+    except (Forbidden, NotFound):
+        return "unknown"
     return "stashflow" if (found.metadata.labels or {}).get("app.kubernetes.io/managed-by") == MANAGED_BY else "kubestash"
 
 

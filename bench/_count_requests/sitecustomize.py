@@ -16,13 +16,14 @@ import threading
 
 _DIR = os.environ.get("STASHFLOW_BENCH_COUNTS")
 _COUNTS = {"kubernetes": 0, "prefect": 0}
+_KINDS: dict[str, int] = {}  # Kubernetes requests by method and path shape ("GET namespaces/*/jobs")
 _API = os.environ.get("PREFECT_API_URL", "")
 
 
 def _write() -> None:
     try:
         with open(os.path.join(_DIR, f"{os.getpid()}.json"), "w") as out:
-            json.dump({**_COUNTS, "argv": sys.argv[:4]}, out)
+            json.dump({**_COUNTS, "argv": sys.argv[:4], "kubernetes_by": _KINDS}, out)
     except OSError:
         pass
 
@@ -32,6 +33,12 @@ def _patch_rest(module) -> None:  # type: ignore[no-untyped-def]
 
     async def request(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         _COUNTS["kubernetes"] += 1
+        method, url = (list(args) + [kwargs.get("method"), kwargs.get("url")])[:2]
+        path = str(url).split("://", 1)[-1].split("?", 1)[0].split("/")[1:]
+        start = 2 if path[:1] == ["api"] else 3  # api/v1/... or apis/GROUP/VERSION/...
+        shape = "/".join(seg if i % 2 == 0 else "*" for i, seg in enumerate(path[start:]))
+        key = f"{method} {shape}"
+        _KINDS[key] = _KINDS.get(key, 0) + 1
         return await original(self, *args, **kwargs)
     module.RESTClientObject.request = request
 
