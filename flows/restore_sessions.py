@@ -160,7 +160,7 @@ async def _restore_source(kube: Any, params: RestoreParameters, source_ns: str) 
             source = dataclasses.replace(source, repository=await objects.read(kube, "Repository", source_ns,
                                                                                repository_name))
         except NotFound:
-            pass
+            pass  # no Repository object: restore_source's rules say whether the restore can go on without it
     return source
 
 
