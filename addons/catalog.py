@@ -278,6 +278,10 @@ class Catalog:
             )
         return (addon, *found)
 
+    def task_function(self, addon_name: str, task_name: str) -> Function:
+        """The Function the Addon's task runs."""
+        return self.function(self.task(addon_name, task_name)[3].function)
+
     def function(self, name: str) -> Function:
         try:
             return self.functions[name]

@@ -72,6 +72,25 @@ def _as_dict(obj: Any) -> Mapping[str, Any]:
     raise TypeError(f"expected a Function (model or dict), not {type(obj).__name__}")
 
 
+#: The ServiceAccount stashflow makes for a KubeStash executor when the plan's jobTemplate names none.
+EXECUTOR_SERVICE_ACCOUNT = "stashflow-kubestash-executor"
+
+
+def executor_account(addon_settings: Mapping[str, Any]) -> tuple[str, bool]:
+    """The ServiceAccount a KubeStash executor's Job runs as: the plan's (or RestoreSession's)
+    ``jobTemplate.spec.serviceAccountName`` (the user's, given its RBAC by the session), else the one
+    stashflow makes; and whether stashflow makes it."""
+    named = ((addon_settings.get("jobTemplate") or {}).get("spec") or {}).get("serviceAccountName")
+    return (str(named), False) if named else (EXECUTOR_SERVICE_ACCOUNT, True)
+
+
+def with_service_account(addon_settings: Mapping[str, Any], account: str) -> dict[str, Any]:
+    """The addon settings with the executor's ServiceAccount in ``jobTemplate.spec``."""
+    template = dict(addon_settings.get("jobTemplate") or {})
+    template["spec"] = {**(template.get("spec") or {}), "serviceAccountName": account}
+    return {**addon_settings, "jobTemplate": template}
+
+
 def contract_of(function: Any) -> Contract:
     """The contract a Function speaks (rule in the module docstring). An annotation naming neither
     contract is an ``invalid-value`` error at that annotation."""

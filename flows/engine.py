@@ -184,7 +184,10 @@ def stop_reason(exc: BaseException, what: str = "run") -> str:
         return f"the {what} was cancelled"
     signum = getattr(exc, "signal", None)  # Prefect's TerminationSignal: how a runner cancels a run (SIGTERM)
     if isinstance(signum, int):
-        name = signal.Signals(signum).name if signum in signal.Signals._value2member_map_ else str(signum)
+        try:
+            name = signal.Signals(signum).name
+        except ValueError:  # not a signal this platform names
+            name = str(signum)
         return f"the {what} was stopped by {name}: cancelled, or the process running it was shut down"
     return f"the {what} stopped: {exc}" if str(exc) else f"the {what} stopped: {type(exc).__name__}"
 

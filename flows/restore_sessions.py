@@ -24,7 +24,7 @@ from prefect.states import Failed, State
 from pydantic import BaseModel, ConfigDict, Field
 
 from stashflow.addons import sessions
-from stashflow.addons.contract import contract_of, restore_result
+from stashflow.addons.contract import contract_of, executor_account, restore_result, with_service_account
 from stashflow.addons.durations import deadline_seconds
 from stashflow.addons.errors import NotFound, RunError, StashflowError
 from stashflow.addons.model.types import Blank, ObjectName
@@ -180,42 +180,22 @@ async def _record(namespace: str, name: str, component: str, value: dict[str, An
 
 
 def _speaks_kubestash(params: RestoreParameters, task: str) -> bool:
-    catalog, _ = loaded()
-    _, _, _, t = catalog.task(params.addon, task)
-    return contract_of(catalog.function(t.function)) == "kubestash"
-
-
-def _account(params: RestoreParameters) -> tuple[str, bool]:
-    """The restore executor's ServiceAccount: the jobTemplate's, else the one stashflow makes."""
-    from stashflow.tasks.executor_contract import EXECUTOR_SERVICE_ACCOUNT
-
-    named = ((params.addon_settings.get("jobTemplate") or {}).get("spec") or {}).get("serviceAccountName")
-    return (str(named), False) if named else (EXECUTOR_SERVICE_ACCOUNT, True)
+    return contract_of(loaded()[0].task_function(params.addon, task)) == "kubestash"
 
 
 def _with_account(addon: dict[str, Any], kubestash: bool) -> dict[str, Any]:
-    if not kubestash:
-        return addon
-    from stashflow.tasks.executor_contract import EXECUTOR_SERVICE_ACCOUNT
-
-    template = dict(addon.get("jobTemplate") or {})
-    spec = dict(template.get("spec") or {})
-    spec.setdefault("serviceAccountName", EXECUTOR_SERVICE_ACCOUNT)
-    return {**addon, "jobTemplate": {**template, "spec": spec}}
+    """A KubeStash executor's run gets its ServiceAccount (``executor_account``) in the jobTemplate."""
+    return with_service_account(addon, executor_account(addon)[0]) if kubestash else addon
 
 
-async def _prepare_kubestash(params: RestoreParameters, component: str) -> None:
+async def _prepare_kubestash(params: RestoreParameters, task: str, component: str) -> None:
     """Before a KubeStash restore executor's Job: its RBAC (in the Snapshot's namespace too, when another),
     and what it reads checked (``restore_preconditions``): a problem is a coded error before any Job."""
     from stashflow.tasks import executor_contract as ec
 
-    account, make = _account(params)
+    account, make = executor_account(params.addon_settings)
     source_ns = params.data_source.namespace or params.namespace
-    image = ""
-    catalog, _ = loaded()
-    for t in params.tasks:
-        _, _, _, task = catalog.task(params.addon, t.name)
-        image = image or (catalog.function(task.function).spec.image or "")
+    image = loaded()[0].task_function(params.addon, task).spec.image or ""
     await ec.ensure_executor_rbac(params.namespace, account, "restore",
                                   [source_ns] if source_ns != params.namespace else [],
                                   image.startswith("ghcr.io/kubedb/"), make)
@@ -320,7 +300,7 @@ async def _run(params: RestoreParameters) -> dict[str, Any]:
                 kubestash = _speaks_kubestash(params, t.name)
                 if kubestash:  # its executor writes Running itself; the pre-created Pending stays until then
                     try:
-                        await _prepare_kubestash(params, component)
+                        await _prepare_kubestash(params, t.name, component)
                     except RunError as exc:  # what it reads is missing: this component fails, before any Job
                         failures[t.name] = f"{exc.code}: {exc.message}"
                         await _record(ns, params.name, component, {"phase": "Failed", "error": failures[t.name]})
@@ -348,10 +328,10 @@ async def _run(params: RestoreParameters) -> dict[str, Any]:
                 if held is not None:
                     await claim.renew(kube, held)
                 if kubestash and state.is_completed():  # the components say, never the exit code
-                    result = restore_result(await objects.read(kube, "RestoreSession", ns, params.name), component)
+                    rs_now = await objects.read(kube, "RestoreSession", ns, params.name)
+                    result = restore_result(rs_now, component)
                     if not result.ok:
                         failures[t.name] = f"{result.code}: {result.message}"
-                        rs_now = await objects.read(kube, "RestoreSession", ns, params.name)
                         written = ((rs_now.get("status") or {}).get("components") or {}).get(component) or {}
                         await _record(ns, params.name, component, {**written, "phase": "Failed",
                                                                    "error": failures[t.name]})

@@ -26,7 +26,7 @@ from prefect.runtime import flow_run as current_flow_run
 from prefect.states import Failed, State
 
 from stashflow.addons import sessions
-from stashflow.addons.contract import contract_of
+from stashflow.addons.contract import contract_of, executor_account, with_service_account
 from stashflow.addons.durations import deadline_seconds, parse_duration
 from stashflow.addons.errors import InputError, StashflowError
 from stashflow.addons.names import label_value
@@ -194,19 +194,7 @@ def task_parameters(params: SessionParameters, task: SessionTask, repo: SessionR
 
 # -- tasks whose Function speaks KubeStash's executor contract ---------------------------------------
 def _speaks_kubestash(params: SessionParameters, task: SessionTask) -> bool:
-    catalog, _ = loaded()
-    _, _, _, t = catalog.task(params.addon, task.name)
-    return contract_of(catalog.function(t.function)) == "kubestash"
-
-
-def executor_account(params: SessionParameters) -> tuple[str, bool]:
-    """The ServiceAccount a KubeStash executor's Job runs as: the plan's ``jobTemplate.spec.serviceAccountName``
-    (the user's, given its RBAC by the session), else one stashflow makes (``stashflow-kubestash-executor``);
-    and whether stashflow makes it."""
-    from stashflow.tasks.executor_contract import EXECUTOR_SERVICE_ACCOUNT
-
-    named = ((params.advanced.addon.get("jobTemplate") or {}).get("spec") or {}).get("serviceAccountName")
-    return (str(named), False) if named else (EXECUTOR_SERVICE_ACCOUNT, True)
+    return contract_of(loaded()[0].task_function(params.addon, task.name)) == "kubestash"
 
 
 def kubestash_task_parameters(params: SessionParameters, task: SessionTask, backup_session: str,
@@ -214,10 +202,7 @@ def kubestash_task_parameters(params: SessionParameters, task: SessionTask, back
     """The one Addon-task run of a KubeStash executor: run for the first repository (its storage is the one
     mounted; its name is in the Job's), as the executor's ServiceAccount."""
     run = task_run(params, task, params.repositories[0], backup_session, timeout_seconds)
-    addon = dict(run.advanced.addon)
-    template = dict(addon.get("jobTemplate") or {})
-    template["spec"] = {**(template.get("spec") or {}), "serviceAccountName": service_account}
-    addon["jobTemplate"] = template
+    addon = with_service_account(run.advanced.addon, service_account)
     run = run.model_copy(update={"advanced": run.advanced.model_copy(update={"addon": addon})})
     return run.to_flow("backup")
 
@@ -258,10 +243,8 @@ async def _kubestash_task(params: SessionParameters, task: SessionTask, flow_: A
     unsupported = _one_storage(params)
     if unsupported:
         return fail_all(unsupported)
-    catalog, _ = loaded()
-    _, _, _, t = catalog.task(params.addon, task.name)
-    image = catalog.function(t.function).spec.image or ""
-    account, make = executor_account(params)
+    image = loaded()[0].task_function(params.addon, task.name).spec.image or ""
+    account, make = executor_account(params.advanced.addon)
     others = sorted({r.storage.namespace for r in params.repositories if r.storage.namespace} - {ns})
     await ec.ensure_executor_rbac(ns, account, "backup", others, image.startswith("ghcr.io/kubedb/"), make)
     problems = await ec.backup_problems(ns, name)

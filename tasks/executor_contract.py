@@ -21,10 +21,6 @@ from .install import _apply
 from .kube import current
 from .steps import STEP
 
-#: The ServiceAccount stashflow makes for a KubeStash executor when the plan's jobTemplate names none.
-EXECUTOR_SERVICE_ACCOUNT = "stashflow-kubestash-executor"
-
-
 @task(name="ensure-executor-rbac", **STEP)
 async def ensure_executor_rbac(namespace: str, service_account: str, kind: str, other_namespaces: list[str],
                                kubedb: bool, make_account: bool) -> list[str]:

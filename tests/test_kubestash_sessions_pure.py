@@ -24,16 +24,17 @@ def _params(repos: list[tuple[str, str]], addon: dict | None = None):  # type: i
 
 
 def test_the_executor_runs_once_as_the_plans_service_account_or_stashflows() -> None:
-    from stashflow.flows.session_flows import executor_account, kubestash_task_parameters
+    from stashflow.addons.contract import executor_account
+    from stashflow.flows.session_flows import kubestash_task_parameters
 
     params = _params([("repo-a", "s"), ("repo-b", "s")])
-    assert executor_account(params) == ("stashflow-kubestash-executor", True)
+    assert executor_account(params.advanced.addon) == ("stashflow-kubestash-executor", True)
     flow = kubestash_task_parameters(params, params.tasks[0], "bc-nightly-1", 60, "stashflow-kubestash-executor")
     assert flow["repository"]["name"] == "repo-a"  # the first repository: its storage is mounted
     assert flow["advanced"]["within_session"] is True
     assert flow["advanced"]["addon"]["jobTemplate"]["spec"]["serviceAccountName"] == "stashflow-kubestash-executor"
     own = _params([("repo-a", "s")], {"jobTemplate": {"spec": {"serviceAccountName": "mine", "nodeSelector": {"a": "b"}}}})
-    assert executor_account(own) == ("mine", False)
+    assert executor_account(own.advanced.addon) == ("mine", False)
     flow = kubestash_task_parameters(own, own.tasks[0], "bc-nightly-1", None, "mine")
     assert flow["advanced"]["addon"]["jobTemplate"]["spec"] == {"serviceAccountName": "mine", "nodeSelector": {"a": "b"}}
 

@@ -21,7 +21,7 @@ from kubernetes_asyncio import client
 
 from localkube.helpers import apt_install, install_crds
 from localkube.nodeagent import NodeAgent, run
-from runs.databases.servers import Postgres
+from runs.databases.servers import Postgres, serving
 from support import HAVE_SHARED, NEEDS_SHARED_REASON
 
 from stashflow.addons.contract import restore_result
@@ -38,13 +38,7 @@ APPCATALOG_CRD = Path(__file__).resolve().parent.parent / "data" / "appcatalog-c
 @pytest.fixture(scope="module")
 def pg() -> Iterator[Postgres]:
     apt_install("restic")
-    server = Postgres(DB_PASSWORD)
-    try:
-        server.init()
-        server.start()
-        yield server
-    finally:
-        server.close()
+    yield from serving(Postgres(DB_PASSWORD))
 
 
 def app_binding(ns: str, port: int) -> dict[str, Any]:

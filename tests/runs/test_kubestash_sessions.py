@@ -244,16 +244,10 @@ APPCATALOG_CRD = Path(__file__).resolve().parent.parent / "data" / "appcatalog-c
 def pg():  # type: ignore[no-untyped-def]
     from localkube.helpers import apt_install
 
-    from .databases.servers import Postgres
+    from .databases.servers import Postgres, serving
 
     apt_install("restic")
-    server = Postgres(DB_PASSWORD)
-    try:
-        server.init()
-        server.start()
-        yield server
-    finally:
-        server.close()
+    yield from serving(Postgres(DB_PASSWORD))
 
 
 def test_upstream_postgres_addon_session_into_two_repositories(kube_cluster, namespace, node_agent, prefect_api,

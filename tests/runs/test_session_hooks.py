@@ -56,17 +56,22 @@ def db_pod(kube_cluster, namespace: str, node_agent, host_tmp: Path) -> Path:  #
 MARK = 'echo "$1" >> /marks/log'
 
 
-def test_pre_and_post_hooks_around_a_good_backup(kube_cluster, namespace, db_pod, prefect_api, host_tmp,
-                                                 restic) -> None:
+def hooked_session(kube_cluster, namespace: str, host_tmp: Path, **parameters: Any):  # type: ignore[no-untyped-def]
+    """The two-repository session of test_sessions.py (its objects set up, its repositories' folders made)
+    run with ``parameters`` (the hooks); its final state."""
     _setup(kube_cluster, namespace)
     (host_tmp / "a").mkdir()
     (host_tmp / "b").mkdir()
-    state = run_session(**session_parameters(
-        kube_cluster, namespace, host_tmp / "a", host_tmp / "b",
+    return run_session(**session_parameters(kube_cluster, namespace, host_tmp / "a", host_tmp / "b", **parameters))
+
+
+def test_pre_and_post_hooks_around_a_good_backup(kube_cluster, namespace, db_pod, prefect_api, host_tmp,
+                                                 restic) -> None:
+    state = hooked_session(kube_cluster, namespace, host_tmp,
         hooks=[hook("preBackup", "freeze", MARK, params={"WHAT": "frozen $(HOME)"}),
                hook("postBackup", "thaw", MARK, executionPolicy="OnSuccess"),
                hook("postBackup", "alarm", MARK, executionPolicy="OnFailure")],
-        advanced={"backup_session": "data-backup-nightly-1700000100"}))
+        advanced={"backup_session": "data-backup-nightly-1700000100"})
     assert state.is_completed(), state.message
     assert (db_pod / "log").read_text() == "frozen $(HOME)\nthaw\n"  # in order; the OnFailure hook did not run
     bs = custom(kube_cluster, "backupsessions", "core.kubestash.com", namespace, "data-backup-nightly-1700000100")
@@ -99,15 +104,11 @@ def test_pre_and_post_hooks_around_a_good_backup(kube_cluster, namespace, db_pod
 
 def test_a_failed_pre_hook_skips_the_backup_and_fails_the_session(kube_cluster, namespace, db_pod, prefect_api,
                                                                   host_tmp, restic) -> None:
-    _setup(kube_cluster, namespace)
-    (host_tmp / "a").mkdir()
-    (host_tmp / "b").mkdir()
-    state = run_session(**session_parameters(
-        kube_cluster, namespace, host_tmp / "a", host_tmp / "b",
+    state = hooked_session(kube_cluster, namespace, host_tmp,
         hooks=[hook("preBackup", "freeze", MARK + "; echo 'cannot freeze' >&2; exit 4"),
                hook("postBackup", "thaw", MARK, executionPolicy="OnSuccess"),
                hook("postBackup", "alarm", MARK, executionPolicy="OnFailure")],
-        limits={"history_limit": 0}, advanced={"backup_session": "data-backup-nightly-1700000101"}))
+        limits={"history_limit": 0}, advanced={"backup_session": "data-backup-nightly-1700000101"})
     assert state.is_failed()
     assert state.message.startswith("hook-failed: "), state.message
     error = state.result(raise_on_failure=False)  # the whole error: the state message is one short line
@@ -129,13 +130,9 @@ def test_a_failed_pre_hook_skips_the_backup_and_fails_the_session(kube_cluster, 
 
 def test_a_failed_post_hook_fails_a_session_whose_backup_succeeded(kube_cluster, namespace, db_pod, prefect_api,
                                                                   host_tmp, restic) -> None:
-    _setup(kube_cluster, namespace)
-    (host_tmp / "a").mkdir()
-    (host_tmp / "b").mkdir()
-    state = run_session(**session_parameters(
-        kube_cluster, namespace, host_tmp / "a", host_tmp / "b",
+    state = hooked_session(kube_cluster, namespace, host_tmp,
         hooks=[hook("postBackup", "thaw", "exit 9", maxRetry=1)],
-        advanced={"backup_session": "data-backup-nightly-1700000102"}))
+        advanced={"backup_session": "data-backup-nightly-1700000102"})
     assert state.is_failed() and state.message.startswith("hook-failed: "), state.message
     for repo in ("repo-a", "repo-b"):  # the data is safe; the session says the hook failed
         assert snapshot(kube_cluster, namespace, f"{repo}-data-backup-nightly-1700000102")["status"]["phase"] == \
@@ -161,14 +158,10 @@ def function_hook(phase: str, name: str, script: str, marks: Path, **info: Any) 
 
 def test_function_hooks_run_as_jobs_and_leave_none(kube_cluster, namespace, db_pod, prefect_api, host_tmp,
                                                    restic) -> None:
-    _setup(kube_cluster, namespace)
-    (host_tmp / "a").mkdir()
-    (host_tmp / "b").mkdir()
-    state = run_session(**session_parameters(
-        kube_cluster, namespace, host_tmp / "a", host_tmp / "b",
+    state = hooked_session(kube_cluster, namespace, host_tmp,
         hooks=[function_hook("preBackup", "flush", MARK, db_pod, params={"WHAT": "flushed $(HOME)"}),
                function_hook("postBackup", "notify", MARK + "; echo 'no route to chat' >&2; exit 5", db_pod)],
-        advanced={"backup_session": "data-backup-nightly-1700000103"}))
+        advanced={"backup_session": "data-backup-nightly-1700000103"})
     assert state.is_failed() and state.message.startswith("hook-failed: "), state.message
     assert "no route to chat" in state.result(raise_on_failure=False).message
     assert (db_pod / "log").read_text() == "flushed $(HOME)\nnotify\n"  # the parameter as data, then the post hook

@@ -8,7 +8,7 @@ import json
 import os
 import subprocess
 from pathlib import Path
-from typing import Any, Iterator, TypeVar
+from typing import Any, Iterator
 
 import pytest
 from kubernetes_asyncio import client
@@ -18,12 +18,11 @@ from localkube.nodeagent import run as run_for_real
 
 from ..conftest import run_flow
 from ..observe import api, eventually, nothing_left, snapshots
-from .servers import MariaDB, Postgres, Redis
+from .servers import MariaDB, Postgres, Redis, serving
 
 EXECUTOR = Path("/usr/local/bin/stashflow-executor")
 RESTIC_PASSWORD = "restic: 'quoted' $HOME \\ pw"
 DB_PASSWORD = "pg pw with 'quotes', $(HOME), \\ and ü"
-S = TypeVar("S", Postgres, MariaDB)
 
 
 @pytest.fixture(scope="session")
@@ -36,24 +35,14 @@ def executor_on_host() -> Path:
     return build(EXECUTOR)
 
 
-def _serving(server: S) -> Iterator[S]:
-    """Initialise and start ``server`` for the session; stop it by pid and remove its files after."""
-    try:
-        server.init()
-        server.start()
-        yield server
-    finally:
-        server.close()
-
-
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Postgres]:
-    yield from _serving(Postgres(DB_PASSWORD))
+    yield from serving(Postgres(DB_PASSWORD))
 
 
 @pytest.fixture(scope="session")
 def mariadb() -> Iterator[MariaDB]:
-    yield from _serving(MariaDB(DB_PASSWORD))
+    yield from serving(MariaDB(DB_PASSWORD))
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator, TypeVar
 
 from localkube.helpers import apt_install
 
@@ -254,3 +255,17 @@ class Redis(Server):
                               capture_output=True, env={**os.environ, "REDISCLI_AUTH": self.password})
         if done.returncode != 0 or b"errors: 0" not in done.stdout:
             raise RuntimeError(f"redis-cli --pipe failed: {done.stdout[-500:]!r} {done.stderr[-500:]!r}")
+
+
+S = TypeVar("S", Postgres, MariaDB)
+
+
+def serving(server: S) -> Iterator[S]:
+    """Initialise and start ``server`` for a fixture's scope; stop it by pid and remove its files after
+    (``yield from serving(Postgres(...))``)."""
+    try:
+        server.init()
+        server.start()
+        yield server
+    finally:
+        server.close()
