@@ -12,6 +12,7 @@ not its tracebacks (the Prefect API's logs still get them).
 from __future__ import annotations
 
 import argparse
+import re
 import json
 import logging
 import os
@@ -673,6 +674,12 @@ class _Parser(argparse.ArgumentParser):
                 message, where = f"unknown option {flag}", position
                 hint = close or hint
                 break
+        else:  # argparse's own message names what it refused: point there, not at the command
+            named = re.match(r"argument (-[^\s:/]+)|unrecognized arguments: (\S+)", message)
+            if named and named.group(1):
+                where = argument_position(_ARGV, named.group(1))
+            elif named and named.group(2) in _ARGV:
+                where = _ARGV.index(named.group(2)) + 1
         line = InputError(message, code="invalid-argument", location=Location(COMMAND_LINE, where),
                           hint=hint).format()
         self.exit(1, line + "\n")

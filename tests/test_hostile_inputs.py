@@ -371,6 +371,18 @@ def test_a_mistyped_option_is_named_with_what_was_meant(argv: tuple, position: i
                   f"(did you mean {hint}?)\n"
 
 
+@pytest.mark.parametrize("argv, position, says", [
+    (("run", "stashflow-pvc", "logical-backup", "--target", "pvc/data", "--logs", "always"), 7,
+     "argument --logs: invalid choice: 'always'"),
+    (("render", "stashflow-pvc", "logical-backup", "--target", "pvc/data", "--kubeconfig", "k"), 6,
+     "unrecognized arguments: --kubeconfig k"),
+])
+def test_what_argparse_refuses_is_located_where_it_stands(argv: tuple, position: int, says: str) -> None:
+    rc, out, err = cli(*argv)
+    assert rc == 1 and out == ""
+    assert err.startswith(f"<command line>:{position}: invalid-argument: {says}"), err
+
+
 def test_catalog_takes_one_path_so_the_plan_after_it_stays_a_plan(tmp_path) -> None:
     """``--catalog DIR PLAN`` once read PLAN as a second catalog path and then asked for a plan."""
     rc, out, err = cli("validate", "--catalog", BUILTIN, str(EXAMPLE))
