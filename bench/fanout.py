@@ -98,7 +98,7 @@ class Postgres:
 
 
 class PrefectServer:
-    def __init__(self, base: Path, db_url: str | None) -> None:
+    def __init__(self, base: Path, db_url: str | None, pool: tuple[int, int] | None = None) -> None:
         self.home = base / "prefect-home"
         self.home.mkdir()
         port = free_port()
@@ -107,6 +107,9 @@ class PrefectServer:
                     "PREFECT_SERVER_LOGGING_LEVEL": "WARNING", "STASHFLOW_CATALOG": CATALOG}
         if db_url:
             self.env["PREFECT_API_DATABASE_CONNECTION_URL"] = db_url
+        if db_url and pool:  # the server's connection pool (Prefect's default 5 + 10 overflow)
+            self.env["PREFECT_SERVER_DATABASE_SQLALCHEMY_POOL_SIZE"] = str(pool[0])
+            self.env["PREFECT_SERVER_DATABASE_SQLALCHEMY_MAX_OVERFLOW"] = str(pool[1])
         self.log = open(self.home / "server.log", "w")
         self.proc = subprocess.Popen([str(VENV / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
                                       str(port)], env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
@@ -175,7 +178,9 @@ class Result:
     late: int = 0
     kube_per_run: float = 0.0
     prefect_per_run: float = 0.0
+    events_per_run: float = 0.0
     stopped_at: str = ""
+    breakdown: dict[str, dict[str, float]] = field(default_factory=dict)  # per run, by request shape / event
 
 
 async def prefect_call(fn):  # type: ignore[no-untyped-def]
@@ -187,7 +192,8 @@ async def prefect_call(fn):  # type: ignore[no-untyped-def]
 
 def run_mode(mode: str, args: argparse.Namespace, cluster: Cluster, server: PrefectServer, base: Path) -> Result:
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterTags, FlowRunFilter, \
-        FlowRunFilterId
+        FlowRunFilterId, FlowRunFilterState, FlowRunFilterStateName, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
     from prefect.states import Scheduled
 
     n = args.targets
@@ -213,7 +219,8 @@ def run_mode(mode: str, args: argparse.Namespace, cluster: Cluster, server: Pref
     plan = base / f"plan-{mode}.yaml"
     plan.write_text(yaml.safe_dump_all(plan_docs(namespace, n), sort_keys=False))
     env = {**server.env}
-    done = subprocess.run([str(VENV / "stashflow"), "deploy", str(plan), "--work-pool", pool, "--kubeconfig",
+    done = subprocess.run([str(VENV / "stashflow"), "deploy", str(plan), "--work-pool", pool, "--pool-type",
+                           "stashflow" if mode == "stashflow" else "process", "--kubeconfig",
                            str(cluster.kubeconfig)], env=env, capture_output=True, text=True, timeout=1800)
     if done.returncode:
         raise SystemExit(f"deploy failed: {done.stderr[-2000:]}")
@@ -223,7 +230,7 @@ def run_mode(mode: str, args: argparse.Namespace, cluster: Cluster, server: Pref
     assert len(deployments) == n, len(deployments)
 
     worker_env = {**env, "PYTHONPATH": str(COUNTER), "STASHFLOW_BENCH_COUNTS": str(counts),
-                  "PREFECT_WORKER_QUERY_SECONDS": "5"}
+                  "PREFECT_WORKER_QUERY_SECONDS": "5", "STASHFLOW_BENCH_CALLERS": "1" if args.callers else "0"}
     if mode == "stashflow":
         command = [str(VENV / "stashflow"), "worker", "--pool", pool]
     else:
@@ -240,8 +247,17 @@ def run_mode(mode: str, args: argparse.Namespace, cluster: Cluster, server: Pref
     agent_start = time.monotonic() + (t0 - datetime.now(timezone.utc)).total_seconds()
 
     async def count_jobs() -> int:
+        """How many Jobs exist, read as one Job and the apiserver's count of the rest (a full list of
+        200 Jobs every second would load the apiserver the bench is measuring)."""
         async with cluster.api_client() as api:
-            return len((await client.BatchV1Api(api).list_namespaced_job(namespace)).items)
+            page = await client.BatchV1Api(api).list_namespaced_job(namespace, limit=1)
+            return len(page.items) + (page.metadata.remaining_item_count or 0)
+
+    def count_runs(**state: list) -> int:  # type: ignore[type-arg]
+        """Flow runs of this round in these states, counted by the server (not read: reading 200 runs
+        every second would load the server the bench is measuring)."""
+        return asyncio.run(prefect_call(lambda c: c.count_flow_runs(flow_run_filter=FlowRunFilter(
+            id=FlowRunFilterId(any_=ids), state=FlowRunFilterState(**state)))))
 
     def final_states() -> dict[str, int]:
         found = asyncio.run(prefect_call(lambda c: c.read_flow_runs(
@@ -262,9 +278,9 @@ def run_mode(mode: str, args: argparse.Namespace, cluster: Cluster, server: Pref
             break
         if result.all_jobs_s is None and asyncio.run(count_jobs()) >= n:
             result.all_jobs_s = time.monotonic() - agent_start
-        states = final_states()
-        result.late = max(result.late, states.get("Late", 0))
-        finals = sum(v for k, v in states.items() if k in ("Completed", "Failed", "Crashed", "Cancelled", "Skipped"))
+        result.late = max(result.late, count_runs(name=FlowRunFilterStateName(any_=["Late"])))
+        finals = count_runs(type=FlowRunFilterStateType(any_=[StateType.COMPLETED, StateType.FAILED,
+                                                             StateType.CRASHED, StateType.CANCELLED]))
         if finals >= n:
             result.all_final_s = time.monotonic() - agent_start
             break
@@ -278,11 +294,17 @@ def run_mode(mode: str, args: argparse.Namespace, cluster: Cluster, server: Pref
         worker.wait()
     time.sleep(1)
     kube = prefect_requests = 0
+    by: dict[str, dict[str, float]] = {"kubernetes_by": {}, "prefect_by": {}, "events": {}, "prefect_callers": {}}
     for f in counts.glob("*.json"):
         data = json.loads(f.read_text())
         kube += data["kubernetes"]
         prefect_requests += data["prefect"]
+        for key, table in by.items():
+            for shape, count in data.get(key, {}).items():
+                table[shape] = table.get(shape, 0) + count / n
     result.kube_per_run, result.prefect_per_run = kube / n, prefect_requests / n
+    result.events_per_run = sum(by["events"].values())
+    result.breakdown = {k: dict(sorted(v.items(), key=lambda kv: -kv[1])) for k, v in by.items()}
 
     async def cleanup() -> None:
         async with cluster.api_client() as api:
@@ -302,6 +324,12 @@ def main() -> int:
     parser.add_argument("--lead", type=float, default=10.0, help="seconds from scheduling until the runs' instant")
     parser.add_argument("--timeout", type=float, default=900.0, help="give up this long after the Jobs' time")
     parser.add_argument("--db", choices=("postgres", "sqlite"), default="postgres")
+    parser.add_argument("--db-pool", default="", metavar="SIZE+OVERFLOW",
+                        help="the Prefect server's PostgreSQL connection pool, e.g. 20+20 (default: Prefect's, 5+10)")
+    parser.add_argument("--callers", action="store_true",
+                        help="with --breakdown: which code made each Prefect request (slower; not for timings)")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also print each worker's requests per run by method and path shape, and its events")
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="fanout-"))
     os.chmod(base, 0o755)
@@ -310,7 +338,8 @@ def main() -> int:
     agent = cluster.node_agent(state_dir=base / "agent").start()
     agent.script({"stashflow.io/task": "backup"}, succeed(message=REPORT, after=args.seconds))
     pg = Postgres(base) if args.db == "postgres" else None
-    server = PrefectServer(base, pg.url if pg else None)
+    server = PrefectServer(base, pg.url if pg else None,
+                           tuple(int(n) for n in args.db_pool.split("+")) if args.db_pool else None)  # type: ignore[arg-type]
     os.environ.update(PREFECT_API_URL=server.url, PREFECT_HOME=str(server.home))
     results = []
     try:
@@ -328,12 +357,17 @@ def main() -> int:
     print(f"{args.targets} targets at one instant, Jobs of {args.seconds:.0f}s, Prefect server on {args.db}; "
           f"times from the instant (logs in {base})")
     print(f"{'worker':16} {'peak RSS':>10} {'procs':>6} {'all Jobs':>9} {'all final':>10} {'k8s/run':>8} "
-          f"{'prefect/run':>12}  states")
+          f"{'prefect/run':>12} {'events/run':>11}  states")
     for r in results:
         fmt = lambda v: f"{v:.0f}s" if v is not None else "-"  # noqa: E731
         print(f"{r.mode:16} {r.peak_rss_mb:>8.0f}MB {r.peak_processes:>6} {fmt(r.all_jobs_s):>9} "
-              f"{fmt(r.all_final_s):>10} {r.kube_per_run:>8.1f} {r.prefect_per_run:>12.1f}  {r.states}"
+              f"{fmt(r.all_final_s):>10} {r.kube_per_run:>8.1f} {r.prefect_per_run:>12.1f} {r.events_per_run:>11.1f}  {r.states}"
               + (f" Late seen: {r.late}" if r.late else "") + (f"  {r.stopped_at}" if r.stopped_at else ""))
+    if args.breakdown:
+        for r in results:
+            for key, table in r.breakdown.items():
+                sep = "\n  " if key == "prefect_callers" else ", "
+                print(f"{r.mode} {key} per run: " + sep.join(f"{k} {v:.2f}" for k, v in table.items() if v >= 0.05))
     return 0
 
 

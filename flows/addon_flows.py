@@ -40,7 +40,7 @@ from stashflow.tasks.steps import RunSpec
 from stashflow.flows import policies
 from stashflow.flows.naming import short_target
 from stashflow.flows.parameters import GROUPS, Limits, LogMode, RunParameters, form_parameter
-from stashflow.flows.engine import Connection, cleanup_hook, execute
+from stashflow.flows.engine import FLOW_RESULTS, Connection, cleanup_hook, execute
 
 CATALOG_ENV = "STASHFLOW_CATALOG"
 
@@ -204,6 +204,7 @@ def make_flow(catalog: Catalog, addon: Addon, list_name: str, task: Task) -> Flo
         validate_parameters=True,
         on_cancellation=[cleanup_hook],
         on_crashed=[cleanup_hook],
+        **FLOW_RESULTS,
     )(run)
 
 

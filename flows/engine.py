@@ -20,10 +20,12 @@ import time
 from contextlib import AbstractAsyncContextManager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, TypeVar, cast
 
 from prefect import get_run_logger
 from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
+from prefect.settings import get_current_settings
 from prefect.utilities.annotations import quote as prefect_quote
 
 from stashflow.addons.catalog import Catalog
@@ -60,6 +62,14 @@ def quote(value: T) -> T:
     return cast(T, prefect_quote(value))
 
 #: Runs whose Job succeeded but whose result cannot be called good: (message, hint) by code.
+# Every stashflow flow's result options. Its return value is a summary, used in memory (a session's
+# subflows run in its process) and never read back, so it is not persisted; the storage is named so
+# that a flow run does not ask the server for its default result storage (three requests per
+# session run, two of them blocking: with hundreds of runs on one worker's loop, they all waited).
+FLOW_RESULTS: dict[str, Any] = dict(
+    persist_result=False,
+    result_storage=Path(get_current_settings().results.local_storage_path))
+
 RESULT_FAILURES = {
     "no-result": ("the Job succeeded but reported no result",
                   "the Function must write its termination message or print restic's --json summary"),

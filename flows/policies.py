@@ -22,6 +22,7 @@ from typing import Any, AsyncIterator
 
 from prefect import get_run_logger
 from prefect.client.orchestration import get_client
+from prefect.context import FlowRunContext
 from prefect.client.schemas.filters import (
     DeploymentFilter,
     DeploymentFilterId,
@@ -64,31 +65,36 @@ async def check_missed(policy: str, starting_deadline_seconds: int | None, late_
     "Due" is the run's ``expected_start_time``: the time the schedule meant it for."""
     if not current_deployment.id or not current_flow_run.id:
         return
+    context = FlowRunContext.get()  # the engine read the run as it started it: no second read
+    me = context.flow_run if context is not None and context.flow_run is not None \
+        and context.flow_run.id == current_flow_run.id else None
+    if me is None:
+        async with get_client() as client:
+            me = await client.read_flow_run(current_flow_run.id)
+    due = me.expected_start_time
+    if not me.auto_scheduled or due is None or me.deployment_id is None:
+        return  # only runs the schedule made; manual runs and new attempts always run
+    now = datetime.now(timezone.utc)
+    late = now - due
+    if starting_deadline_seconds is not None and late > timedelta(seconds=starting_deadline_seconds):
+        raise Skip(f"missed: started {late.total_seconds():.0f}s after its scheduled time {due:%Y-%m-%d %H:%M:%S}, "
+                   f"past startingDeadlineSeconds {starting_deadline_seconds}")
+    tolerance = timedelta(seconds=late_after_seconds) if late_after_seconds is not None else LATE_TOLERANCE
+    if late <= tolerance or policy == "all":
+        return
+    if policy == "none":
+        raise Skip(f"missed: scheduled for {due:%Y-%m-%d %H:%M:%S}, started {late.total_seconds():.0f}s late "
+                   "(missed-run policy: none)")
     async with get_client() as client:
-        me = await client.read_flow_run(current_flow_run.id)
-        due = me.expected_start_time
-        if not me.auto_scheduled or due is None or me.deployment_id is None:
-            return  # only runs the schedule made; manual runs and new attempts always run
-        now = datetime.now(timezone.utc)
-        late = now - due
-        if starting_deadline_seconds is not None and late > timedelta(seconds=starting_deadline_seconds):
-            raise Skip(f"missed: started {late.total_seconds():.0f}s after its scheduled time {due:%Y-%m-%d %H:%M:%S}, "
-                       f"past startingDeadlineSeconds {starting_deadline_seconds}")
-        tolerance = timedelta(seconds=late_after_seconds) if late_after_seconds is not None else LATE_TOLERANCE
-        if late <= tolerance or policy == "all":
-            return
-        if policy == "none":
-            raise Skip(f"missed: scheduled for {due:%Y-%m-%d %H:%M:%S}, started {late.total_seconds():.0f}s late "
-                       "(missed-run policy: none)")
         newer = [r.expected_start_time for r in await client.read_flow_runs(
             deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[me.deployment_id])),
             flow_run_filter=FlowRunFilter(expected_start_time=FlowRunFilterExpectedStartTime(
                 # pydantic makes Prefect's DateTime (pendulum's, on 3.11) of the datetime
                 after_=due + timedelta(microseconds=1), before_=now)))  # type: ignore[arg-type]
             if r.auto_scheduled and r.id != me.id and r.expected_start_time is not None]
-        if newer:
-            raise Skip(f"missed: scheduled for {due:%Y-%m-%d %H:%M:%S}; a later missed run "
-                       f"({max(newer):%Y-%m-%d %H:%M:%S}) runs instead (missed-run policy: latest)")
+    if newer:
+        raise Skip(f"missed: scheduled for {due:%Y-%m-%d %H:%M:%S}; a later missed run "
+                   f"({max(newer):%Y-%m-%d %H:%M:%S}) runs instead (missed-run policy: latest)")
 
 
 @asynccontextmanager

@@ -35,7 +35,7 @@ from stashflow.tasks.kube import current
 from stashflow.tasks.steps import STEP, restore_component
 
 from .addon_flows import flow_for, loaded, state_message
-from .engine import Connection
+from .engine import FLOW_RESULTS, Connection
 from .parameters import Cluster, Group, Limits, RunParameters, form_parameter
 from .session_flows import _shielded, parse_target, task_target
 from .hook_runs import HookResults, run_phase
@@ -232,7 +232,7 @@ async def cleanup_hook(flow: Any, flow_run: Any, state: Any) -> None:
 
 
 @flow(name=FLOW_NAME, retries=0, validate_parameters=True,
-      on_cancellation=[cleanup_hook], on_crashed=[cleanup_hook])
+      on_cancellation=[cleanup_hook], on_crashed=[cleanup_hook], **FLOW_RESULTS)
 async def restore_session(*, target: str | None = None, namespace: str = "default", name: str, addon: str,
                           tasks: list[SessionTask], data_source: DataSource, limits: Limits = Limits(),
                           cluster: Cluster = Cluster(), addon_settings: dict[str, Any] | None = None,

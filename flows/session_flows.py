@@ -39,7 +39,7 @@ from stashflow.tasks.steps import ANN_DIRECTORY, ANN_SECRET, ANN_STORAGE, ANN_ST
 from . import policies
 from .hook_runs import HookResults, run_phase
 from .addon_flows import _spec_from_parameters, flow_for, loaded, state_message
-from .engine import Connection, stop_reason
+from .engine import FLOW_RESULTS, Connection, stop_reason
 from .parameters import Cluster, Limits, RunParameters, SchedulePolicy
 from .session_parameters import SessionAdvanced, SessionHook, SessionParameters, SessionRepository, SessionTask
 
@@ -329,7 +329,6 @@ async def _session(kube: Any, params: SessionParameters, ref: sessions.BackupSes
         for repo in params.repositories}
     await steps.start_session(bs, list(snaps.values()), deadline)
     snapshot_of = {repo: s["metadata"]["name"] for repo, s in snaps.items()}
-    await steps.mark_running(ns, name, list(snapshot_of.values()))
 
     failures: dict[str, str] = {}  # "<task> → <repository>": "code: reason"
     missing: dict[str, dict[str, str]] = {snapshot_of[r.name]: {} for r in params.repositories}
@@ -380,13 +379,6 @@ async def _session(kube: Any, params: SessionParameters, ref: sessions.BackupSes
     if post_failure is not None:  # KubeStash: a failed postBackup hook fails the session
         failures["postBackup hooks"] = f"{post_failure.code}: {post_failure.message}"
     retention = await _retention(params, ref, finished, snapshot_of)
-    await steps.update_repositories(ns, [r.name for r in params.repositories])
-    try:
-        await steps.clean_session_history(ns, params.configuration, params.session, name, params.limits.history_limit)
-        cleaned = True
-    except StashflowError as exc:
-        logger.error("session history not cleaned: %s", exc)
-        cleaned = False
     for repo_name, snap_name in snapshot_of.items():
         snap = finished.get(snap_name) or {}
         if snap.get("phase") != "Succeeded" and not any(w.endswith(f"→ {repo_name}") for w in failures):
@@ -396,15 +388,18 @@ async def _session(kube: Any, params: SessionParameters, ref: sessions.BackupSes
     retry_at = None
     if failures or any(r.get("phase") == "FailedToApply" for r in retention):
         retry_at = await _retry(params)
-    status = await steps.finish_session(ns, name, finished, retention, cleaned, started, retry_at,
-                                        hooks=hooked.status(), hook_conditions=hooked.conditions())
-    try:
-        from .artifacts import next_scheduled_run
+    from .artifacts import next_scheduled_run
 
-        await steps.update_configuration(ns, params.configuration, params.session, await next_scheduled_run(),
-                                         status["phase"])
+    try:
+        next_schedule = await next_scheduled_run()
     except Exception as exc:  # noqa: BLE001 - the configuration's status never changes the session's outcome
-        logger.warning("BackupConfiguration status not updated: %s", exc)
+        logger.warning("next scheduled run not read: %s", exc)
+        next_schedule = None
+    status = await steps.finish_session(steps.SessionEnd(
+        namespace=ns, name=name, configuration=params.configuration, session=params.session,
+        repositories=[r.name for r in params.repositories], history_limit=params.limits.history_limit,
+        snapshots=finished, retention=retention, started=started, retry_at=retry_at, hooks=hooked.status(),
+        hook_conditions=hooked.conditions(), next_schedule=next_schedule))
     summary = {"backup_session": name, "phase": status["phase"], "duration": status.get("duration"),
                "snapshots": {n: {"phase": s.get("phase"), "size": s.get("size"), "integrity": s.get("integrity"),
                                  "components": sorted((s.get("components") or {}))} for n, s in finished.items()}}
@@ -498,7 +493,7 @@ async def cleanup_hook(flow: Any, flow_run: Any, state: Any) -> None:
 
 
 @flow(name=FLOW_NAME, flow_run_name=_run_name, retries=0, validate_parameters=True,
-      on_cancellation=[cleanup_hook], on_crashed=[cleanup_hook])
+      on_cancellation=[cleanup_hook], on_crashed=[cleanup_hook], **FLOW_RESULTS)
 async def backup_session(*, target: str | None = None, namespace: str = "default", configuration: str, session: str,
                          addon: str, tasks: list[SessionTask], repositories: list[SessionRepository],
                          hooks: list[SessionHook] | None = None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import weakref
 from typing import Any
 
 from stashflow.addons.crd import KINDS, VERSION, crd
@@ -86,6 +87,15 @@ async def delete(kube: Kube, kind: str, namespace: str, name: str) -> bool:
 #: run. A CRD replaced under a running process (KubeStash's installed over stashflow's) is seen within it.
 CRD_TTL = 60.0
 _present: dict[tuple[str, str], tuple[float, Any]] = {}
+#: One read (and one install) of a CRD at a time per event loop: 200 runs starting on the same minute
+#: otherwise all missed the empty cache together and read it 200 times (and raced to install it).
+_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str, str], asyncio.Lock]] = \
+    weakref.WeakKeyDictionary()
+
+
+def _lock(what: str, key: tuple[str, str]) -> asyncio.Lock:
+    locks = _locks.setdefault(asyncio.get_running_loop(), {})
+    return locks.setdefault((what, *key), asyncio.Lock())
 
 
 def forget_crds() -> None:
@@ -99,12 +109,13 @@ async def read_crd(kube: Kube, name: str) -> Any:
     if found is not None:
         return found
     key = (kube.api.configuration.host or "", name)
-    known = _present.get(key)
-    if known is not None and time.monotonic() - known[0] < CRD_TTL:
-        found = known[1]
-    else:
-        found = await kube.call("read CRD", kube.extensions.read_custom_resource_definition, name)
-        _present[key] = (time.monotonic(), found)
+    async with _lock("read", key):
+        known = _present.get(key)
+        if known is not None and time.monotonic() - known[0] < CRD_TTL:
+            found = known[1]
+        else:
+            found = await kube.call("read CRD", kube.extensions.read_custom_resource_definition, name)
+            _present[key] = (time.monotonic(), found)
     kube.seen[f"crd/{name}"] = found
     return found
 
@@ -113,22 +124,26 @@ async def ensure_crd(kube: Kube, kind: str, timeout: float = 30.0) -> str:
     """Install stashflow's CRD of ``kind`` when the cluster has none: ``"present"``, ``"installed"``,
     or ``"unknown"`` when this identity may not read CRDs (then `stashflow install` did it)."""
     name = KINDS[kind].crd_name
-    try:  # kept for the run (kube.seen): the Snapshot's schema is read from it, not asked again
-        await read_crd(kube, name)
-        return "present"
-    except Forbidden:
-        return "unknown"
-    except NotFound:
-        pass  # none: install stashflow's below
-    with contextlib.suppress(Conflict):  # another run installed it at the same moment
-        await kube.call(f"create CRD {name}", kube.extensions.create_custom_resource_definition, crd(kind))
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while loop.time() < end:
-        found = await kube.call("read CRD", kube.extensions.read_custom_resource_definition, name)
-        if any(c.type == "Established" and c.status == "True" for c in (found.status.conditions or [])):
-            return "installed"
-        await asyncio.sleep(0.1)
+    key = (kube.api.configuration.host or "", name)
+    async with _lock("install", key):  # the runs of this process waiting on one install read its result
+        try:  # kept for the run (kube.seen): the Snapshot's schema is read from it, not asked again
+            await read_crd(kube, name)
+            return "present"
+        except Forbidden:
+            return "unknown"
+        except NotFound:
+            pass  # none: install stashflow's below
+        with contextlib.suppress(Conflict):  # another process installed it at the same moment
+            await kube.call(f"create CRD {name}", kube.extensions.create_custom_resource_definition, crd(kind))
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while loop.time() < end:
+            found = await kube.call("read CRD", kube.extensions.read_custom_resource_definition, name)
+            if any(c.type == "Established" and c.status == "True" for c in (found.status.conditions or [])):
+                _present[key] = (time.monotonic(), found)
+                kube.seen[f"crd/{name}"] = found
+                return "installed"
+            await asyncio.sleep(0.1)
     raise Unavailable(f"the CRD {name} was created but did not become Established")
 
 

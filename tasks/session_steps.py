@@ -2,7 +2,9 @@
 
 apply-plan-objects → claim-target → start-session (BackupSession, one Snapshot per repository,
 ``status.snapshots`` written before any Job) → [the tasks, as subflows] → finish-snapshots →
-apply-retention → update-repositories → clean-session-history → finish-session. Objects are built
+apply-retention → finish-session (Repositories' status, session history, the BackupSession's end, the
+BackupConfiguration's status: one task, as each Prefect task run costs its worker and the server
+three events, and a fleet's sessions start on the same minute). Objects are built
 by ``addons/sessions.py``; here they meet the cluster. Each step is idempotent: a session started
 again under the same name adopts what it made.
 """
@@ -10,13 +12,14 @@ again under the same name adopts what it made.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 from prefect import get_run_logger, task
 
 from stashflow.addons import sessions
-from stashflow.addons.errors import Conflict, NotFound, RunError
+from stashflow.addons.errors import Conflict, NotFound, RunError, StashflowError
 from stashflow.addons.render import LABEL_PREFIX, MANAGED_BY
 
 from . import claim, objects, resources
@@ -67,7 +70,8 @@ async def _create_or_adopt(obj: dict[str, Any]) -> dict[str, Any]:
 async def start_session(backup_session: dict[str, Any], snapshots: list[dict[str, Any]],
                         deadline: datetime | None) -> dict[str, Any]:
     """The BackupSession, then one Pending Snapshot per repository, then the BackupSession's status
-    naming them (what KubeStash's executors read first), with its deadline."""
+    naming them (what KubeStash's executors read first), with its deadline; then the Snapshots and the
+    session Running (``BackupExecutorEnsured``): the tasks come next."""
     kube, logger = current(), get_run_logger()
     bs = await _create_or_adopt(backup_session)
     ns, name = bs["metadata"]["namespace"], bs["metadata"]["name"]
@@ -86,25 +90,25 @@ async def start_session(backup_session: dict[str, Any], snapshots: list[dict[str
         status["backupDeadline"] = deadline.strftime("%Y-%m-%dT%H:%M:%SZ")
     status["phase"] = sessions.calculate_phase(status)
     logger.info("BackupSession %s/%s: %s", ns, name, status["phase"])
-    return await objects.patch_status(kube, "BackupSession", ns, name, status)
+    bs = await objects.patch_status(kube, "BackupSession", ns, name, status)
+    return await _mark_running(ns, name, [s["name"] for s in listed], bs.get("status") or status)
 
 
-@task(name="mark-running", **STEP)
-async def mark_running(namespace: str, backup_session: str, snapshot_names: list[str]) -> None:
-    """The executors are about to run: Snapshots Running, ``BackupExecutorEnsured`` on the session."""
+async def _mark_running(namespace: str, backup_session: str, snapshot_names: list[str], status: dict[str, Any]
+                        ) -> dict[str, Any]:
+    """The executors are about to run: Snapshots Running, ``BackupExecutorEnsured`` on the session
+    (``status``: the session's as just written)."""
     kube = current()
     for name in snapshot_names:
         await resources.patch_snapshot_status(kube, namespace, name, {"phase": "Running"})
-    bs = await objects.read(kube, "BackupSession", namespace, backup_session)
-    status = bs.get("status") or {}
     status["conditions"] = sessions.set_condition(status.get("conditions") or [], sessions.condition(
         "BackupExecutorEnsured", True, "SuccessfullyEnsuredBackupExecutor",
         "Backup Executor has been ensured successfully."))
     status["snapshots"] = [{**s, "phase": "Running"} for s in status.get("snapshots") or []]
     status["phase"] = sessions.calculate_phase(status)
-    await objects.patch_status(kube, "BackupSession", namespace, backup_session,
-                               {"conditions": status["conditions"], "snapshots": status["snapshots"],
-                                "phase": status["phase"]})
+    return await objects.patch_status(kube, "BackupSession", namespace, backup_session,
+                                      {"conditions": status["conditions"], "snapshots": status["snapshots"],
+                                       "phase": status["phase"]})
 
 
 @task(name="fail-component", **STEP)
@@ -144,7 +148,6 @@ async def finish_snapshots(namespace: str, expected: dict[str, dict[str, str]]) 
     return {n: (s.get("status") or {}) if "status" in s else s for n, s in done.items()}
 
 
-@task(name="update-repositories", **STEP)
 async def update_repositories(namespace: str, repositories: list[str]) -> None:
     """Each Repository's status from its Snapshots: last backup, count, size, integrity, recent ones."""
     kube = current()
@@ -157,7 +160,6 @@ async def update_repositories(namespace: str, repositories: list[str]) -> None:
         await objects.patch_status(kube, "Repository", namespace, name, status)
 
 
-@task(name="clean-session-history", **STEP)
 async def clean_session_history(namespace: str, configuration: str, session: str, current_name: str,
                                 limit: int) -> list[str]:
     """``sessionHistoryLimit``: keep that many BackupSessions of this plan's session (this one always) with
@@ -188,11 +190,53 @@ def _of_session(name: str) -> str:
     return f"app.kubernetes.io/managed-by={MANAGED_BY},{LABEL_PREFIX}session={label_value(name)}"
 
 
+@dataclass(frozen=True)
+class SessionEnd:
+    """What ``finish-session`` needs: the session, how its Snapshots and retention ended, its hooks."""
+
+    namespace: str
+    name: str
+    configuration: str
+    session: str
+    repositories: list[str]
+    history_limit: int
+    snapshots: dict[str, dict[str, Any]]
+    retention: list[dict[str, Any]]
+    started: float
+    retry_at: datetime | None = None
+    hooks: dict[str, Any] | None = None
+    hook_conditions: list[dict[str, Any]] | None = None
+    next_schedule: datetime | None = None
+
+
 @task(name="finish-session", **STEP)
-async def finish_session(namespace: str, name: str, snapshots: dict[str, dict[str, Any]],
-                         retention: list[dict[str, Any]], history_cleaned: bool, started: float,
-                         retry_at: datetime | None = None, hooks: dict[str, Any] | None = None,
-                         hook_conditions: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+async def finish_session(end: SessionEnd) -> dict[str, Any]:
+    """What follows a session's Snapshots and retention, one step: each Repository's status, the session
+    history limit, the BackupSession's end, the BackupConfiguration's status. Returns the BackupSession's
+    status. Only the BackupSession's own write can fail the step: history that could not be cleaned is
+    its condition, a configuration status not written a warning."""
+    logger = get_run_logger()
+    await update_repositories(end.namespace, end.repositories)
+    try:
+        await clean_session_history(end.namespace, end.configuration, end.session, end.name, end.history_limit)
+        cleaned = True
+    except StashflowError as exc:
+        logger.error("session history not cleaned: %s", exc)
+        cleaned = False
+    status = await _end_session(end.namespace, end.name, end.snapshots, end.retention, cleaned, end.started,
+                                end.retry_at, end.hooks, end.hook_conditions)
+    try:
+        await update_configuration(end.namespace, end.configuration, end.session, end.next_schedule,
+                                   status["phase"])
+    except Exception as exc:  # noqa: BLE001 - the configuration's status never changes the session's outcome
+        logger.warning("BackupConfiguration status not updated: %s", exc)
+    return status
+
+
+async def _end_session(namespace: str, name: str, snapshots: dict[str, dict[str, Any]],
+                       retention: list[dict[str, Any]], history_cleaned: bool, started: float,
+                       retry_at: datetime | None = None, hooks: dict[str, Any] | None = None,
+                       hook_conditions: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The BackupSession's end: its Snapshots' phases, retention per repository, its hooks (``status.hooks``
     and a condition per phase), the final steps' conditions, the duration, and the phase ``CalculatePhase``
     gives."""
@@ -263,7 +307,6 @@ def session_error(name: str, namespace: str, failures: dict[str, str]) -> RunErr
                     hint="see each task's flow run; a Snapshot of another repository may have succeeded")
 
 
-@task(name="update-configuration", **STEP)
 async def update_configuration(namespace: str, configuration: str, session: str, next_schedule: datetime | None,
                                last_phase: str) -> None:
     """The BackupConfiguration's status: Ready (its sessions are scheduled by Prefect deployments), and this

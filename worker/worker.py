@@ -24,9 +24,11 @@ adds what "in-process" changes:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import threading
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional
 from uuid import UUID
@@ -39,14 +41,15 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.events.filters import EventAnyResourceFilter, EventFilter, EventNameFilter
 from prefect.settings import get_current_settings
 from prefect.flows import Flow, load_flow_from_entrypoint
-from prefect.settings import PREFECT_WORKER_QUERY_SECONDS
-from prefect.states import Crashed, Scheduled
+from prefect.exceptions import PrefectHTTPStatusError
+from prefect.settings import PREFECT_CLIENT_CSRF_SUPPORT_ENABLED, PREFECT_WORKER_QUERY_SECONDS, temporary_settings
+from prefect.states import Crashed, Scheduled, State
 from prefect.utilities.services import critical_service_loop
 from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker, BaseWorkerResult
 
 from stashflow.flows import addon_flows
 
-from .inprocess import RunControl, run_flow_run
+from .inprocess import RunControl, SharedWatch, run_flow_run
 
 if TYPE_CHECKING:
     from prefect.client.schemas.responses import WorkerFlowRunResponse
@@ -117,6 +120,7 @@ class StashflowWorker(BaseWorker[StashflowJobConfiguration, StashflowWorkerVaria
         self._flows: dict[tuple[str, tuple[str, ...]], Flow[..., Any]] = {}
         self._flow_lock = asyncio.Lock()
         self._stopping: str | None = None
+        self._shared: SharedWatch | None = None
         self.tally = Tally()
 
     # -- serving -----------------------------------------------------------------------------
@@ -125,7 +129,7 @@ class StashflowWorker(BaseWorker[StashflowJobConfiguration, StashflowWorkerVaria
                     query_seconds: float | None = None) -> Tally:
         """Poll the pool and run its flow runs until ``stop`` is set; then end the running runs."""
         interval = query_seconds if query_seconds is not None else PREFECT_WORKER_QUERY_SECONDS.value()
-        async with self:
+        async with self, self._shared_watch(), self._client_settings():
             async with anyio.create_task_group() as loops:
                 loops.start_soon(lambda: critical_service_loop(workload=self.get_and_submit_flow_runs,
                                                                interval=interval, jitter_range=0.3, backoff=4))
@@ -140,6 +144,38 @@ class StashflowWorker(BaseWorker[StashflowJobConfiguration, StashflowWorkerVaria
                 loops.cancel_scope.cancel()
             await self.stop_runs(self._stopping or "the stashflow worker stopped")
         return self.tally
+
+    @contextlib.asynccontextmanager
+    async def _client_settings(self) -> AsyncIterator[None]:
+        """The runs' API clients skip the CSRF token when the server has CSRF protection off (its default):
+        each client otherwise learns that by one refused request, and a session run makes three clients."""
+        try:
+            await self.client.request("GET", "/csrf-token", params={"client": f"stashflow-worker-{self.name}"})
+            protected = True
+        except PrefectHTTPStatusError as exc:
+            protected = not (exc.response.status_code == 404 or "CSRF protection is disabled" in exc.response.text)
+        if protected:
+            yield
+            return
+        with temporary_settings(updates={PREFECT_CLIENT_CSRF_SUPPORT_ENABLED: False}):
+            yield
+
+    @contextlib.asynccontextmanager
+    async def _shared_watch(self) -> AsyncIterator[None]:
+        """One suspension observer and heartbeat thread for all runs (``inprocess.SharedWatch``); if the
+        observer cannot start, each run starts Prefect's own, as in a subprocess."""
+        try:
+            self._shared = await SharedWatch().__aenter__()
+        except Exception as exc:  # noqa: BLE001 - the runs still work, each with its own observer
+            self._logger.warning("one suspension observer for all runs could not start (%s): each run starts "
+                                 "its own", exc)
+            self._shared = None
+        try:
+            yield
+        finally:
+            if self._shared is not None:
+                await self._shared.__aexit__(None, None, None)
+                self._shared = None
 
     async def stop_runs(self, reason: str) -> None:
         """End every running run with its cleanup (see the module docstring)."""
@@ -169,7 +205,7 @@ class StashflowWorker(BaseWorker[StashflowJobConfiguration, StashflowWorkerVaria
         flow = await self._flow_of(configuration)
         current = await self.client.read_flow_run(flow_run.id)  # its state now, not the poll's
         control = RunControl(flow_run.id)
-        task = asyncio.create_task(run_flow_run(flow, current, control), name=f"flow-run-{flow_run.id}")
+        task = asyncio.create_task(run_flow_run(flow, current, control, self._shared), name=f"flow-run-{flow_run.id}")
         self._running[flow_run.id] = _Running(task, control, current)
         self.tally.started += 1
         self.tally.ids.append(flow_run.id)
@@ -197,8 +233,10 @@ class StashflowWorker(BaseWorker[StashflowJobConfiguration, StashflowWorkerVaria
         error = None if task.cancelled() else task.exception()
         if error is not None and not isinstance(error, Exception):
             error = None
-        try:
-            state = (await self.client.read_flow_run(flow_run.id)).state
+        returned = task.result() if not task.cancelled() and task.exception() is None else None
+        try:  # the engine's final state is the one the API accepted; only other ends are read back
+            state = returned if isinstance(returned, State) and returned.is_final() and not control.cancel_requested \
+                and control.stop_reason is None else (await self.client.read_flow_run(flow_run.id)).state
         except Exception:  # noqa: BLE001 - the API is away; Prefect's late-run handling takes over
             logger.exception("could not read the final state of flow run %s", flow_run.id)
             return StashflowWorkerResult(identifier=identifier, status_code=0)

@@ -17,13 +17,29 @@ import threading
 _DIR = os.environ.get("STASHFLOW_BENCH_COUNTS")
 _COUNTS = {"kubernetes": 0, "prefect": 0}
 _KINDS: dict[str, int] = {}  # Kubernetes requests by method and path shape ("GET namespaces/*/jobs")
+_PREFECT_KINDS: dict[str, int] = {}  # Prefect requests by method and path shape ("POST flow_runs/*/set_state")
+_EVENTS: dict[str, int] = {}  # events sent to the Prefect API's websocket, by name
+_CALLERS: dict[str, int] = {}  # with STASHFLOW_BENCH_CALLERS=1: Prefect requests by shape and calling code
+_WANT_CALLERS = os.environ.get("STASHFLOW_BENCH_CALLERS") == "1"
+
+
+def _callers() -> str:
+    """The innermost stashflow and Prefect frames that led to a request (not httpx's own)."""
+    frames, frame = [], sys._getframe(3)
+    while frame is not None and len(frames) < 4:
+        name = frame.f_code.co_filename
+        if ("prefect" in name or "stashflow" in name or "/main/" in name) and "/client/base.py" not in name:
+            frames.append(f"{name.rsplit('/', 2)[-2]}/{name.rsplit('/', 1)[-1]}:{frame.f_code.co_name}")
+        frame = frame.f_back
+    return " < ".join(frames)
 _API = os.environ.get("PREFECT_API_URL", "")
 
 
 def _write() -> None:
     try:
         with open(os.path.join(_DIR, f"{os.getpid()}.json"), "w") as out:
-            json.dump({**_COUNTS, "argv": sys.argv[:4], "kubernetes_by": _KINDS}, out)
+            json.dump({**_COUNTS, "argv": sys.argv[:4], "kubernetes_by": _KINDS, "prefect_by": _PREFECT_KINDS,
+                       "events": _EVENTS, "prefect_callers": _CALLERS}, out)
     except OSError:
         pass
 
@@ -43,22 +59,44 @@ def _patch_rest(module) -> None:  # type: ignore[no-untyped-def]
     module.RESTClientObject.request = request
 
 
+def _count_prefect(request) -> None:  # type: ignore[no-untyped-def]
+    url = str(request.url)
+    if not (_API and url.startswith(_API)):
+        return
+    _COUNTS["prefect"] += 1
+    parts = url[len(_API):].split("?", 1)[0].strip("/").split("/")
+    shape = "/".join("*" if len(seg) == 36 and seg.count("-") == 4 else seg for seg in parts)
+    key = f"{request.method} {shape}"
+    _PREFECT_KINDS[key] = _PREFECT_KINDS.get(key, 0) + 1
+    if _WANT_CALLERS:
+        key = f"{key} <- {_callers()}"
+        _CALLERS[key] = _CALLERS.get(key, 0) + 1
+
+
 def _patch_httpx(module) -> None:  # type: ignore[no-untyped-def]
     original_async, original_sync = module.AsyncClient.send, module.Client.send
 
     async def send_async(self, request, *args, **kwargs):  # type: ignore[no-untyped-def]
-        if _API and str(request.url).startswith(_API):
-            _COUNTS["prefect"] += 1
+        _count_prefect(request)
         return await original_async(self, request, *args, **kwargs)
 
     def send_sync(self, request, *args, **kwargs):  # type: ignore[no-untyped-def]
-        if _API and str(request.url).startswith(_API):
-            _COUNTS["prefect"] += 1
+        _count_prefect(request)
         return original_sync(self, request, *args, **kwargs)
     module.AsyncClient.send, module.Client.send = send_async, send_sync
 
 
-_PATCHES = {"kubernetes_asyncio.client.rest": _patch_rest, "httpx": _patch_httpx}
+def _patch_events(module) -> None:  # type: ignore[no-untyped-def]
+    original = module.PrefectEventsClient._emit
+
+    async def emit(self, event):  # type: ignore[no-untyped-def]
+        _EVENTS[event.event] = _EVENTS.get(event.event, 0) + 1
+        return await original(self, event)
+    module.PrefectEventsClient._emit = emit
+
+
+_PATCHES = {"kubernetes_asyncio.client.rest": _patch_rest, "httpx": _patch_httpx,
+            "prefect.events.clients": _patch_events}
 
 
 class _Finder(importlib.abc.MetaPathFinder):

@@ -120,6 +120,16 @@ def state_names(run_id: Any) -> list[str]:
     return [s.name for s in sorted(states, key=lambda s: s.timestamp)]
 
 
+def heartbeats_of(ids: list[Any]) -> set[str]:
+    """The flow runs among ``ids`` that have sent a heartbeat event."""
+    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+
+    page = prefect(lambda c: c.read_events(filter=EventFilter(
+        event=EventNameFilter(name=["prefect.flow-run.heartbeat"]),
+        resource=EventResourceFilter(id=[f"prefect.flow-run.{i}" for i in ids])), limit=50))
+    return {e.resource.id.removeprefix("prefect.flow-run.") for e in page.events}
+
+
 def children(pid: int) -> list[int]:
     """Child processes of ``pid`` (from /proc)."""
     found = []
@@ -154,6 +164,8 @@ def test_one_worker_process_runs_many_flow_runs_at_once(kube_cluster, namespace,
                          timeout=120, interval=0.5)
     assert {r.infrastructure_pid.split(":")[1] for r in running} == {str(worker.process.pid)}
     assert children(worker.process.pid) == []
+    # each run's heartbeat reaches the API, sent by the process's one heartbeat thread (inprocess.SharedWatch)
+    eventually(lambda: heartbeats_of(ids) == {str(i) for i in ids}, timeout=120, interval=1)
     # let them go: replacement Pods (the Job controller makes them) succeed
     node_agent.script({"stashflow.io/task": "backup"}, succeed(message=REPORT))
     api(kube_cluster, lambda c: client.CoreV1Api(c).delete_collection_namespaced_pod(namespace))

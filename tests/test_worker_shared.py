@@ -1,0 +1,90 @@
+"""The stashflow worker's one heartbeat thread for all its runs (``worker/inprocess.py``).
+
+The engines here are fakes: Prefect's engine sends a heartbeat at most every 30 s, which a test cannot
+wait for; what is faked is only what the thread calls. That the real engine's heartbeats reach a real
+API through this thread is ``tests/schedules/test_worker.py``'s first test.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from stashflow.worker.inprocess import _Heartbeats
+
+
+@dataclass
+class State:
+    final: bool = False
+
+    def is_final(self) -> bool:
+        return self.final
+
+
+@dataclass
+class FlowRun:
+    state: State = field(default_factory=State)
+
+
+@dataclass
+class FakeEngine:
+    name: str
+    heartbeat_seconds: int = 0  # every pass of the thread
+    flow_run: FlowRun = field(default_factory=FlowRun)
+    sent: list[Any] = field(default_factory=list)
+    beat: threading.Event = field(default_factory=threading.Event)
+    logger: Any = None
+
+    def _build_heartbeat_event_template(self) -> tuple[str, str]:
+        return f"resource-{self.name}", f"related-{self.name}"
+
+    def _emit_flow_run_heartbeat(self, resource: str, related: str) -> None:
+        self.sent.append((resource, related))
+        self.beat.set()
+
+
+def test_one_thread_beats_for_every_run_registered_and_stops_for_removed_and_final_runs() -> None:
+    before = threading.active_count()
+    beats = _Heartbeats()
+    try:
+        engines = [FakeEngine(str(i)) for i in range(20)]
+        keys = [beats.add(e) for e in engines]
+        assert threading.active_count() == before + 1  # one thread, not one per run
+        for engine in engines:  # each beats at once, with its own template
+            assert engine.beat.wait(10), engine.name
+            assert engine.sent[0] == (f"resource-{engine.name}", f"related-{engine.name}")
+        removed, finished, going = engines[0], engines[1], engines[2]
+        beats.remove(keys[0])
+        finished.flow_run.state.final = True
+        sent_removed, sent_finished = len(removed.sent), len(finished.sent)
+        going.beat.clear()
+        assert going.beat.wait(10)  # a pass after the change: the others are past it too
+        going.beat.clear()
+        assert going.beat.wait(10)
+        assert len(removed.sent) == sent_removed
+        assert len(finished.sent) == sent_finished
+    finally:
+        beats.close()
+
+
+def test_a_failing_heartbeat_does_not_stop_the_others() -> None:
+    class Broken(FakeEngine):
+        def _emit_flow_run_heartbeat(self, resource: str, related: str) -> None:
+            self.beat.set()
+            raise RuntimeError("the API is away")
+
+    class Log:
+        def debug(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+    beats = _Heartbeats()
+    try:
+        broken, fine = Broken("broken", logger=Log()), FakeEngine("fine")
+        beats.add(broken)
+        beats.add(fine)
+        assert broken.beat.wait(10) and fine.beat.wait(10)
+        fine.beat.clear()
+        assert fine.beat.wait(10)  # the thread lived on
+    finally:
+        beats.close()
