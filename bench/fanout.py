@@ -143,6 +143,15 @@ def plan_docs(namespace: str, n: int) -> list[dict]:
     return docs
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time of ``pid`` and of its children it has waited for (user + system), from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
 def tree_rss_mb(pid: int) -> tuple[float, int]:
     """RSS of ``pid`` and all its descendants (MB), and how many processes that is."""
     parents: dict[int, int] = {}
@@ -179,6 +188,8 @@ class Result:
     kube_per_run: float = 0.0
     prefect_per_run: float = 0.0
     events_per_run: float = 0.0
+    worker_cpu_s: float = 0.0  # CPU seconds of the worker (and the children it waited for) over the round
+    server_cpu_s: float = 0.0  # CPU seconds of the Prefect server from the runs' creation to the end
     stopped_at: str = ""
     breakdown: dict[str, dict[str, float]] = field(default_factory=dict)  # per run, by request shape / event
 
@@ -241,6 +252,7 @@ def run_mode(mode: str, args: argparse.Namespace, cluster: Cluster, server: Pref
     worker = subprocess.Popen(command, env=worker_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     time.sleep(8)  # the worker is up and polling before the instant
     t0 = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=args.lead)
+    server_cpu_before = cpu_seconds(server.proc.pid)
     runs = asyncio.run(prefect_call(lambda c: asyncio.gather(*[
         c.create_flow_run_from_deployment(d.id, state=Scheduled(scheduled_time=t0)) for d in deployments])))
     ids = [r.id for r in runs]
@@ -286,6 +298,8 @@ def run_mode(mode: str, args: argparse.Namespace, cluster: Cluster, server: Pref
             break
         time.sleep(1)
     result.states = final_states()
+    result.worker_cpu_s = cpu_seconds(worker.pid)
+    result.server_cpu_s = cpu_seconds(server.proc.pid) - server_cpu_before
     try:
         os.killpg(worker.pid, signal.SIGTERM)
         worker.wait(180)
@@ -357,11 +371,12 @@ def main() -> int:
     print(f"{args.targets} targets at one instant, Jobs of {args.seconds:.0f}s, Prefect server on {args.db}; "
           f"times from the instant (logs in {base})")
     print(f"{'worker':16} {'peak RSS':>10} {'procs':>6} {'all Jobs':>9} {'all final':>10} {'k8s/run':>8} "
-          f"{'prefect/run':>12} {'events/run':>11}  states")
+          f"{'prefect/run':>12} {'events/run':>11} {'CPU s/run':>15}  states")
     for r in results:
         fmt = lambda v: f"{v:.0f}s" if v is not None else "-"  # noqa: E731
         print(f"{r.mode:16} {r.peak_rss_mb:>8.0f}MB {r.peak_processes:>6} {fmt(r.all_jobs_s):>9} "
-              f"{fmt(r.all_final_s):>10} {r.kube_per_run:>8.1f} {r.prefect_per_run:>12.1f} {r.events_per_run:>11.1f}  {r.states}"
+              f"{fmt(r.all_final_s):>10} {r.kube_per_run:>8.1f} {r.prefect_per_run:>12.1f} {r.events_per_run:>11.1f} "
+              f"{r.worker_cpu_s / r.targets:>6.2f}w {r.server_cpu_s / r.targets:>6.2f}s  {r.states}"
               + (f" Late seen: {r.late}" if r.late else "") + (f"  {r.stopped_at}" if r.stopped_at else ""))
     if args.breakdown:
         for r in results:

@@ -35,12 +35,14 @@ from uuid import UUID
 
 import anyio
 import anyio.abc
+import httpx
 from pydantic import ConfigDict, Field
 from prefect._internal.observers import FlowRunCancellingObserver
 from prefect.client.schemas.objects import FlowRun
 from prefect.events.filters import EventAnyResourceFilter, EventFilter, EventNameFilter
 from prefect.settings import get_current_settings
 from prefect.flows import Flow, load_flow_from_entrypoint
+from prefect.context import AsyncClientContext, SyncClientContext
 from prefect.exceptions import PrefectHTTPStatusError
 from prefect.settings import PREFECT_CLIENT_CSRF_SUPPORT_ENABLED, PREFECT_WORKER_QUERY_SECONDS, temporary_settings
 from prefect.states import Crashed, Scheduled, State
@@ -55,6 +57,8 @@ if TYPE_CHECKING:
     from prefect.client.schemas.responses import WorkerFlowRunResponse
 
 ADDON_FLOWS = f"{addon_flows.__name__}:"
+#: Connections of the runs' one API client (Prefect's own client keeps 16, for one run's requests).
+SHARED_CLIENT_CONNECTIONS = 64
 
 
 class StashflowJobConfiguration(BaseJobConfiguration):
@@ -129,7 +133,7 @@ class StashflowWorker(BaseWorker[StashflowJobConfiguration, StashflowWorkerVaria
                     query_seconds: float | None = None) -> Tally:
         """Poll the pool and run its flow runs until ``stop`` is set; then end the running runs."""
         interval = query_seconds if query_seconds is not None else PREFECT_WORKER_QUERY_SECONDS.value()
-        async with self, self._shared_watch(), self._client_settings():
+        async with self, self._client_settings(), self._shared_clients(), self._shared_watch():
             async with anyio.create_task_group() as loops:
                 loops.start_soon(lambda: critical_service_loop(workload=self.get_and_submit_flow_runs,
                                                                interval=interval, jitter_range=0.3, backoff=4))
@@ -159,6 +163,21 @@ class StashflowWorker(BaseWorker[StashflowJobConfiguration, StashflowWorkerVaria
             return
         with temporary_settings(updates={PREFECT_CLIENT_CSRF_SUPPORT_ENABLED: False}):
             yield
+
+    @contextlib.asynccontextmanager
+    async def _shared_clients(self) -> AsyncIterator[None]:
+        """One Prefect API client (and one sync client) for every run of the process, through Prefect's own
+        client contexts: the engine and ``get_client()`` take the one in context. Each new client costs
+        ~25 ms of CPU to build its TLS context (certifi's bundle, even for an http:// API) and new
+        connections; a session run made five, half the worker's CPU at a fleet's minute (``bench/fanout.py``)."""
+        limits = {"limits": httpx.Limits(max_connections=SHARED_CLIENT_CONNECTIONS,
+                                         max_keepalive_connections=SHARED_CLIENT_CONNECTIONS, keepalive_expiry=25)}
+        sync, shared = SyncClientContext(httpx_settings=limits), AsyncClientContext(httpx_settings=limits)
+        # taken by every get_client() of the runs, which asks for no settings of its own
+        sync._httpx_settings = shared._httpx_settings = None
+        with sync:
+            async with shared:
+                yield
 
     @contextlib.asynccontextmanager
     async def _shared_watch(self) -> AsyncIterator[None]:
