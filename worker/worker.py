@@ -19,6 +19,10 @@ adds what "in-process" changes:
   Job and PVCs deleted, Snapshot Failed with the reason, the flow run Crashed with the reason. A
   backup interrupted half-way cannot be trusted, so it is not adopted half-done; the next
   schedule (or ``retryConfig``) backs the target up again.
+- **Shared, not per run**: one Prefect API client (and one sync client) for all runs, one suspension
+  observer and one heartbeat thread (``inprocess.SharedWatch``), no CSRF token fetched when the
+  server does not ask for one. Per run, Prefect builds each of them again; at a fleet's minute
+  that was most of the worker's CPU and a good part of the server's (``bench/fanout.py``).
 """
 
 from __future__ import annotations
@@ -152,7 +156,8 @@ class StashflowWorker(BaseWorker[StashflowJobConfiguration, StashflowWorkerVaria
     @contextlib.asynccontextmanager
     async def _client_settings(self) -> AsyncIterator[None]:
         """The runs' API clients skip the CSRF token when the server has CSRF protection off (its default):
-        each client otherwise learns that by one refused request, and a session run makes three clients."""
+        each new client otherwise learns that by one refused request (Prefect's concurrency service
+        makes one per target lock, so one per run)."""
         try:
             await self.client.request("GET", "/csrf-token", params={"client": f"stashflow-worker-{self.name}"})
             protected = True
@@ -173,7 +178,8 @@ class StashflowWorker(BaseWorker[StashflowJobConfiguration, StashflowWorkerVaria
         limits = {"limits": httpx.Limits(max_connections=SHARED_CLIENT_CONNECTIONS,
                                          max_keepalive_connections=SHARED_CLIENT_CONNECTIONS, keepalive_expiry=25)}
         sync, shared = SyncClientContext(httpx_settings=limits), AsyncClientContext(httpx_settings=limits)
-        # taken by every get_client() of the runs, which asks for no settings of its own
+        # get_client() reuses a context's client only when asked for the same settings, and the runs ask for
+        # none: the contexts are built with these limits and then stand for "no settings"
         sync._httpx_settings = shared._httpx_settings = None
         with sync:
             async with shared:
