@@ -21,7 +21,7 @@ adds what "in-process" changes:
   schedule (or ``retryConfig``) backs the target up again.
 - **Shared, not per run**: one Prefect API client (and one sync client) for all runs, one suspension
   observer and one heartbeat thread (``inprocess.SharedWatch``), no CSRF token fetched when the
-  server does not ask for one. Per run, Prefect builds each of them again; at a fleet's minute
+  server does not ask for one, one Kubernetes client per cluster (``tasks.kube.shared_connections``). Per run, Prefect builds each of them again; at a fleet's minute
   that was most of the worker's CPU and a good part of the server's (``bench/fanout.py``).
 """
 
@@ -54,6 +54,7 @@ from prefect.utilities.services import critical_service_loop
 from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker, BaseWorkerResult
 
 from stashflow.flows import addon_flows
+from stashflow.tasks.kube import shared_connections
 
 from .inprocess import RunControl, SharedWatch, run_flow_run
 
@@ -137,7 +138,8 @@ class StashflowWorker(BaseWorker[StashflowJobConfiguration, StashflowWorkerVaria
                     query_seconds: float | None = None) -> Tally:
         """Poll the pool and run its flow runs until ``stop`` is set; then end the running runs."""
         interval = query_seconds if query_seconds is not None else PREFECT_WORKER_QUERY_SECONDS.value()
-        async with self, self._client_settings(), self._shared_clients(), self._shared_watch():
+        async with self, self._client_settings(), self._shared_clients(), self._shared_watch(), \
+                shared_connections():
             async with anyio.create_task_group() as loops:
                 loops.start_soon(lambda: critical_service_loop(workload=self.get_and_submit_flow_runs,
                                                                interval=interval, jitter_range=0.3, backoff=4))
