@@ -5,14 +5,19 @@ Each target is its own BackupConfiguration and so its own deployment (`stashflow
 run per deployment is scheduled for the same instant (T0, a few seconds after the worker is up);
 the node agent scripts every backup Job to take S seconds. For each worker it reports: peak total
 RSS of the worker and all its children (sampled every second), seconds from T0 until all N Jobs
-exist and until all runs are final, the final states (Completed, Failed, Crashed, Late, ...), and
-Kubernetes and Prefect API requests per run, counted inside every process the worker starts
-(``_count_requests/sitecustomize.py``: kubernetes_asyncio's REST client, httpx to the Prefect API).
+exist and until all runs are final, the final states (Completed, Failed, Crashed, Late, ...),
+Kubernetes and Prefect API requests and events per run, counted inside every process the worker
+starts (``_count_requests/sitecustomize.py``: kubernetes_asyncio's REST client, httpx to the Prefect
+API, the events client), and the CPU seconds per run of the worker (with its children) and of the
+Prefect server. ``--breakdown`` lists the requests by method and path shape and the events by name;
+``--callers`` also names the code that made each Prefect request (slower: for finding, not timing).
+The runs log at INFO, Prefect's default, so their log lines reach the server as in production.
 
 The Prefect server runs on PostgreSQL (Debian's postgresql, started here) unless ``--db sqlite``.
 
 Run: .venv/bin/python bench/fanout.py [--targets 200] [--seconds 60] [--modes stashflow,process,process-limit]
-     [--limit 20] [--memory-bound-mb 6000]   (starts the local control plane if it is not up)
+     [--limit 20] [--memory-bound-mb 6000] [--db-pool 20+20] [--breakdown [--callers]]
+     (starts the local control plane if it is not up)
 """
 
 from __future__ import annotations
@@ -240,7 +245,9 @@ def run_mode(mode: str, args: argparse.Namespace, cluster: Cluster, server: Pref
                                                                          for i in range(n)])))))
     assert len(deployments) == n, len(deployments)
 
-    worker_env = {**env, "PYTHONPATH": str(COUNTER), "STASHFLOW_BENCH_COUNTS": str(counts),
+    # the runs log at Prefect's default level, INFO, as in production: their log lines reach the server
+    worker_env = {**env, "PREFECT_LOGGING_LEVEL": "INFO", "PYTHONPATH": str(COUNTER),
+                  "STASHFLOW_BENCH_COUNTS": str(counts),
                   "PREFECT_WORKER_QUERY_SECONDS": "5", "STASHFLOW_BENCH_CALLERS": "1" if args.callers else "0"}
     if mode == "stashflow":
         command = [str(VENV / "stashflow"), "worker", "--pool", pool]
