@@ -27,6 +27,7 @@ DATABASE_SECRET = "prefect-database"  # POSTGRES_PASSWORD (the in-cluster server
 CATALOG_DIR = "/etc/stashflow/catalog"
 POSTGRES_PORT = 5432
 PREFECT_PORT = 4200
+DB_POOL = (20, 20)  # the Prefect server's PostgreSQL connections: pool size, overflow
 _LABELS = {"app.kubernetes.io/managed-by": "stashflow", "app.kubernetes.io/part-of": "stashflow"}
 
 
@@ -118,7 +119,12 @@ def _prefect_server(o: InCluster) -> list[dict[str, Any]]:
                      "name": "prefect-server", "image": o.prefect_image,
                      "args": ["prefect", "server", "start", "--host", "0.0.0.0"],  # the image's entrypoint runs them
                      "env": [_secret_env("PREFECT_API_DATABASE_CONNECTION_URL", "connection-url"),
-                             {"name": "PREFECT_SERVER_ANALYTICS_ENABLED", "value": "false"}],
+                             {"name": "PREFECT_SERVER_ANALYTICS_ENABLED", "value": "false"},
+                             # Prefect's pool is 5 + 10 overflow: at a fleet's minute the overflow connections
+                             # are opened and closed again and again (bench/fanout.py: 200 sessions, all Jobs
+                             # after 122 s instead of 144 s with 20 + 20)
+                             {"name": "PREFECT_SERVER_DATABASE_SQLALCHEMY_POOL_SIZE", "value": str(DB_POOL[0])},
+                             {"name": "PREFECT_SERVER_DATABASE_SQLALCHEMY_MAX_OVERFLOW", "value": str(DB_POOL[1])}],
                      "ports": [{"name": "api", "containerPort": PREFECT_PORT}],
                      "readinessProbe": {"httpGet": {"path": "/api/health", "port": "api"}, "periodSeconds": 5},
                      "resources": {"requests": {"cpu": "250m", "memory": "512Mi"}}}]}}}},

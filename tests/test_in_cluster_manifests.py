@@ -50,6 +50,8 @@ def test_the_server_runs_on_the_statefulsets_postgresql_and_the_worker_on_the_se
     assert server["args"] == ["prefect", "server", "start", "--host", "0.0.0.0"]
     assert _env(server)["PREFECT_API_DATABASE_CONNECTION_URL"] == {
         "secretKeyRef": {"name": "prefect-database", "key": "connection-url"}}
+    assert (_env(server)["PREFECT_SERVER_DATABASE_SQLALCHEMY_POOL_SIZE"],
+            _env(server)["PREFECT_SERVER_DATABASE_SQLALCHEMY_MAX_OVERFLOW"]) == ("20", "20")
     assert server["readinessProbe"]["httpGet"] == {"path": "/api/health", "port": "api"}
     assert _by(objects, "Service", "prefect-server")["spec"]["ports"][0]["port"] == 4200
 
