@@ -165,6 +165,7 @@ class ClientPool:
             loop = asyncio.get_running_loop()
             found = self._current.get(key)
             if found is not None and loop.time() - found[1] > self.MAX_AGE:
+                del self._current[key]
                 await self._retire(found[0])
                 found = None
             if found is None:
@@ -180,7 +181,7 @@ class ClientPool:
             await api.close()
 
     async def _retire(self, api: client.ApiClient) -> None:
-        self._current = {k: v for k, v in self._current.items() if v[0] is not api}
+        """A client new runs no longer get: closed now if unused, else by its last run's release."""
         if self._users.get(id(api), 0) <= 0:
             self._users.pop(id(api), None)
             await api.close()

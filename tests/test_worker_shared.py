@@ -7,6 +7,7 @@ API through this thread is ``tests/schedules/test_worker.py``'s first test.
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,13 +75,9 @@ def test_a_failing_heartbeat_does_not_stop_the_others() -> None:
             self.beat.set()
             raise RuntimeError("the API is away")
 
-    class Log:
-        def debug(self, *args: Any, **kwargs: Any) -> None:
-            pass
-
     beats = _Heartbeats()
     try:
-        broken, fine = Broken("broken", logger=Log()), FakeEngine("fine")
+        broken, fine = Broken("broken", logger=logging.getLogger(__name__)), FakeEngine("fine")
         beats.add(broken)
         beats.add(fine)
         assert broken.beat.wait(10) and fine.beat.wait(10)

@@ -54,12 +54,23 @@ class RunControl:
     stop_reason: str | None = None  # the worker is stopping: the run ends Crashed with this reason
 
 
+@dataclass
+class _Beat:
+    """One registered flow run: its engine, its heartbeat event's template, its context, when it is due."""
+
+    engine: Any
+    resource: Any
+    related: Any
+    context: contextvars.Context
+    due: float
+
+
 class _Heartbeats:
     """One thread that sends the heartbeat event of every flow run registered, each at the engine's
     interval (Prefect's own sends one per run, from a thread per run)."""
 
     def __init__(self) -> None:
-        self._runs: dict[int, tuple[Any, Any, Any, contextvars.Context, float]] = {}
+        self._runs: dict[int, _Beat] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._closed = False
@@ -70,7 +81,7 @@ class _Heartbeats:
         resource, related = engine._build_heartbeat_event_template()
         key = id(engine)
         with self._lock:  # due at once: Prefect's loop also sends the first heartbeat on entry
-            self._runs[key] = (engine, resource, related, contextvars.copy_context(), time.monotonic())
+            self._runs[key] = _Beat(engine, resource, related, contextvars.copy_context(), time.monotonic())
         self._wake.set()
         return key
 
@@ -86,19 +97,17 @@ class _Heartbeats:
         while not self._closed:
             now = time.monotonic()
             with self._lock:
-                due = [(k, v) for k, v in self._runs.items() if v[4] <= now]
-            for key, (engine, resource, related, context, _) in due:
-                run = engine.flow_run
+                due = [beat for beat in self._runs.values() if beat.due <= now]
+            for beat in due:
+                every = beat.engine.heartbeat_seconds
+                beat.due = now + (every if every is not None else 30)
+                run = beat.engine.flow_run
                 if run is not None and run.state is not None and run.state.is_final():
                     continue
                 try:  # in the run's own context: its settings (API URL) reach the events client
-                    context.run(engine._emit_flow_run_heartbeat, resource, related)
+                    beat.context.run(beat.engine._emit_flow_run_heartbeat, beat.resource, beat.related)
                 except Exception:  # noqa: BLE001 - as Prefect's own loop: a lost heartbeat is not the run's end
-                    engine.logger.debug("Failed to emit heartbeat", exc_info=True)
-                with self._lock:
-                    if key in self._runs:
-                        every = engine.heartbeat_seconds
-                        self._runs[key] = (*self._runs[key][:4], now + (every if every is not None else 30))
+                    beat.engine.logger.debug("Failed to emit heartbeat", exc_info=True)
             self._wake.wait(1.0)
             self._wake.clear()
 

@@ -257,10 +257,9 @@ class StashflowWorker(BaseWorker[StashflowJobConfiguration, StashflowWorkerVaria
             task.cancel(msg=control.stop_reason)
             await asyncio.gather(task, return_exceptions=True)
         logger = self.get_flow_run_logger(flow_run)
-        error = None if task.cancelled() else task.exception()
-        if error is not None and not isinstance(error, Exception):
-            error = None
-        returned = task.result() if not task.cancelled() and task.exception() is None else None
+        raised = None if task.cancelled() else task.exception()
+        error = raised if isinstance(raised, Exception) else None
+        returned = task.result() if not task.cancelled() and raised is None else None
         try:  # the engine's final state is the one the API accepted; only other ends are read back
             state = returned if isinstance(returned, State) and returned.is_final() and not control.cancel_requested \
                 and control.stop_reason is None else (await self.client.read_flow_run(flow_run.id)).state
