@@ -137,6 +137,9 @@ class RenderRequest:
     #: one task of a session run (flows/session_flows.py): one Job per (task, repository), named and
     #: labelled with the repository; the session owns the Snapshot, the task writes its component
     within_session: bool = False
+    #: the run that named itself from the clock (no session name given): only it may take its name's
+    #: Lease and Job again, so two runs started in the same second do not both adopt one Job
+    owner: str | None = None
 
 
 @dataclass
@@ -160,6 +163,8 @@ class ExecutionPlan:
     repository_location: str | None = None
     #: one task of a session run: the session made the Snapshot and finishes it; this run writes its component
     within_session: bool = False
+    #: see ``RenderRequest.owner``
+    owner: str | None = None
 
     @property
     def kind(self) -> Literal["backup", "restore"]:
@@ -256,7 +261,8 @@ def render_plan(catalog: Catalog, request: RenderRequest) -> ExecutionPlan:
         if location:
             snapshot["metadata"]["labels"][REPOSITORY_LOCATION_LABEL] = location
     return ExecutionPlan(resolved, request.namespace, request.target, session, job_name, component,
-                         repo_name, snap_name, labels, pvcs, job, snapshot, location, request.within_session)
+                         repo_name, snap_name, labels, pvcs, job, snapshot, location, request.within_session,
+                         request.owner)
 
 
 def run_labels(request: RenderRequest, resolved: ResolvedTask, session: str) -> dict[str, str]:

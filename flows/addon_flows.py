@@ -89,15 +89,17 @@ def _spec_from_parameters(addon: Addon, task: Task, run: RunParameters) -> RunSp
     timeout = deadline_seconds(run.limits.timeout) if run.limits.timeout else None  # 0.1s is 1 s, not none
     run_id = current_flow_run.id
     session = run.advanced.session
-    if not session:
+    owner = None
+    if not session:  # named from the clock: a second run in the same second must not adopt this one
         started = current_flow_run.scheduled_start_time
         session = valid_name(target.name, str(int(started.timestamp())) if started else "")
+        owner = str(run_id) if run_id else None
     invoker = run.advanced.invoker
     request = RenderRequest(
         addon=addon.name, task=task.name, namespace=run.namespace, target=target, params=params, builtins=builtins,
         session=session, plan_session=run.advanced.plan_session, invoker_kind=invoker.kind if invoker else None,
         invoker_name=invoker.name if invoker else None, attempt=run.advanced.attempt, timeout_seconds=timeout,
-        labels={FLOW_RUN_LABEL: run_id} if run_id else {}, within_session=run.advanced.within_session,
+        labels={FLOW_RUN_LABEL: run_id} if run_id else {}, within_session=run.advanced.within_session, owner=owner,
     )
     repo = run.repository
     return RunSpec(

@@ -289,8 +289,9 @@ async def run_session(params: SessionParameters, backup_session: str, connection
         held: claim.Claim | None = None
         if target is not None:
             held = await steps.claim_session_target(claim.Claimant(
-                namespace=ns, target=target, labels=sessions.session_labels(ref), holder=f"{backup_session}/session",
-                job=backup_session, backup_session=backup_session))
+                namespace=ns, target=target, labels=sessions.session_labels(ref),
+                holder=session_holder(params, backup_session, run_id), job=backup_session,
+                backup_session=backup_session))
         try:
             return await _session(kube, params, ref, uids, held, deadline, started, now)
         except BaseException as exc:
@@ -467,6 +468,14 @@ async def _publish(params: SessionParameters, ref: sessions.BackupSessionRef, su
                                      + (f" ({'; '.join(failures.values())})" if failures else ""))
     except Exception as exc:  # noqa: BLE001 - an artifact must never change the session's outcome
         get_run_logger().warning("session artifact not written: %s", exc)
+
+
+def session_holder(params: SessionParameters, backup_session: str, run_id: Any) -> str:
+    """Who holds the target for the session: its name, and the flow run when the name came from the
+    clock (two runs started in the same second must not adopt one session; a rerun of the same flow
+    run, or a replacement Pod of it, still does)."""
+    named = f"{backup_session}/session"
+    return named if params.advanced.backup_session or not run_id else f"{named}@{run_id}"
 
 
 def backup_session_name(params: SessionParameters) -> str:

@@ -70,8 +70,10 @@ def lease_name(plan: ExecutionPlan | Claimant) -> str:
 
 
 def holder_of(plan: ExecutionPlan) -> str:
-    """The run's identity: what names its Job. The same identity may claim again (adoption)."""
-    return f"{plan.session}/{plan.resolved.task.name}/{plan.labels.get(LABEL_PREFIX + 'attempt', '1')}"
+    """The run's identity: what names its Job, and the flow run when the name came from the clock
+    (``ExecutionPlan.owner``). The same identity may claim again (adoption)."""
+    named = f"{plan.session}/{plan.resolved.task.name}/{plan.labels.get(LABEL_PREFIX + 'attempt', '1')}"
+    return f"{named}@{plan.owner}" if plan.owner else named
 
 
 def _micro_now() -> datetime:

@@ -182,3 +182,22 @@ def test_plan_objects_fill_namespaces_and_task_parameters_write_into_the_session
     assert flow["advanced"]["within_session"] is True and flow["advanced"]["session"] == "pair-nightly-1"
     assert flow["advanced"]["plan_session"] == "nightly" and flow["limits"]["timeout"] == "300s"
     assert flow["schedule"] == {"exclusive": False, "missed_runs": "all"}  # the session holds the lock, retries
+
+
+def test_a_session_named_from_the_clock_is_held_by_its_flow_run_only() -> None:
+    """Two session runs due in the same second share the derived BackupSession name; the target's
+    holder names the flow run too, so the second finds the target busy instead of adopting the first.
+    A name given in the plan is held by the name alone: a rerun under it adopts (the cluster test
+    tests/runs/test_safety.py shows the same for Addon-task runs on the real control plane)."""
+    from stashflow.flows.session_flows import session_holder
+    from stashflow.flows.session_parameters import SessionParameters
+
+    params = SessionParameters(configuration="pair", session="nightly", namespace="demo", addon="pvc-pair",
+                               target="PersistentVolumeClaim/data", tasks=[{"name": "logical-backup"}],
+                               repositories=[{"name": "repo-a", "storage": {"name": "s", "spec": {"storage": {
+                                   "provider": "local", "local": {"mountPath": "/r", "hostPath": {"path": "/srv"}}}}}}])
+    first, second = (session_holder(params, "pair-nightly-1", run) for run in ("run-1", "run-2"))
+    assert first != second and first.startswith("pair-nightly-1/session@")
+    assert session_holder(params, "pair-nightly-1", "run-1") == first  # the same flow run adopts
+    named = params.model_copy(update={"advanced": params.advanced.model_copy(update={"backup_session": "mine"})})
+    assert session_holder(named, "mine", "run-1") == session_holder(named, "mine", "run-2") == "mine/session"

@@ -231,6 +231,46 @@ def test_a_snapshot_deleted_mid_run_is_recorded_again(kube_cluster, namespace, n
     assert [j.metadata.name for j in jobs(kube_cluster, namespace)] == ["data-d-backup"]
 
 
+def test_two_runs_named_from_the_same_second_make_one_job(kube_cluster, namespace, node_agent,
+                                                          prefect_api) -> None:
+    """Two runs without a name, due in the same second (two `stashflow run` at once): both name
+    themselves ``data-<that second>``, but only the first may take that name's Lease and Job; the
+    second fails target-busy instead of adopting the first's Job and reporting its Snapshot as its own."""
+    import asyncio
+
+    from prefect import flow_engine
+    from prefect.client.orchestration import get_client
+    from prefect.states import Scheduled
+
+    from stashflow.flows.addon_flows import flow_for
+
+    from .conftest import flow_parameters
+
+    node_agent.script({"stashflow.io/task": "backup"}, succeed(after=6.0, message=REPORT))
+    flow = flow_for("scripted", "backup")
+    parameters = flow_parameters(target="PersistentVolumeClaim/data", namespace=namespace,
+                                 kubeconfig=str(kube_cluster.kubeconfig), history_limit=5)
+    due = datetime.now(timezone.utc).replace(microsecond=0)
+
+    async def both() -> list:
+        async with get_client() as prefect:
+            made = [await prefect.create_flow_run(flow, parameters=parameters, state=Scheduled(scheduled_time=due))
+                    for _ in range(2)]
+
+        async def one(flow_run):  # type: ignore[no-untyped-def]
+            return await flow_engine.run_flow(flow, flow_run=flow_run, return_type="state")
+
+        return await asyncio.gather(*(one(r) for r in made))
+
+    states = asyncio.run(both())
+    done = [s for s in states if s.is_completed()]
+    refused = [s for s in states if s.is_failed() and "target-busy" in (s.message or "")]
+    assert len(done) == 1 and len(refused) == 1, [(s.name, s.message) for s in states]
+    name = f"data-{int(due.timestamp())}"
+    assert [j.metadata.name for j in jobs(kube_cluster, namespace)] == [f"{name}-backup"]
+    assert [x["metadata"]["name"] for x in snapshots(kube_cluster, namespace)] == [f"data-{name}"]
+
+
 def test_nothing_is_left_after_target_busy(kube_cluster, namespace, node_agent, prefect_api) -> None:
     """A run refused for a busy target creates nothing: no Job, PVC or Snapshot of its own."""
     node_agent.script({"stashflow.io/session": "data-hold"}, never_ends())
