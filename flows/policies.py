@@ -67,7 +67,7 @@ async def check_missed(policy: str, starting_deadline_seconds: int | None, late_
         return
     context = FlowRunContext.get()  # the engine read the run as it started it: no second read
     me = context.flow_run if context is not None and context.flow_run is not None \
-        and context.flow_run.id == current_flow_run.id else None
+        and str(context.flow_run.id) == current_flow_run.id else None  # runtime's id is a str
     if me is None:
         async with get_client() as client:
             me = await client.read_flow_run(current_flow_run.id)

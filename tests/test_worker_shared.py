@@ -1,4 +1,5 @@
-"""The stashflow worker's one heartbeat thread for all its runs (``worker/inprocess.py``).
+"""The stashflow worker's one heartbeat thread for all its runs (``worker/inprocess.py``), and what it
+spares each run's preparation (``worker/worker.py``).
 
 The engines here are fakes: Prefect's engine sends a heartbeat at most every 30 s, which a test cannot
 wait for; what is faked is only what the thread calls. That the real engine's heartbeats reach a real
@@ -85,3 +86,25 @@ def test_a_failing_heartbeat_does_not_stop_the_others() -> None:
         assert fine.beat.wait(10)  # the thread lived on
     finally:
         beats.close()
+
+
+def test_a_runs_configuration_keeps_the_deployments_env_and_builds_no_settings_env(tmp_path) -> None:
+    """Prefect serialises every setting into a child process's environment per run; a run of this
+    worker shares its process, so only the deployment's own env (its catalog) is kept."""
+    import ssl
+    from uuid import uuid4
+
+    from prefect.client.schemas.objects import FlowRun as PrefectFlowRun
+
+    from stashflow.worker.worker import StashflowJobConfiguration, _one_certificate
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    config = StashflowJobConfiguration(env={"STASHFLOW_CATALOG": "/a:/b"})
+    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}):
+        config.prepare_for_flow_run(PrefectFlowRun(id=uuid4(), name="r", flow_id=uuid4()))
+    assert config.catalog_paths() == ["/a", "/b"]
+    assert not [k for k in config.env if k.startswith("PREFECT_") and not k.startswith("PREFECT__")], config.env
+    # the CA file the runs' clients load on a plain http:// API: one certificate, a valid one
+    context = ssl.create_default_context(cafile=_one_certificate(tmp_path / "ca.pem"))
+    assert len(context.get_ca_certs()) == 1
