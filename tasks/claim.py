@@ -76,6 +76,13 @@ def holder_of(plan: ExecutionPlan) -> str:
     return f"{named}@{plan.owner}" if plan.owner else named
 
 
+def same_run(theirs: str, mine: str) -> bool:
+    """Is the Lease's holder this run? The same identity; or, for a run given its name, the run that
+    named itself so from the clock (``name@flow-run``): naming a run is asking to adopt it. A run that
+    named itself from the clock adopts only its own flow run (another due in the same second is not it)."""
+    return theirs == mine or ("@" not in mine and theirs.partition("@")[0] == mine)
+
+
 def _micro_now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -158,7 +165,8 @@ async def _claim(kube: Kube, plan: Claimant) -> Claim:
     except NotFound:
         raise _Released() from None
     theirs = lease.spec.holder_identity or ""
-    if theirs != holder and (await _holder_active(kube, ns, lease) or _renewed_within(lease, GRACE_SECONDS)):
+    mine = same_run(theirs, holder)
+    if not mine and (await _holder_active(kube, ns, lease) or _renewed_within(lease, GRACE_SECONDS)):
         job = (lease.metadata.annotations or {}).get(HOLDER_ANNOTATION, "?")
         raise RunError(
             f"{plan.target} in {ns} is busy: run {theirs} holds it (Job {job}); one run per target at a time",
@@ -174,7 +182,7 @@ async def _claim(kube: Kube, plan: Claimant) -> Claim:
     except NotFound:
         raise _Released() from None
     orphans = await fail_orphans(kube, plan)
-    return Claim(ns, name, holder, taken_over_from=theirs if theirs != holder else None,
+    return Claim(ns, name, holder, taken_over_from=None if mine else theirs,
                  orphans_failed=tuple(orphans), resource_version=replaced.metadata.resource_version)
 
 

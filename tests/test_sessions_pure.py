@@ -201,3 +201,17 @@ def test_a_session_named_from_the_clock_is_held_by_its_flow_run_only() -> None:
     assert session_holder(params, "pair-nightly-1", "run-1") == first  # the same flow run adopts
     named = params.model_copy(update={"advanced": params.advanced.model_copy(update={"backup_session": "mine"})})
     assert session_holder(named, "mine", "run-1") == session_holder(named, "mine", "run-2") == "mine/session"
+
+
+def test_who_may_take_a_held_target_again() -> None:
+    """``tasks.claim.same_run``: the same identity; a run given a name adopts the run that named itself
+    so from the clock (``--run data-1796195580`` after that run's CLI was killed); a run that named
+    itself from the clock adopts only its own flow run."""
+    from stashflow.tasks.claim import same_run
+
+    assert same_run("data-1/backup/1", "data-1/backup/1")
+    assert same_run("data-1/backup/1@run-a", "data-1/backup/1@run-a")  # a retry or replacement Pod
+    assert not same_run("data-1/backup/1@run-a", "data-1/backup/1@run-b")  # due in the same second
+    assert same_run("data-1/backup/1@run-a", "data-1/backup/1")  # named by hand: adopts it
+    assert not same_run("data-1/backup/1", "data-1/backup/1@run-b")  # a named run is not the clock's
+    assert not same_run("data-2/backup/1@run-a", "data-1/backup/1")

@@ -183,6 +183,27 @@ def test_a_killed_run_cannot_be_doubled_and_its_orphan_ends_failed(kube_cluster,
     assert not leases  # released at the end of the run
 
 
+def test_a_killed_run_given_no_name_is_adopted_under_the_name_it_took(kube_cluster, namespace, node_agent,
+                                                                     prefect_env) -> None:
+    """SIGKILL of `stashflow run` started without --run: its name came from the clock (the Job says it),
+    and a rerun with `--run <that name>` adopts its Job and records its Snapshot, never a second Job
+    (the clock's name is held by its flow run only against other unnamed runs, not against its name)."""
+    node_agent.script({"stashflow.io/task": "backup"}, succeed(after=15.0, message=REPORT))
+    base = [STASHFLOW, "run", "scripted", "backup", "--namespace", namespace, "--target", "pvc/data",
+            "--kubeconfig", str(kube_cluster.kubeconfig)]
+    first = subprocess.Popen(base, env=prefect_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    found = eventually(lambda: jobs(kube_cluster, namespace), timeout=90)
+    first.kill()
+    first.wait()
+    job = found[0].metadata.name
+    name = job.removesuffix("-backup")
+    again = subprocess.run([*base, "--run", name], env=prefect_env, capture_output=True, text=True, timeout=180)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert [j.metadata.name for j in jobs(kube_cluster, namespace)] == [job]
+    assert snapshot(kube_cluster, namespace, f"data-{name}")["status"]["phase"] == "Succeeded"
+    assert not api(kube_cluster, lambda c: client.CoordinationV1Api(c).list_namespaced_lease(namespace)).items
+
+
 def test_two_runs_of_one_target_at_once_make_one_job(kube_cluster, namespace, node_agent, prefect_api) -> None:
     """Without Prefect's lock (two ad-hoc runs), the cluster still allows one: the second, started while
     the first holds the target, fails target-busy and creates nothing."""
