@@ -33,7 +33,7 @@ from stashflow.flows.plan_check import (
 )
 from stashflow.flows.session_flows import ENTRYPOINT, FLOW_NAME
 from stashflow.flows.session_parameters import SessionParameters, SessionRepository, SessionTask
-from stashflow.flows.policies import lock_name
+from stashflow.flows.policies import held_unit, lock_name
 
 MANAGED_TAG = "stashflow"
 
@@ -168,7 +168,7 @@ def plan_deployments(catalog: Catalog, *, work_pool: str | None = None, kubeconf
                 tags=[MANAGED_TAG, tag, f"session:{session.name}",
                       target_tag(target_ns, target) if target else f"target:{target_ns}/none",
                       f"addon:{session.addon.name}", *(f"task:{t.name}" for t in tasks)],
-                lock=lock_name(target_ns, Target.parse(target or NO_TARGET)),
+                lock=lock_name(target_ns, held_unit(plan.name, Target.parse(target) if target else None)),
                 description=f"session {session.name} of BackupConfiguration {namespace}/{plan.name}: "
                             f"{session.addon.name} {', '.join(t.name for t in tasks)} of {where} into "
                             f"{', '.join(r.name for r in repositories)}",

@@ -164,7 +164,7 @@ def check_backup_plan(plan: BackupConfiguration, catalog: Catalog) -> list[Stash
     c.name(plan.namespace, ("metadata", "namespace"), label=True, what="namespace")
     target_text = plan_target(plan)
     target_ns = (plan.spec.target.namespace if plan.spec.target else None) or namespace
-    if target_text != NO_TARGET:  # a cluster-wide plan (kubedump) has none: its session has no target lock
+    if target_text != NO_TARGET:  # a cluster-wide plan (kubedump) has none: its BackupConfiguration is held instead
         assert plan.spec.target is not None
         c.name(plan.spec.target.namespace, ("spec", "target", "namespace"), label=True, what="namespace")
         c.name(plan.spec.target.name, ("spec", "target", "name"), what="object name")

@@ -7,6 +7,7 @@
 - **One run per target.** A deployment run holds the Prefect global concurrency limit
   ``stashflow-target-<namespace>-<kind>-<name>`` (limit 1, made at deploy time) while it works.
   A second run of the same target does not queue up behind it: it ends at once as ``Skipped``.
+  A plan without a target holds its BackupConfiguration the same way (``held_unit``).
 - **New attempts.** After a failed backup, a deployment run with ``max_retry`` left schedules a
   new flow run of its deployment after ``retry_delay``: a new session, a new Job, a new Snapshot.
 
@@ -50,6 +51,12 @@ class Skip(Exception):
 def skipped(reason: str) -> State:
     get_run_logger().warning("skipped: %s", reason)
     return Completed(name="Skipped", message=reason)
+
+
+def held_unit(configuration: str, target: Target | None) -> Target:
+    """What a session run holds, one run at a time: its target; for a cluster-wide plan (no target) its
+    BackupConfiguration, as KubeStash skips a BackupSession while another of the same invoker runs."""
+    return target if target is not None else Target("BackupConfiguration", configuration, "core.kubestash.com")
 
 
 def lock_name(namespace: str, target: Target) -> str:

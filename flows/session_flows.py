@@ -286,12 +286,9 @@ async def run_session(params: SessionParameters, backup_session: str, connection
                                     extra_labels={FLOW_RUN_LABEL: str(run_id)} if run_id else {})
     async with connection.connect() as kube:
         uids = await steps.apply_plan_objects(plan_objects(params, target))
-        held: claim.Claim | None = None
-        if target is not None:
-            held = await steps.claim_session_target(claim.Claimant(
-                namespace=ns, target=target, labels=sessions.session_labels(ref),
-                holder=session_holder(params, backup_session, run_id), job=backup_session,
-                backup_session=backup_session))
+        held = await steps.claim_session_target(claim.Claimant(
+            namespace=ns, target=policies.held_unit(params.configuration, target), labels=sessions.session_labels(ref),
+            holder=session_holder(params, backup_session, run_id), job=backup_session, backup_session=backup_session))
         try:
             return await _session(kube, params, ref, uids, held, deadline, started, now)
         except BaseException as exc:
@@ -301,8 +298,7 @@ async def run_session(params: SessionParameters, backup_session: str, connection
             await _shielded(steps.abort_session(ns, backup_session, reason), logger)
             raise
         finally:
-            if held is not None:
-                await _shielded(claim.release(kube, held), logger)
+            await _shielded(claim.release(kube, held), logger)
 
 
 async def _shielded(coro: Any, logger: Any) -> Any:
@@ -317,7 +313,7 @@ async def _shielded(coro: Any, logger: Any) -> Any:
 
 
 async def _session(kube: Any, params: SessionParameters, ref: sessions.BackupSessionRef, uids: dict[str, str],
-                   held: claim.Claim | None, deadline: datetime | None, started: float, now: datetime
+                   held: claim.Claim, deadline: datetime | None, started: float, now: datetime
                    ) -> dict[str, Any]:
     logger = get_run_logger()
     ns, name = params.namespace, ref.name
@@ -351,8 +347,7 @@ async def _session(kube: Any, params: SessionParameters, ref: sessions.BackupSes
         # writes its component into each: one Job per task, its result read from those components.
         if _speaks_kubestash(params, task):
             await _kubestash_task(params, task, flow_, ref, snapshot_of, deadline, failures, missing)
-            if held is not None:
-                await claim.renew(kube, held)
+            await claim.renew(kube, held)
             continue
         for repo in params.repositories:
             where = f"{task.name} → {repo.name}"
@@ -366,8 +361,7 @@ async def _session(kube: Any, params: SessionParameters, ref: sessions.BackupSes
             state: State = await flow_(**task_parameters(params, task, repo, name,
                                                          math.ceil(left) if left is not None else None),
                                        return_state=True)
-            if held is not None:
-                await claim.renew(kube, held)
+            await claim.renew(kube, held)
             if not state.is_completed():
                 failures[where] = state.message or state.type.value
                 logger.warning("%s failed: %s", where, failures[where])
@@ -538,8 +532,7 @@ async def backup_session(*, target: str | None = None, namespace: str = "default
         parsed = parse_target(params.target)
         await policies.check_missed(schedule.missed_runs.value, schedule.starting_deadline_seconds,
                                     schedule.late_after_seconds)
-        async with policies.target_lock(namespace, parsed or Target("", "na", "na"),
-                                        schedule.exclusive and parsed is not None):
+        async with policies.target_lock(namespace, policies.held_unit(configuration, parsed), schedule.exclusive):
             return await run_session(params, name, connection)
     except policies.Skip as skip:
         return policies.skipped(skip.reason)

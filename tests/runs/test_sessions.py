@@ -206,3 +206,42 @@ def test_one_unreachable_repository_fails_only_its_snapshot(kube_cluster, namesp
     # nothing left behind: no Job, no PVC (history limit 0), no Lease
     eventually(lambda: not jobs(kube_cluster, namespace) and not pvcs(kube_cluster, namespace), 60)
     assert not leases(kube_cluster, namespace)
+
+
+def test_two_runs_of_a_plan_without_a_target_do_not_overlap(kube_cluster, namespace, node_agent, prefect_api,
+                                                           tmp_path) -> None:
+    """A cluster-wide plan (no target) is held by its BackupConfiguration, as KubeStash skips a
+    BackupSession while another of the same invoker runs: a second session run while the first works
+    fails target-busy, naming the first, and makes no Job; another plan without a target is not held."""
+    import threading
+
+    from localkube.nodeagent import succeed
+
+    report = '{"components": {"backup": {"phase": "Succeeded", "size": "1 MiB", "integrity": true}}}'
+    node_agent.script({"stashflow.io/task": "backup"}, succeed(after=8.0, message=report))
+    api(kube_cluster, lambda c: client.CoreV1Api(c).create_namespaced_secret(namespace, {
+        "metadata": {"name": "pw"}, "data": {"RESTIC_PASSWORD": base64.b64encode(b"pw").decode()}}))
+
+    def params(configuration: str, name: str) -> dict[str, Any]:
+        return {"configuration": configuration, "session": "nightly", "namespace": namespace, "addon": "scripted",
+                "tasks": [{"name": "backup"}], "advanced": {"backup_session": name},
+                "repositories": [{"name": f"repo-{configuration}", "storage": storage("store", tmp_path),
+                                  "directory": f"/{configuration}", "encryption_secret": "pw"}],
+                "cluster": {"kubeconfig": str(kube_cluster.kubeconfig)}}
+
+    states: dict[str, Any] = {}
+    first = threading.Thread(target=lambda: states.update(a=run_session(**params("cluster", "cluster-a"))))
+    first.start()
+    eventually(lambda: leases(kube_cluster, namespace), timeout=120)
+    states["b"] = run_session(**params("cluster", "cluster-b"))
+    states["other"] = run_session(**params("other", "other-a"))  # its own BackupConfiguration: not held
+    first.join(timeout=180)
+    assert states["a"].is_completed() and states["other"].is_completed(), (states["a"].message,
+                                                                            states["other"].message)
+    assert states["b"].is_failed() and "target-busy" in states["b"].message, states["b"].message
+    assert "cluster-a" in states["b"].message
+    assert sorted(j.metadata.name for j in jobs(kube_cluster, namespace)) == ["cluster-a-backup-repo-cluster",
+                                                                              "other-a-backup-repo-other"]
+    assert custom(kube_cluster, "backupsessions", "core.kubestash.com", namespace, "cluster-a")["status"]["phase"] \
+        == "Succeeded"
+    assert not leases(kube_cluster, namespace)

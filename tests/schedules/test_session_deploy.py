@@ -93,7 +93,9 @@ def test_deploy_gives_one_deployment_per_session_and_its_run_one_backup_session(
 
 
 def test_a_plan_without_a_target_deploys(prefect_server, tmp_path) -> None:
-    """KubeStash's cluster-wide plans have no target: the session deploys (no target lock, no PVC)."""
+    """KubeStash's cluster-wide plans have no target: the session deploys (no PVC), its runs held one at a
+    time by the lock of its BackupConfiguration (KubeStash skips a session while one of the same invoker
+    runs), not by one lock for every plan without a target in the namespace."""
     written = plan(tmp_path / "plan.yaml", "ops", tmp_path / "a", tmp_path / "b", target=False, addon="scripted",
                    tasks=("backup",))
     done = subprocess.run([STASHFLOW, "deploy", str(written)], env=prefect_server, capture_output=True, text=True,
@@ -101,3 +103,21 @@ def test_a_plan_without_a_target_deploys(prefect_server, tmp_path) -> None:
     assert done.returncode == 0, done.stderr
     (deployment,) = deployments_of("plan:ops.pair").values()
     assert deployment.parameters.get("target") is None and "target:ops/none" in deployment.tags
+    assert _limit_exists("stashflow-target-ops-backupconfiguration-pair")
+    assert not _limit_exists("stashflow-target-ops-na-na")
+
+
+def _limit_exists(name: str) -> bool:
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    async def go() -> bool:
+        async with get_client() as c:
+            try:
+                await c.read_global_concurrency_limit_by_name(name)
+                return True
+            except ObjectNotFound:
+                return False
+    return asyncio.run(go())
