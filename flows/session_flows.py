@@ -468,8 +468,8 @@ def session_holder(params: SessionParameters, backup_session: str, run_id: Any) 
     """Who holds the target for the session: its name, and the flow run when the name came from the
     clock (two runs started in the same second must not adopt one session; a rerun of the same flow
     run, or a replacement Pod of it, still does)."""
-    named = f"{backup_session}/session"
-    return named if params.advanced.backup_session or not run_id else f"{named}@{run_id}"
+    return claim.identity(f"{backup_session}/session",
+                          None if params.advanced.backup_session or not run_id else str(run_id))
 
 
 def backup_session_name(params: SessionParameters) -> str:

@@ -72,8 +72,13 @@ def lease_name(plan: ExecutionPlan | Claimant) -> str:
 def holder_of(plan: ExecutionPlan) -> str:
     """The run's identity: what names its Job, and the flow run when the name came from the clock
     (``ExecutionPlan.owner``). The same identity may claim again (adoption)."""
-    named = f"{plan.session}/{plan.resolved.task.name}/{plan.labels.get(LABEL_PREFIX + 'attempt', '1')}"
-    return f"{named}@{plan.owner}" if plan.owner else named
+    return identity(f"{plan.session}/{plan.resolved.task.name}/{plan.labels.get(LABEL_PREFIX + 'attempt', '1')}",
+                    plan.owner)
+
+
+def identity(named: str, owner: str | None) -> str:
+    """A Lease holder: the run's name, and ``@owner`` (its flow run) when the name came from the clock."""
+    return f"{named}@{owner}" if owner else named
 
 
 def same_run(theirs: str, mine: str) -> bool:
