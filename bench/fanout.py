@@ -2,7 +2,8 @@
 process worker (unlimited, stopped at a memory bound; and --limit L). Figures, not pass/fail.
 
 Each target is its own BackupConfiguration and so its own deployment (`stashflow deploy`); one flow
-run per deployment is scheduled for the same instant (T0, a few seconds after the worker is up);
+run per deployment is scheduled for the same instant (T0, ``--lead`` seconds after the runs are made:
+75 by default, more than the stashflow worker claims ahead, as Prefect's scheduler makes them hours ahead);
 the node agent scripts every backup Job to take S seconds. For each worker it reports: peak total
 RSS of the worker and all its children (sampled every second), seconds from T0 until all N Jobs
 exist and until all runs are final, the final states (Completed, Failed, Crashed, Late, ...),
@@ -342,7 +343,9 @@ def main() -> int:
     parser.add_argument("--limit", type=int, default=20, help="--limit of the limited process worker")
     parser.add_argument("--memory-bound-mb", type=float, default=6000.0,
                         help="stop the unlimited process worker when its processes pass this total RSS")
-    parser.add_argument("--lead", type=float, default=10.0, help="seconds from scheduling until the runs' instant")
+    parser.add_argument("--lead", type=float, default=75.0,
+                        help="seconds from scheduling until the runs' instant (the stashflow worker claims runs 60 s "
+                             "ahead; Prefect's process worker 10 s)")
     parser.add_argument("--timeout", type=float, default=900.0, help="give up this long after the Jobs' time")
     parser.add_argument("--db", choices=("postgres", "sqlite"), default="postgres")
     parser.add_argument("--db-pool", default="", metavar="SIZE+OVERFLOW",

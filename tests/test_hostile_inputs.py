@@ -383,6 +383,18 @@ def test_what_argparse_refuses_is_located_where_it_stands(argv: tuple, position:
     assert err.startswith(f"<command line>:{position}: invalid-argument: {says}"), err
 
 
+@pytest.mark.parametrize("value, says", [
+    ("-1", "--prefetch-seconds: --prefetch-seconds must be between 0 and 3600, not -1.0"),
+    ("nan", "--prefetch-seconds: --prefetch-seconds must be between 0 and 3600, not nan"),
+    ("soon", "argument --prefetch-seconds: invalid float value: 'soon'"),
+])
+def test_a_worker_told_to_claim_runs_at_a_senseless_distance_does_not_start(value: str, says: str) -> None:
+    """Refused before any Prefect API is asked for anything."""
+    rc, out, err = cli("worker", "--pool", "p", "--prefetch-seconds", value)
+    assert rc == 1 and out == "" and err.count("\n") == 1, err
+    assert err.startswith(f"<command line>:5: invalid-argument: {says}"), err
+
+
 def test_catalog_takes_one_path_so_the_plan_after_it_stays_a_plan(tmp_path) -> None:
     """``--catalog DIR PLAN`` once read PLAN as a second catalog path and then asked for a plan."""
     rc, out, err = cli("validate", "--catalog", BUILTIN, str(EXAMPLE))

@@ -108,3 +108,17 @@ def test_a_runs_configuration_keeps_the_deployments_env_and_builds_no_settings_e
     # the CA file the runs' clients load on a plain http:// API: one certificate, a valid one
     context = ssl.create_default_context(cafile=_one_certificate(tmp_path / "ca.pem"))
     assert len(context.get_ca_certs()) == 1
+
+
+def test_runs_are_claimed_a_minute_ahead_unless_prefect_or_the_command_says_otherwise() -> None:
+    """A minute ahead, so a fleet's runs are claimed and set up before their instant (``bench/fanout.py``);
+    Prefect's own setting, when set, and ``--prefetch-seconds`` (0 too) win."""
+    from prefect.settings import PREFECT_WORKER_PREFETCH_SECONDS, temporary_settings
+
+    from stashflow.worker.worker import StashflowWorker
+
+    assert StashflowWorker(work_pool_name="p")._prefetch_seconds == 60
+    assert StashflowWorker(work_pool_name="p", prefetch_seconds=0)._prefetch_seconds == 0
+    with temporary_settings(updates={PREFECT_WORKER_PREFETCH_SECONDS: 5}):
+        assert StashflowWorker(work_pool_name="p")._prefetch_seconds == 5
+        assert StashflowWorker(work_pool_name="p", prefetch_seconds=30)._prefetch_seconds == 30

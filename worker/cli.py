@@ -28,6 +28,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
         raise InputError(f"--limit must be at least 1, not {args.limit}", code="invalid-argument",
                          location=Location(flows_cli.COMMAND_LINE, flows_cli.argument_position(args.argv, "--limit")),
                          field="--limit", hint="leave it out for no limit")
+    if args.prefetch_seconds is not None and not 0 <= args.prefetch_seconds <= 3600:  # NaN fails too
+        raise InputError(f"--prefetch-seconds must be between 0 and 3600, not {args.prefetch_seconds}",
+                         code="invalid-argument", field="--prefetch-seconds",
+                         location=Location(flows_cli.COMMAND_LINE,
+                                           flows_cli.argument_position(args.argv, "--prefetch-seconds")),
+                         hint="how far ahead of their time runs are claimed; leave it out for 60")
     from prefect.settings import PREFECT_API_URL
 
     if not PREFECT_API_URL.value():
@@ -40,7 +46,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from .worker import StashflowWorker
 
     worker = StashflowWorker(work_pool_name=args.pool, work_queues=args.work_queue or None, name=args.name,
-                             limit=args.limit)
+                             limit=args.limit, prefetch_seconds=args.prefetch_seconds)
     loop = asyncio.new_event_loop()
     stop = asyncio.Event()
     outcome: dict[str, Any] = {}
@@ -86,6 +92,9 @@ def add_commands(sub: Any) -> None:
     p = sub.add_parser("worker", help="run the flow runs of a work pool concurrently in this process")
     p.add_argument("--pool", required=True, help="the work pool to take flow runs from (created if missing)")
     p.add_argument("--limit", type=int, help="at most this many flow runs at once (default: no limit)")
+    p.add_argument("--prefetch-seconds", type=float, metavar="S",
+                   help="claim runs due within this many seconds, so each waits here ready for its time (default: "
+                        "$PREFECT_WORKER_PREFETCH_SECONDS if set, else 60)")
     p.add_argument("--name", help="the worker's name in Prefect (default: a generated one)")
     p.add_argument("--work-queue", action="append", metavar="QUEUE", help="only these queues of the pool")
     p.add_argument("--catalog", action="extend", nargs="+", metavar="PATH",

@@ -11,6 +11,11 @@ module is where they are handled:
   wrapped to read it first. A run asked to cancel then takes the engine's own path: Cancelling
   (its ``on_cancellation`` hooks run) → Cancelled. Any other interruption stays a crash
   (Crashed, ``on_crashed`` hooks), as in a subprocess.
+- **A run claimed before its time.** The worker claims runs up to ``--prefetch-seconds`` early; the
+  engine then waits in its Running proposal until the API lets the run start (Prefect's
+  ``WaitForScheduledTime``). A worker stopping meanwhile gives the engine the "reschedule" intent
+  (Prefect's own, for a supervisor that reschedules): it exits without a state, and the worker
+  hands the run back Scheduled. Nothing had run, so nothing is crashed or cleaned up.
 - **Signals.** The engine installs a SIGTERM handler only on the main thread; the worker runs its
   event loop on another thread, so SIGTERM stays the worker's (see ``cli.py``).
 - **What the engine starts per run to watch it** (``SharedWatch``). For each deployment run the
@@ -52,6 +57,7 @@ class RunControl:
     flow_run_id: UUID
     cancel_requested: bool = False  # from the UI/API: the run ends Cancelled
     stop_reason: str | None = None  # the worker is stopping: the run ends Crashed with this reason
+    started: bool = False  # the flow's body began (Running was accepted); before it, a stop hands the run back
 
 
 @dataclass
@@ -158,6 +164,8 @@ def _install_patches() -> None:
             control = CONTROL.get()
             if control is not None and control.cancel_requested:
                 return "cancel"
+            if control is not None and control.stop_reason is not None and not control.started:
+                return "reschedule"  # still waiting for its time: the engine leaves the state to the worker
             return process_wide()
 
         @contextmanager
@@ -176,6 +184,9 @@ def _install_patches() -> None:
 
         @contextmanager
         def send_heartbeats(engine: Any, join_on_exit: bool = True) -> Iterator[None]:
+            control = CONTROL.get()  # entered when the flow's body begins, after Running was accepted
+            if control is not None:
+                control.started = True
             shared = SHARED.get()
             if shared is None or shared.heartbeats is None or engine.heartbeat_seconds is None:
                 with own_heartbeats(engine, join_on_exit):

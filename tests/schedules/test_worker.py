@@ -245,3 +245,40 @@ def test_two_workers_on_one_pool_never_run_a_flow_run_twice(kube_cluster, namesp
     assert first.terminate() == 0 and second.terminate() == 0
     assert first.started() + second.started() == len(targets)
     assert len([rec for rec in node_agent.records if rec.namespace == namespace]) == len(targets)
+
+
+def test_a_run_claimed_ahead_of_its_time_starts_on_time_or_is_handed_back(kube_cluster, namespace, node_agent,
+                                                                           prefect_server, start_worker,
+                                                                           tmp_path) -> None:
+    """``--prefetch-seconds``: a run is claimed (Pending) well before its time and starts at its time, not
+    before; a worker stopped while its run waits hands it back Scheduled at that time (not Crashed: it never
+    began), and another worker runs it."""
+    from datetime import datetime, timedelta, timezone
+
+    from prefect.deployments import run_deployment
+
+    node_agent.script({"stashflow.io/task": "backup"}, succeed(message=REPORT))
+    pool = f"pool-{uuid.uuid4().hex[:6]}"
+    first = start_worker(pool, "--prefetch-seconds", "120")
+    names = deploy(write_targets(tmp_path / "plan.yaml", namespace, ["early"]), pool, prefect_server,
+                   kube_cluster.kubeconfig)
+    due = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=40)
+    run_id = run_deployment(names[0], scheduled_time=due, timeout=0).id
+    claimed = eventually(lambda: (lambda r: r if r.state.is_pending() else None)(read_runs([run_id])[0]),
+                         timeout=30, interval=0.5)
+    assert datetime.now(timezone.utc) < due - timedelta(seconds=5), "claimed too late to show anything"
+    assert first.terminate() == 0
+    assert "1 handed back" in first.text(), first.text()[-3000:]
+    back = read_runs([run_id])[0]
+    assert back.state.is_scheduled() and back.state.state_details.scheduled_time == due, back.state
+    assert "handed back" in (back.state.message or "")
+    assert "Crashed" not in state_names(run_id) and "Running" not in state_names(run_id)
+    assert not jobs(kube_cluster, namespace) and claimed.id == run_id
+
+    second = start_worker(pool, "--prefetch-seconds", "120")
+    done = eventually(lambda: all_final([run_id]), timeout=150, interval=1)[0]
+    assert done.state.name == "Completed", done.state.message
+    assert state_names(run_id).count("Running") == 1
+    assert done.start_time >= due - timedelta(seconds=0.5), (done.start_time, due)  # Prefect rounds to 1 s
+    assert [s["status"]["phase"] for s in snapshots(kube_cluster, namespace)] == ["Succeeded"]
+    assert second.terminate() == 0 and second.started() == 1
