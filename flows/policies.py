@@ -106,28 +106,19 @@ async def check_missed(policy: str, starting_deadline_seconds: int | None, late_
 
 @asynccontextmanager
 async def target_lock(namespace: str, target: Target, exclusive: bool) -> AsyncIterator[None]:
-    """Hold the target's lock, or raise ``Skip`` when another run holds it."""
+    """Hold the target's lock, or raise ``Skip`` when another run holds it. A target without a lock (an
+    ad-hoc run; ``stashflow deploy`` makes them) runs without: the cluster's Lease still keeps runs of
+    the target apart (``tasks/claim.py``), failing instead of skipping. One request either way: Prefect
+    acquires nothing, silently, for a limit that does not exist (``strict=False``, warnings off)."""
     if not exclusive:
         yield
         return
-    from prefect.concurrency._asyncio import AcquireConcurrencySlotTimeoutError, ConcurrencySlotAcquisitionError
-    from prefect.concurrency.asyncio import concurrency
-
-    from prefect.exceptions import ObjectNotFound
+    from prefect.concurrency._asyncio import (AcquireConcurrencySlotTimeoutError, ConcurrencySlotAcquisitionError,
+                                              concurrency)
 
     name = lock_name(namespace, target)
-    async with get_client() as client:
-        try:
-            await client.read_global_concurrency_limit_by_name(name)
-            exists = True
-        except ObjectNotFound:
-            exists = False
-    if not exists:
-        # no limit for this target (an ad-hoc run; `stashflow deploy` makes them): the cluster's Lease
-        # still keeps runs of the target apart (tasks/claim.py); it fails instead of skipping
-        yield
-        return
-    acquired = concurrency(name, occupy=1, max_retries=0, strict=True)
+    acquired = concurrency(name, occupy=1, max_retries=0, strict=False, suppress_warnings=True,
+                           raise_on_lease_renewal_failure=True)
     try:
         await acquired.__aenter__()
     except (AcquireConcurrencySlotTimeoutError, ConcurrencySlotAcquisitionError, TimeoutError):

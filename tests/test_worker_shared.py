@@ -122,3 +122,30 @@ def test_runs_are_claimed_a_minute_ahead_unless_prefect_or_the_command_says_othe
     with temporary_settings(updates={PREFECT_WORKER_PREFETCH_SECONDS: 5}):
         assert StashflowWorker(work_pool_name="p")._prefetch_seconds == 5
         assert StashflowWorker(work_pool_name="p", prefetch_seconds=30)._prefetch_seconds == 30
+
+
+def test_settings_for_the_runs_clients_reach_every_thread_of_the_process(tmp_path) -> None:
+    """Prefect's concurrency service makes an API client per target lock on a thread of its own, which a
+    context's settings do not reach: it loaded ``$SSL_CERT_FILE``'s or certifi's whole bundle per run
+    (a fifth of the worker's CPU at a fleet's minute) until the one-certificate file was set process-wide."""
+    import ssl
+
+    from prefect.settings import PREFECT_API_SSL_CERT_FILE
+
+    from stashflow.worker.worker import _one_certificate, process_settings
+
+    def on_a_thread() -> str | None:
+        seen: list[str | None] = []
+        thread = threading.Thread(target=lambda: seen.append(PREFECT_API_SSL_CERT_FILE.value()))
+        thread.start()
+        thread.join()
+        return seen[0]
+
+    before = on_a_thread()
+    one = _one_certificate(tmp_path / "ca.pem")
+    assert before != one
+    with process_settings({PREFECT_API_SSL_CERT_FILE: one}):
+        assert PREFECT_API_SSL_CERT_FILE.value() == one
+        assert on_a_thread() == one
+        assert len(ssl.create_default_context(cafile=on_a_thread()).get_ca_certs()) == 1
+    assert on_a_thread() == before

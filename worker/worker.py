@@ -22,7 +22,8 @@ adds what "in-process" changes:
 - **Shared, not per run**: one Prefect API client (and one sync client) for all runs, one suspension
   observer and one heartbeat thread (``inprocess.SharedWatch``), no CSRF token fetched when the
   server does not ask for one, no CA bundle loaded for a plain http:// API, no settings environment
-  built for a child process, one Kubernetes client per cluster (``tasks.kube.shared_connections``).
+  built for a child process, one Kubernetes client per cluster (``tasks.kube.shared_connections``),
+  a cache of the runs' related objects (for their events) as large as a fleet.
   Per run, Prefect builds each of them again; at a fleet's minute that was most of the worker's CPU
   and a good part of the server's (``bench/fanout.py``).
 """
@@ -35,7 +36,7 @@ import os
 import socket
 import tempfile
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
@@ -47,10 +48,12 @@ import httpx
 from pydantic import ConfigDict, Field
 from prefect._internal.observers import FlowRunCancellingObserver
 from prefect.client.schemas.objects import FlowRun
+from prefect.events import related
 from prefect.events.filters import EventAnyResourceFilter, EventFilter, EventNameFilter
 from prefect.settings import get_current_settings
 from prefect.flows import Flow, load_flow_from_entrypoint
-from prefect.context import AsyncClientContext, SyncClientContext
+from prefect.context import AsyncClientContext, SyncClientContext, get_settings_context, \
+    _temporary_global_settings_context
 from prefect.exceptions import PrefectHTTPStatusError
 from prefect.settings import (
     PREFECT_API_SSL_CERT_FILE,
@@ -75,6 +78,11 @@ if TYPE_CHECKING:
 ADDON_FLOWS = f"{addon_flows.__name__}:"
 #: Connections of the runs' one API client (Prefect's own client keeps 16, for one run's requests).
 SHARED_CLIENT_CONNECTIONS = 64
+#: Entries of Prefect's related-objects cache (deployment, flow, work pool and queue of the run an event
+#: comes from; Prefect keeps 100). Each run here has its own deployment: past ~25 runs at once every event
+#: of the process read its run's deployment again (3 more requests per run at 200 runs, and the process's
+#: one events thread fell minutes behind).
+RELATED_OBJECTS_CACHED = 4000
 #: How far ahead runs are claimed unless ``--prefetch-seconds`` or Prefect's setting says otherwise
 #: (Prefect's default is 10 s). A claimed run waits here for its time at the cost of an asyncio task;
 #: what claiming does (Pending, the deployment and flow read, the engine's setup: a third of a run's
@@ -125,6 +133,18 @@ def _one_certificate(path: Path) -> str:
     end = "-----END CERTIFICATE-----"
     path.write_text(bundle[bundle.index("-----BEGIN CERTIFICATE-----"): bundle.index(end) + len(end)] + "\n")
     return str(path)
+
+
+@contextlib.contextmanager
+def process_settings(updates: dict[Any, Any]) -> Iterator[None]:
+    """``updates`` to Prefect's settings in this context and on every thread of the process: threads
+    Prefect starts (its global loop, where the concurrency service makes a client per target lock) read
+    the process's global settings context, not a context's. The worker's process runs nothing else."""
+    if not updates:
+        yield
+        return
+    with temporary_settings(updates=updates), _temporary_global_settings_context(get_settings_context()):
+        yield
 
 
 class StashflowWorkerVariables(BaseVariables):
@@ -181,6 +201,7 @@ class StashflowWorker(BaseWorker[StashflowJobConfiguration, StashflowWorkerVaria
                     query_seconds: float | None = None) -> Tally:
         """Poll the pool and run its flow runs until ``stop`` is set; then end the running runs."""
         interval = query_seconds if query_seconds is not None else PREFECT_WORKER_QUERY_SECONDS.value()
+        related.MAX_CACHE_SIZE = max(related.MAX_CACHE_SIZE, RELATED_OBJECTS_CACHED)
         async with self, self._client_settings(), self._shared_clients(), self._shared_watch(), \
                 shared_connections():
             async with anyio.create_task_group() as loops:
@@ -201,13 +222,15 @@ class StashflowWorker(BaseWorker[StashflowJobConfiguration, StashflowWorkerVaria
     @contextlib.asynccontextmanager
     async def _client_settings(self) -> AsyncIterator[None]:
         """Settings for the API clients the runs still make (Prefect's concurrency service makes one per
-        target lock, on its own loop, so one per run):
+        target lock, on its own loop's thread, so one per run):
 
         - no CSRF token when the server has CSRF protection off (its default): each new client
           otherwise learns that by one refused request;
         - on a plain ``http://`` API, a one-certificate CA file: each client builds a TLS context from
-          ``PREFECT_API_SSL_CERT_FILE``, else from certifi's whole bundle (~25 ms of CPU, 15 % of this
-          worker's at a fleet's minute), though no TLS is ever spoken to that API."""
+          ``PREFECT_API_SSL_CERT_FILE`` (by default ``$SSL_CERT_FILE``, else certifi's bundle): ~25 ms
+          of CPU, a fifth of this worker's at a fleet's minute, though no TLS is ever spoken to that API.
+
+        Process-wide (``process_settings``): the concurrency service's thread does not see a context's."""
         updates: dict[Any, Any] = {}
         try:
             await self.client.request("GET", "/csrf-token", params={"client": f"stashflow-worker-{self.name}"})
@@ -215,12 +238,11 @@ class StashflowWorker(BaseWorker[StashflowJobConfiguration, StashflowWorkerVaria
             if exc.response.status_code == 404 or "CSRF protection is disabled" in exc.response.text:
                 updates[PREFECT_CLIENT_CSRF_SUPPORT_ENABLED] = False
         with contextlib.ExitStack() as stack:
-            if str(PREFECT_API_URL.value() or "").startswith("http://") and not PREFECT_API_SSL_CERT_FILE.value() \
+            if str(PREFECT_API_URL.value() or "").startswith("http://") \
                     and not PREFECT_API_TLS_INSECURE_SKIP_VERIFY.value():
                 folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="stashflow-worker-"))
                 updates[PREFECT_API_SSL_CERT_FILE] = _one_certificate(Path(folder) / "unused-ca.pem")
-            if updates:
-                stack.enter_context(temporary_settings(updates=updates))
+            stack.enter_context(process_settings(updates))
             yield
 
     @contextlib.asynccontextmanager
