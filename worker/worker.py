@@ -87,7 +87,7 @@ RELATED_OBJECTS_CACHED = 4000
 #: (Prefect's default is 10 s). A claimed run waits here for its time at the cost of an asyncio task;
 #: what claiming does (Pending, the deployment and flow read, the engine's setup: a third of a run's
 #: requests) is then done before the minute instead of in the minute's rush: 200 runs due at one
-#: instant had their Jobs after 77 s instead of 109-119 s (``bench/fanout.py``).
+#: instant had their Jobs after 71-90 s instead of 109-119 s (``bench/fanout.py``).
 DEFAULT_PREFETCH_SECONDS = 60.0
 
 
