@@ -79,7 +79,8 @@ def positional_position(argv: Sequence[str], value: str) -> int:
     return 1
 
 
-def _at(argv: Sequence[str], flag: str, index: int = 0) -> Location:
+def option_at(argv: Sequence[str], flag: str, index: int = 0) -> Location:
+    """Where the command line gives ``flag`` (its ``index``-th use), for an error line about it."""
     return Location(COMMAND_LINE, argument_position(argv, flag, index))
 
 
@@ -158,7 +159,7 @@ def build_request(args: argparse.Namespace, catalog: Catalog) -> RenderRequest:
             storage = catalog.get(BackupStorage, args.storage)
             if storage is None:
                 raise InputError(f'no BackupStorage "{args.storage}" in the catalog paths', code="unknown-object",
-                                 location=_at(args.argv, "--storage"), field="--storage",
+                                 location=option_at(args.argv, "--storage"), field="--storage",
                                  hint="add the file that defines it with --catalog")
         repository = RepositoryContext(name=args.repository or _parse_target(args).name, storage=storage,
                                        directory=args.directory or "", encryption_secret=args.encryption_secret)
@@ -177,7 +178,7 @@ def _timeout(args: argparse.Namespace) -> int | None:
     try:
         return deadline_seconds(args.timeout)
     except ValueError as exc:
-        raise InputError(str(exc), code="invalid-duration", location=_at(args.argv, "--timeout"), field="--timeout",
+        raise InputError(str(exc), code="invalid-duration", location=option_at(args.argv, "--timeout"), field="--timeout",
                          hint="e.g. --timeout 30m or 1h30m") from None
 
 
@@ -185,11 +186,11 @@ def _parse_target(args: argparse.Namespace) -> Target:
     try:
         target = Target.parse(args.target)
     except InputError as exc:
-        raise InputError(exc.message, code=exc.code, location=_at(args.argv, "--target"), field="--target",
+        raise InputError(exc.message, code=exc.code, location=option_at(args.argv, "--target"), field="--target",
                          hint=exc.hint) from None
     problem = name_problem(target.name)
     if problem:
-        raise InputError(problem, code="invalid-name", location=_at(args.argv, "--target"), field="--target",
+        raise InputError(problem, code="invalid-name", location=option_at(args.argv, "--target"), field="--target",
                          hint="the target is a Kubernetes object: lowercase letters, digits, - and .")
     return target
 
@@ -214,12 +215,12 @@ def check_run_options(args: argparse.Namespace) -> None:
     ]
     for flag, value, problem in checks:
         if value is not None and problem:
-            raise InputError(problem, code="invalid-name", location=_at(argv, flag), field=flag)
+            raise InputError(problem, code="invalid-name", location=option_at(argv, flag), field=flag)
     for flag, value, segment in (("--directory", args.directory, False),
                                  ("--plan-session", args.plan_session, True)):
         problem = path_problem(value, segment=segment) if value is not None else None
         if problem:
-            raise InputError(problem, code="invalid-path", location=_at(argv, flag), field=flag,
+            raise InputError(problem, code="invalid-path", location=option_at(argv, flag), field=flag,
                              hint="a path inside the storage: no .., no empty segment, no control character")
     _timeout(args)
 
@@ -328,7 +329,7 @@ def _run_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"])
         flag = RUN_FLAGS.get(field, "--run")
-        raise InputError(first["msg"], code="invalid-argument", location=_at(args.argv, flag), field=flag) from None
+        raise InputError(first["msg"], code="invalid-argument", location=option_at(args.argv, flag), field=flag) from None
     return run.to_flow("backup" if list_name == "backupTasks" else "restore")
 
 
@@ -386,7 +387,7 @@ def _check_kubeconfig(args: argparse.Namespace) -> None:
         open(path, "rb").close()
     except OSError as exc:
         raise InputError(f"cannot read the kubeconfig: {exc.strerror or exc}", code="read-error",
-                         location=_at(args.argv, "--kubeconfig"), field="--kubeconfig") from None
+                         location=option_at(args.argv, "--kubeconfig"), field="--kubeconfig") from None
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -487,21 +488,21 @@ def _print_in_cluster(args: argparse.Namespace) -> int:
 
     if args.limit is not None and args.limit < 1:
         raise InputError(f"--limit is {args.limit}: it must be at least 1", code="invalid-argument",
-                         location=_at(args.argv, "--limit"), field="--limit")
+                         location=option_at(args.argv, "--limit"), field="--limit")
     if args.pool is not None and not args.pool.strip():
-        raise InputError("--pool is empty", code="invalid-argument", location=_at(args.argv, "--pool"), field="--pool")
+        raise InputError("--pool is empty", code="invalid-argument", location=option_at(args.argv, "--pool"), field="--pool")
     options = InCluster(serves=tuple(args.serve or [args.namespace]), pool=args.pool or "stashflow",
                         limit=args.limit, postgres=not args.external_database,
                         catalog_configmap=args.catalog_configmap)
     problem = args.catalog_configmap is not None and name_problem(args.catalog_configmap)
     if problem:
-        raise InputError(problem, code="invalid-name", location=_at(args.argv, "--catalog-configmap"),
+        raise InputError(problem, code="invalid-name", location=option_at(args.argv, "--catalog-configmap"),
                          field="--catalog-configmap")
     for ns in options.serves:
         problem = name_problem(ns, max_len=63, label=True)
         if problem:
             flag = "--serve" if args.serve else ("--namespace" if _argument_positions(args.argv, "--namespace") else "-n")
-            at = _at(args.argv, flag, args.serve.index(ns) if args.serve else 0)
+            at = option_at(args.argv, flag, args.serve.index(ns) if args.serve else 0)
             raise InputError(problem, code="invalid-name", location=at, field=flag)
     yaml.safe_dump_all(in_cluster_objects(options), sys.stdout, sort_keys=False)
     return 0
@@ -522,7 +523,7 @@ def cmd_install(args: argparse.Namespace) -> int:
     if only_in_cluster and not args.in_cluster:
         flag = only_in_cluster[0]
         raise InputError(f"{flag} is an option of --in-cluster", code="invalid-argument",
-                         location=_flag_at(args.argv, flag) if flag == "--external-database" else _at(args.argv, flag),
+                         location=_flag_at(args.argv, flag) if flag == "--external-database" else option_at(args.argv, flag),
                          field=flag,
                          hint="add --in-cluster to print the objects that run stashflow in the cluster")
     if args.in_cluster:

@@ -26,14 +26,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     if args.limit is not None and args.limit < 1:
         raise InputError(f"--limit must be at least 1, not {args.limit}", code="invalid-argument",
-                         location=Location(flows_cli.COMMAND_LINE, flows_cli.argument_position(args.argv, "--limit")),
-                         field="--limit", hint="leave it out for no limit")
+                         location=flows_cli.option_at(args.argv, "--limit"), field="--limit",
+                         hint="leave it out for no limit")
     if args.prefetch_seconds is not None and not 0 <= args.prefetch_seconds <= 3600:  # NaN fails too
         raise InputError(f"--prefetch-seconds must be between 0 and 3600, not {args.prefetch_seconds}",
-                         code="invalid-argument", field="--prefetch-seconds",
-                         location=Location(flows_cli.COMMAND_LINE,
-                                           flows_cli.argument_position(args.argv, "--prefetch-seconds")),
-                         hint="how far ahead of their time runs are claimed; leave it out for 60")
+                         code="invalid-argument", location=flows_cli.option_at(args.argv, "--prefetch-seconds"),
+                         field="--prefetch-seconds", hint="how far ahead of their time runs are claimed; leave it "
+                                                          "out for 60")
     from prefect.settings import PREFECT_API_URL
 
     if not PREFECT_API_URL.value():
