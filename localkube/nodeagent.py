@@ -409,9 +409,11 @@ class NodeAgent:
         attempts = self._logs.get((namespace, pod, container))
         return attempts[-1].text() if attempts else ""
 
-    def running_pids(self) -> list[int]:
-        """Pids of container processes still running (for leak checks)."""
-        return [p.pid for t in list(self._pods.values()) for p in list(t.procs.values()) if p.returncode is None]
+    def running_pids(self, namespace: str | None = None) -> list[int]:
+        """Pids of container processes still running (for leak checks), of one namespace's Pods if given:
+        the agent is shared by a session's tests, and an earlier test's Pods may still be ending."""
+        return [p.pid for t in list(self._pods.values()) if namespace in (None, t.namespace)
+                for p in list(t.procs.values()) if p.returncode is None]
 
     def _choose(self, pod: Pod) -> tuple[Outcome, Literal["annotation", "script", "default"]]:
         ann = (pod["metadata"].get("annotations") or {}).get(OUTCOME_ANNOTATION)

@@ -184,7 +184,7 @@ def test_follow_a_real_process_and_deleting_its_pod_stops_it(kube_cluster: Clust
                     break
             resp.release()
             assert got == ["tick 1", "tick 2", "tick 3"]
-            pids = node_agent.running_pids()
+            pids = node_agent.running_pids(namespace)
             assert pids
             await client.BatchV1Api(api).delete_namespaced_job("long", namespace, propagation_policy="Background")
 
@@ -194,7 +194,7 @@ def test_follow_a_real_process_and_deleting_its_pod_stops_it(kube_cluster: Clust
             return pids
     pids = asyncio.run(body())
     assert not [p for p in pids if _alive(p)]
-    assert node_agent.running_pids() == []
+    assert node_agent.running_pids(namespace) == []
 
 
 def _tree(pid: int) -> list[int]:
@@ -230,7 +230,7 @@ def test_a_pod_running_as_another_user_ends_with_its_pod(kube_cluster: Cluster, 
             await wait_pod(api, namespace, "other-user", lambda p: p.status.phase == "Running", what="Running")
 
             async def as_nobody() -> list[int] | None:  # the container's command runs, as user 65534
-                found = [p for pid in node_agent.running_pids() for p in _tree(pid)]
+                found = [p for pid in node_agent.running_pids(namespace) for p in _tree(pid)]
                 return found if any(_uid(p) == 65534 for p in found) else None
             processes = await wait_until(as_nobody, 30, what="the container's process as user 65534")
             await client.BatchV1Api(api).delete_namespaced_job("other-user", namespace, propagation_policy="Background")

@@ -56,7 +56,7 @@ def test_cancelling_a_deployment_run_deletes_its_job_and_pvcs(kube_cluster, name
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
-    assert not node_agent.running_pids()
+    assert not node_agent.running_pids(namespace)
 
 
 def _try_run(deployment, namespace, cluster):  # type: ignore[no-untyped-def]

@@ -124,7 +124,7 @@ def test_timeout_stops_the_job_at_the_deadline(run, kube_cluster, namespace, nod
     assert state.is_failed()
     assert "deadline-exceeded" in state.message or "run-timeout" in state.message, state.message
     eventually(lambda: nothing_left(kube_cluster, namespace), timeout=60)
-    assert not node_agent.running_pids()
+    assert not node_agent.running_pids(namespace)
 
 
 def test_a_kubernetes_credentials_block_reaches_the_cluster(kube_cluster, namespace, node_agent, prefect_api) -> None:
