@@ -19,8 +19,8 @@ from .names import label_value, ulid, valid_name
 from .render import LABEL_PREFIX, MANAGED_BY, Target, snapshot_name
 
 __all__ = ["BackupSessionRef", "RepositoryRef", "backup_session", "backup_session_name", "calculate_phase",
-           "condition", "finish_snapshot", "repository", "repository_status", "restore_phase", "session_labels",
-           "session_snapshot", "snapshot_name", "NO_TARGET"]
+           "condition", "finish_snapshot", "owned", "repository", "repository_status", "restore_phase",
+           "session_labels", "session_snapshot", "snapshot_name", "NO_TARGET"]
 
 INVOKER_LABEL = "kubestash.com/invoker-name"
 REPO_LABEL = "kubestash.com/repo-name"
@@ -111,14 +111,10 @@ def repository(ref: RepositoryRef, namespace: str, configuration: str, target: T
             "spec": spec}
 
 
-def backup_session(ref: BackupSessionRef, *, backup_timeout: str | None = None, retry_left: int = 0,
-                   owner_uid: str | None = None) -> dict[str, Any]:
-    """The BackupSession, as the trigger makes it: invoked by (and owned by) the BackupConfiguration."""
+def backup_session(ref: BackupSessionRef, *, backup_timeout: str | None = None, retry_left: int = 0) -> dict[str, Any]:
+    """The BackupSession, as the trigger makes it: invoked by the BackupConfiguration (``owned`` names it
+    the owner once the cluster has given it a uid)."""
     meta: dict[str, Any] = {"name": ref.name, "namespace": ref.namespace, "labels": session_labels(ref)}
-    if owner_uid:
-        meta["ownerReferences"] = [{"apiVersion": f"{CORE}/{VERSION}", "kind": "BackupConfiguration",
-                                    "name": ref.configuration, "uid": owner_uid, "controller": True,
-                                    "blockOwnerDeletion": True}]
     spec: dict[str, Any] = {"invoker": {"apiGroup": CORE, "kind": "BackupConfiguration", "name": ref.configuration},
                             "session": ref.session, "retryLeft": retry_left}
     if backup_timeout:
@@ -126,9 +122,27 @@ def backup_session(ref: BackupSessionRef, *, backup_timeout: str | None = None, 
     return {"apiVersion": f"{CORE}/{VERSION}", "kind": "BackupSession", "metadata": meta, "spec": spec}
 
 
+def owned(obj: dict[str, Any], applied: list[dict[str, Any]]) -> dict[str, Any]:
+    """``obj`` owned as KubeStash owns it, by one of the objects just ``applied`` (as the cluster has them,
+    with their uids): a BackupSession by its invoking BackupConfiguration, a Snapshot by its Repository.
+    Unchanged when that owner is not among them."""
+    if obj["kind"] == "BackupSession":
+        want = ("BackupConfiguration", obj["spec"]["invoker"]["name"])
+    elif obj["kind"] == "Snapshot":
+        want = ("Repository", obj["spec"]["repository"])
+    else:
+        return obj
+    for owner in applied:
+        meta = owner.get("metadata") or {}
+        if (owner.get("kind"), meta.get("name")) == want and meta.get("uid"):
+            ref = {"apiVersion": owner["apiVersion"], "kind": want[0], "name": want[1], "uid": meta["uid"],
+                   "controller": True, "blockOwnerDeletion": True}
+            return {**obj, "metadata": {**obj["metadata"], "ownerReferences": [ref]}}
+    return obj
+
+
 def session_snapshot(ref: BackupSessionRef, repo: RepositoryRef, *, total_components: int, now: datetime,
-                     repository_uid: str | None = None, snapshot_id: str | None = None,
-                     annotations: dict[str, str] | None = None) -> dict[str, Any]:
+                     snapshot_id: str | None = None, annotations: dict[str, str] | None = None) -> dict[str, Any]:
     """The Pending Snapshot of one repository, created at the session's start (§5), owned by its Repository.
     Its components are written by the session's tasks."""
     name = snapshot_name(repo.name, ref.name)
@@ -139,9 +153,6 @@ def session_snapshot(ref: BackupSessionRef, repo: RepositoryRef, *, total_compon
               **session_labels(ref)}
     meta: dict[str, Any] = {"name": name, "namespace": ref.namespace, "labels": labels,
                             "annotations": dict(annotations or {})}
-    if repository_uid:
-        meta["ownerReferences"] = [{"apiVersion": f"{STORAGE}/{VERSION}", "kind": "Repository", "name": repo.name,
-                                    "uid": repository_uid, "controller": True, "blockOwnerDeletion": True}]
     return {
         "apiVersion": f"{STORAGE}/{VERSION}", "kind": "Snapshot", "metadata": meta,
         "spec": {"snapshotID": snapshot_id or ulid(now.timestamp()), "type": "FullBackup", "repository": repo.name,

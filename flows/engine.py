@@ -18,10 +18,9 @@ import os
 import signal
 import time
 from contextlib import AbstractAsyncContextManager
-from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 from prefect import get_run_logger
 from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
@@ -38,6 +37,7 @@ from stashflow.tasks.kube import Kube, connect
 from stashflow.tasks.diagnose import Category
 from stashflow.tasks.logs import quiet_known_failures
 from stashflow.tasks.results import failed_status, now_rfc3339
+from stashflow.tasks.stopping import stop_reason
 from stashflow.tasks.retention import apply_retention
 from stashflow.tasks.steps import (
     JobFailed,
@@ -175,31 +175,6 @@ async def _run(kube: Kube, spec: RunSpec, plan: ExecutionPlan, held: claim.Claim
             raise retention_error
         return result
     return await _failed(kube, spec, plan, outcome, result, retry)
-
-
-#: Who runs the flow may say why it stops it (the stashflow worker: "the stashflow worker W stopped
-#: (SIGTERM)"): asked when the run is cancelled, for its Failed Snapshot.
-STOP_REASON: ContextVar[Callable[[], str | None] | None] = ContextVar("stashflow_stop_reason", default=None)
-
-
-def stop_reason(exc: BaseException, what: str = "run") -> str:
-    """Why the run (or session) stopped, for its Failed Snapshot: the reason whoever cancelled it gave
-    (``STOP_REASON``, or the cancellation's message), else a plain "cancelled"."""
-    told = STOP_REASON.get()
-    if told is not None and told():
-        return str(told())
-    if isinstance(exc, asyncio.CancelledError):
-        return str(exc.args[0]) if exc.args and exc.args[0] else f"the {what} was cancelled"
-    if isinstance(exc, KeyboardInterrupt):
-        return f"the {what} was cancelled"
-    signum = getattr(exc, "signal", None)  # Prefect's TerminationSignal: how a runner cancels a run (SIGTERM)
-    if isinstance(signum, int):
-        try:
-            name = signal.Signals(signum).name
-        except ValueError:  # not a signal this platform names
-            name = str(signum)
-        return f"the {what} was stopped by {name}: cancelled, or the process running it was shut down"
-    return f"the {what} stopped: {exc}" if str(exc) else f"the {what} stopped: {type(exc).__name__}"
 
 
 def _fault_point(step: str) -> None:

@@ -34,12 +34,13 @@ from stashflow.addons.render import COMPONENT_BY_TASK, FLOW_RUN_LABEL, Target
 from stashflow.tasks import claim
 from stashflow.tasks import session_steps as steps
 from stashflow.tasks.retention import apply_retention
+from stashflow.tasks.stopping import stop_reason
 from stashflow.tasks.steps import ANN_DIRECTORY, ANN_SECRET, ANN_STORAGE, ANN_STORAGE_OBJECT, resolve_parameters
 
 from . import policies
 from .hook_runs import HookResults, run_phase
 from .addon_flows import _spec_from_parameters, flow_for, loaded, state_message
-from .engine import FLOW_RESULTS, Connection, stop_reason
+from .engine import FLOW_RESULTS, Connection
 from .parameters import Cluster, Limits, RunParameters, SchedulePolicy
 from .session_parameters import SessionAdvanced, SessionHook, SessionParameters, SessionRepository, SessionTask
 
@@ -271,7 +272,7 @@ async def _kubestash_task(params: SessionParameters, task: SessionTask, flow_: A
 async def run_session(params: SessionParameters, backup_session: str, connection: Connection) -> dict[str, Any]:
     """The session to its end; returns its summary or raises ``StashflowError`` (the session failed)."""
     logger = get_run_logger()
-    started = time.time()
+    started_at = time.time()
     now = datetime.now(timezone.utc)
     catalog, _ = loaded()
     for t in params.tasks:
@@ -285,12 +286,20 @@ async def run_session(params: SessionParameters, backup_session: str, connection
                                     namespace=ns, target=target,
                                     extra_labels={FLOW_RUN_LABEL: str(run_id)} if run_id else {})
     async with connection.connect() as kube:
-        uids = await steps.apply_plan_objects(plan_objects(params, target))
-        held = await steps.claim_session_target(claim.Claimant(
-            namespace=ns, target=policies.held_unit(params.configuration, target), labels=sessions.session_labels(ref),
-            holder=session_holder(params, backup_session, run_id), job=backup_session, backup_session=backup_session))
+        started = await steps.start_session(steps.SessionStart(
+            plan_objects=plan_objects(params, target),
+            claimant=claim.Claimant(namespace=ns, target=policies.held_unit(params.configuration, target),
+                                    labels=sessions.session_labels(ref),
+                                    holder=session_holder(params, backup_session, run_id), job=backup_session,
+                                    backup_session=backup_session),
+            backup_session=sessions.backup_session(ref, backup_timeout=params.limits.timeout, retry_left=max(
+                params.schedule.max_retry - (params.advanced.attempt - 1), 0)),
+            snapshots=[sessions.session_snapshot(ref, _repo_ref(params, repo), total_components=len(params.tasks),
+                                                 now=now, annotations=_storage_annotations(repo))
+                       for repo in params.repositories],
+            deadline=deadline))
         try:
-            return await _session(kube, params, ref, uids, held, deadline, started, now)
+            return await _session(kube, params, ref, started.held, deadline, started_at)
         except BaseException as exc:
             if isinstance(exc, StashflowError) and getattr(exc, "session_recorded", False):
                 raise
@@ -298,7 +307,7 @@ async def run_session(params: SessionParameters, backup_session: str, connection
             await _shielded(steps.abort_session(ns, backup_session, reason), logger)
             raise
         finally:
-            await _shielded(claim.release(kube, held), logger)
+            await _shielded(claim.release(kube, started.held), logger)
 
 
 async def _shielded(coro: Any, logger: Any) -> Any:
@@ -312,20 +321,11 @@ async def _shielded(coro: Any, logger: Any) -> Any:
         return None
 
 
-async def _session(kube: Any, params: SessionParameters, ref: sessions.BackupSessionRef, uids: dict[str, str],
-                   held: claim.Claim, deadline: datetime | None, started: float, now: datetime
-                   ) -> dict[str, Any]:
+async def _session(kube: Any, params: SessionParameters, ref: sessions.BackupSessionRef, held: claim.Claim,
+                   deadline: datetime | None, started: float) -> dict[str, Any]:
     logger = get_run_logger()
     ns, name = params.namespace, ref.name
-    retry_left = max(params.schedule.max_retry - (params.advanced.attempt - 1), 0)
-    bs = sessions.backup_session(ref, backup_timeout=params.limits.timeout, retry_left=retry_left,
-                                 owner_uid=uids.get(f"BackupConfiguration/{params.configuration}"))
-    snaps = {repo.name: sessions.session_snapshot(
-        ref, _repo_ref(params, repo), total_components=len(params.tasks), now=now,
-        repository_uid=uids.get(f"Repository/{repo.name}"), annotations=_storage_annotations(repo))
-        for repo in params.repositories}
-    await steps.start_session(bs, list(snaps.values()), deadline)
-    snapshot_of = {repo: s["metadata"]["name"] for repo, s in snaps.items()}
+    snapshot_of = {repo.name: sessions.snapshot_name(repo.name, name) for repo in params.repositories}
 
     failures: dict[str, str] = {}  # "<task> → <repository>": "code: reason"
     missing: dict[str, dict[str, str]] = {snapshot_of[r.name]: {} for r in params.repositories}

@@ -1,6 +1,6 @@
 """The steps a session run takes around its tasks, each a Prefect task (flows/session_flows.py).
 
-apply-plan-objects → claim-target → start-session (BackupSession, one Snapshot per repository,
+start-session (the plan's objects, the target's claim, the BackupSession, one Snapshot per repository,
 ``status.snapshots`` written before any Job) → [the tasks, as subflows] → finish-snapshots →
 apply-retention → finish-session (Repositories' status, session history, the BackupSession's end, the
 BackupConfiguration's status: one task, as each Prefect task run costs its worker and the server
@@ -20,35 +20,73 @@ from prefect import get_run_logger, task
 
 from stashflow.addons import sessions
 from stashflow.addons.errors import Conflict, NotFound, RunError, StashflowError
+from stashflow.addons.names import label_value
 from stashflow.addons.render import LABEL_PREFIX, MANAGED_BY
 
 from . import claim, objects, resources
 from .kube import current
 from .results import aggregate, failed_status
 from .steps import STEP, log_claim
+from .stopping import shielded, stop_reason
 
 
-@task(name="apply-plan-objects", **STEP)
-async def apply_plan_objects(items: list[dict[str, Any]]) -> dict[str, str]:
+@dataclass(frozen=True)
+class SessionStart:
+    """What a session makes before its first task. The BackupSession and Snapshots are as built without
+    their owners' uids: ``start-session`` names their owners once the plan's objects are applied."""
+
+    plan_objects: list[dict[str, Any]]  # BackupStorages, Repositories, the BackupConfiguration
+    claimant: claim.Claimant  # the target, held for the whole session
+    backup_session: dict[str, Any]
+    snapshots: list[dict[str, Any]]  # one Pending Snapshot per repository
+    deadline: datetime | None  # backupTimeout, as the BackupSession's status.backupDeadline
+
+
+@dataclass(frozen=True)
+class StartedSession:
+    """A session ready for its tasks: the target held, the BackupSession's status as written."""
+
+    held: claim.Claim
+    status: dict[str, Any]
+
+
+@task(name="start-session", **STEP)
+async def start_session(start: SessionStart) -> StartedSession:
+    """Apply the plan's objects, hold the target for the whole session, then make the BackupSession, one
+    Running Snapshot per repository and the BackupSession's status naming them (what KubeStash's
+    executors read first) with its deadline: the tasks come next.
+
+    One task, not three: each task run costs the worker and the Prefect server three events, and a fleet's
+    sessions start on the same minute. A failure after the claim ends what was made and gives the target
+    back, here: the caller has no claim to release."""
+    kube = current()
+    applied = await _apply_plan_objects(start.plan_objects)
+    held = log_claim(await claim.claim_target(kube, start.claimant), start.claimant.target)
+    try:
+        status = await _begin(sessions.owned(start.backup_session, applied),
+                              [sessions.owned(s, applied) for s in start.snapshots], start.deadline)
+    except BaseException as exc:
+        name = start.backup_session["metadata"]["name"]
+        await shielded(abort_session(start.claimant.namespace, name, stop_reason(exc, "session")))
+        await shielded(claim.release(kube, held))
+        raise
+    return StartedSession(held, status)
+
+
+async def _apply_plan_objects(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Create or update the plan's BackupStorages, Repositories and BackupConfiguration (their CRDs
-    first where the cluster has none). Returns each object's uid by ``Kind/name``."""
+    first where the cluster has none); return them as the cluster has them (with their uids)."""
     kube, logger = current(), get_run_logger()
     for kind, state in (await objects.ensure_crds(kube, sorted({o["kind"] for o in items} | {
             "BackupSession", "Snapshot"}))).items():
         if state == "installed":
             logger.info("installed stashflow's %s CRD: the cluster had none", kind)
-    uids = {}
+    applied = []
     for obj in items:
         found, state = await objects.apply(kube, obj)
-        uids[f'{obj["kind"]}/{obj["metadata"]["name"]}'] = found["metadata"]["uid"]
+        applied.append(found)
         logger.info("%s %s/%s %s", obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"], state)
-    return uids
-
-
-@task(name="claim-target", **STEP)
-async def claim_session_target(claimant: claim.Claimant) -> claim.Claim:
-    """Hold the target for the whole session: its tasks run under this one claim."""
-    return log_claim(await claim.claim_target(current(), claimant), claimant.target)
+    return applied
 
 
 async def _create_or_adopt(obj: dict[str, Any]) -> dict[str, Any]:
@@ -66,49 +104,36 @@ async def _create_or_adopt(obj: dict[str, Any]) -> dict[str, Any]:
     return found
 
 
-@task(name="start-session", **STEP)
-async def start_session(backup_session: dict[str, Any], snapshots: list[dict[str, Any]],
-                        deadline: datetime | None) -> dict[str, Any]:
-    """The BackupSession, then one Pending Snapshot per repository, then the BackupSession's status
-    naming them (what KubeStash's executors read first), with its deadline; then the Snapshots and the
-    session Running (``BackupExecutorEnsured``): the tasks come next."""
+async def _begin(backup_session: dict[str, Any], snapshots: list[dict[str, Any]], deadline: datetime | None
+                 ) -> dict[str, Any]:
+    """The BackupSession, its Snapshots, then its status. Each status is written once, as it stands when
+    the tasks start: the Snapshots Running, the session's ``SnapshotsEnsured`` and ``BackupExecutorEnsured``
+    (KubeStash writes Pending first and Running when its executor starts: nothing runs in between here)."""
     kube, logger = current(), get_run_logger()
     bs = await _create_or_adopt(backup_session)
     ns, name = bs["metadata"]["namespace"], bs["metadata"]["name"]
     listed = []
     for snap in snapshots:
         found = await _create_or_adopt(snap)
-        if not (found.get("status") or {}).get("phase"):
-            await resources.patch_snapshot_status(kube, ns, snap["metadata"]["name"], snap["status"])
-        listed.append({"name": snap["metadata"]["name"], "phase": "Pending", "appRef": snap["spec"]["appRef"],
+        phase = (found.get("status") or {}).get("phase")  # adopted (a restarted session): made already
+        if phase != "Running":
+            fresh = {**snap["status"], "phase": "Running"}
+            await resources.patch_snapshot_status(kube, ns, snap["metadata"]["name"],
+                                                  {"phase": "Running"} if phase else fresh)
+        listed.append({"name": snap["metadata"]["name"], "phase": "Running", "appRef": snap["spec"]["appRef"],
                        "repository": snap["spec"]["repository"]})
-        logger.info("Snapshot %s of repository %s is Pending", snap["metadata"]["name"], snap["spec"]["repository"])
+        logger.info("Snapshot %s of repository %s is Running", snap["metadata"]["name"], snap["spec"]["repository"])
     status: dict[str, Any] = {"snapshots": listed, "totalSnapshots": len(listed), "conditions": [
         sessions.condition("SnapshotsEnsured", True, "SuccessfullyEnsuredSnapshots",
-                           "Snapshots have been ensured successfully.")]}
+                           "Snapshots have been ensured successfully."),
+        sessions.condition("BackupExecutorEnsured", True, "SuccessfullyEnsuredBackupExecutor",
+                           "Backup Executor has been ensured successfully.")]}
     if deadline is not None:
         status["backupDeadline"] = deadline.strftime("%Y-%m-%dT%H:%M:%SZ")
     status["phase"] = sessions.calculate_phase(status)
     logger.info("BackupSession %s/%s: %s", ns, name, status["phase"])
-    bs = await objects.patch_status(kube, "BackupSession", ns, name, status)
-    return await _mark_running(ns, name, [s["name"] for s in listed], bs.get("status") or status)
-
-
-async def _mark_running(namespace: str, backup_session: str, snapshot_names: list[str], status: dict[str, Any]
-                        ) -> dict[str, Any]:
-    """The executors are about to run: Snapshots Running, ``BackupExecutorEnsured`` on the session
-    (``status``: the session's as just written)."""
-    kube = current()
-    for name in snapshot_names:
-        await resources.patch_snapshot_status(kube, namespace, name, {"phase": "Running"})
-    status["conditions"] = sessions.set_condition(status.get("conditions") or [], sessions.condition(
-        "BackupExecutorEnsured", True, "SuccessfullyEnsuredBackupExecutor",
-        "Backup Executor has been ensured successfully."))
-    status["snapshots"] = [{**s, "phase": "Running"} for s in status.get("snapshots") or []]
-    status["phase"] = sessions.calculate_phase(status)
-    return await objects.patch_status(kube, "BackupSession", namespace, backup_session,
-                                      {"conditions": status["conditions"], "snapshots": status["snapshots"],
-                                       "phase": status["phase"]})
+    written = await objects.patch_status(kube, "BackupSession", ns, name, status)
+    return written.get("status") or status
 
 
 @task(name="fail-component", **STEP)
@@ -185,8 +210,6 @@ async def clean_session_history(namespace: str, configuration: str, session: str
 
 
 def _of_session(name: str) -> str:
-    from stashflow.addons.names import label_value
-
     return f"app.kubernetes.io/managed-by={MANAGED_BY},{LABEL_PREFIX}session={label_value(name)}"
 
 
@@ -289,7 +312,10 @@ async def abort_session(namespace: str, name: str, reason: str) -> list[str]:
             done.append(f'Snapshot/{snap["metadata"]["name"]} marked Failed')
     with contextlib.suppress(NotFound):
         bs = await objects.read(kube, "BackupSession", namespace, name)
-        if (bs.get("status") or {}).get("phase") not in ("Succeeded", "Failed", "Skipped"):
+        labels = bs["metadata"].get("labels") or {}
+        ours = labels.get(LABEL_PREFIX + "session") == label_value(name) and \
+            labels.get("app.kubernetes.io/managed-by") == MANAGED_BY  # not KubeStash's of the same name
+        if ours and (bs.get("status") or {}).get("phase") not in ("Succeeded", "Failed", "Skipped"):
             conditions = sessions.set_condition((bs.get("status") or {}).get("conditions") or [], sessions.condition(
                 "MetricsPushed", False, "SessionStopped", reason))
             await objects.patch_status(kube, "BackupSession", namespace, name,

@@ -30,7 +30,13 @@ def _ref(target: Target | None = Target("PersistentVolumeClaim", "data")) -> ses
 
 
 def test_backup_session_is_invoked_and_owned_by_its_configuration() -> None:
-    bs = sessions.backup_session(_ref(), backup_timeout="1h", retry_left=2, owner_uid="uid-1")
+    bs = sessions.backup_session(_ref(), backup_timeout="1h", retry_left=2)
+    assert "ownerReferences" not in bs["metadata"]  # the configuration's uid is known once it is applied
+    applied = [{"apiVersion": "core.kubestash.com/v1alpha1", "kind": "BackupConfiguration",
+                "metadata": {"name": "other", "uid": "uid-0"}},
+               {"apiVersion": "core.kubestash.com/v1alpha1", "kind": "BackupConfiguration",
+                "metadata": {"name": "data-backup", "uid": "uid-1"}}]
+    bs = sessions.owned(bs, applied)
     assert bs["spec"] == {"invoker": {"apiGroup": "core.kubestash.com", "kind": "BackupConfiguration",
                                       "name": "data-backup"}, "session": "nightly", "retryLeft": 2,
                           "backupTimeout": "1h"}
@@ -46,8 +52,12 @@ def test_backup_session_is_invoked_and_owned_by_its_configuration() -> None:
 def test_snapshot_of_a_repository_as_the_executors_read_it() -> None:
     repo = sessions.RepositoryRef(name="repo-a", storage="s", storage_namespace="demo", directory="demo/data",
                                   encryption_secret="pw")
-    snap = sessions.session_snapshot(_ref(), repo, total_components=2, now=NOW, repository_uid="r-1",
-                                     snapshot_id="01JSE10SDAGJQ743JHMPYEY1JA")
+    snap = sessions.session_snapshot(_ref(), repo, total_components=2, now=NOW, snapshot_id="01JSE10SDAGJQ743JHMPYEY1JA")
+    # owned by its Repository as applied; by nothing when that Repository is not among the applied objects
+    assert sessions.owned(snap, [{"apiVersion": "storage.kubestash.com/v1alpha1", "kind": "Repository",
+                                  "metadata": {"name": "repo-b", "uid": "r-2"}}]) == snap
+    snap = sessions.owned(snap, [{"apiVersion": "storage.kubestash.com/v1alpha1", "kind": "Repository",
+                                  "metadata": {"name": "repo-a", "uid": "r-1"}}])
     assert snap["metadata"]["name"] == "repo-a-data-backup-nightly-1745301300"
     assert snap["spec"] == {"snapshotID": "01JSE10SDAGJQ743JHMPYEY1JA", "type": "FullBackup", "repository": "repo-a",
                             "session": "nightly", "backupSession": "data-backup-nightly-1745301300", "version": "v1",
@@ -57,7 +67,9 @@ def test_snapshot_of_a_repository_as_the_executors_read_it() -> None:
     assert (labels["kubestash.com/repo-name"], labels["kubestash.com/app-ref-kind"],
             labels["kubestash.com/app-ref-name"], labels["kubestash.com/app-ref-namespace"]) == \
         ("repo-a", "PersistentVolumeClaim", "data", "demo")
-    assert snap["metadata"]["ownerReferences"][0]["kind"] == "Repository"
+    (owner,) = snap["metadata"]["ownerReferences"]
+    assert (owner["apiVersion"], owner["kind"], owner["name"], owner["uid"], owner["blockOwnerDeletion"]) == \
+        ("storage.kubestash.com/v1alpha1", "Repository", "repo-a", "r-1", True)
     assert snap["status"] == {"phase": "Pending", "snapshotTime": "2025-04-22T05:55:00Z", "totalComponents": 2,
                               "verificationStatus": "NotVerified"}
     # the Repository it belongs to, with the namespaces KubeStash's webhook fills

@@ -1,4 +1,4 @@
-"""What a stopped run's Failed Snapshot says (flows/engine.py ``stop_reason``)."""
+"""What a stopped run's Failed Snapshot says (tasks/stopping.py ``stop_reason``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import signal
 
 from prefect.exceptions import TerminationSignal
 
-from stashflow.flows.engine import stop_reason
+from stashflow.tasks.stopping import stop_reason
 
 
 def test_a_runner_cancelling_with_sigterm_says_so() -> None:

@@ -47,7 +47,7 @@ from prefect.exceptions import Abort, Pause, TerminationSignal
 from prefect.flows import Flow
 from prefect.states import State
 
-from stashflow.flows import engine
+from stashflow.tasks import stopping
 
 
 @dataclass
@@ -211,7 +211,7 @@ async def run_flow_run(flow: Flow[..., Any], flow_run: FlowRun, control: RunCont
     _install_patches()
     CONTROL.set(control)
     SHARED.set(shared)
-    engine.STOP_REASON.set(lambda: control.stop_reason)  # the Failed Snapshot says why the worker stopped it
+    stopping.STOP_REASON.set(lambda: control.stop_reason)  # the Failed Snapshot says why the worker stopped it
     try:
         outcome = flow_engine.run_flow(flow, flow_run=flow_run, return_type="state")
         if asyncio.iscoroutine(outcome):

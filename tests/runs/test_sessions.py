@@ -245,3 +245,46 @@ def test_two_runs_of_a_plan_without_a_target_do_not_overlap(kube_cluster, namesp
     assert custom(kube_cluster, "backupsessions", "core.kubestash.com", namespace, "cluster-a")["status"]["phase"] \
         == "Succeeded"
     assert not leases(kube_cluster, namespace)
+
+
+def test_a_session_whose_name_is_taken_by_another_backup_session_fails_and_touches_it_not(
+        kube_cluster, namespace, node_agent, prefect_api, tmp_path) -> None:
+    """A BackupSession of the same name that is not this session's (KubeStash's own, say: it names them the
+    same way) is refused with ``api-conflict``; the other object is left as it was, nothing of the failed
+    session stays, and the target is free for the next run."""
+    from localkube.nodeagent import succeed
+
+    report = '{"components": {"backup": {"phase": "Succeeded", "size": "1 MiB", "integrity": true}}}'
+    node_agent.script({"stashflow.io/task": "backup"}, succeed(message=report))
+    api(kube_cluster, lambda c: client.CoreV1Api(c).create_namespaced_secret(namespace, {
+        "metadata": {"name": "pw"}, "data": {"RESTIC_PASSWORD": base64.b64encode(b"pw").decode()}}))
+
+    def params(name: str) -> dict[str, Any]:
+        return {"configuration": "data", "session": "nightly", "namespace": namespace, "addon": "scripted",
+                "tasks": [{"name": "backup"}],
+                "advanced": {"backup_session": name},
+                "repositories": [{"name": "repo", "storage": storage("store", tmp_path), "directory": "/data",
+                                  "encryption_secret": "pw"}],
+                "cluster": {"kubeconfig": str(kube_cluster.kubeconfig)}}
+
+    assert run_session(**params("first")).is_completed()  # the CRDs are there from now on
+    group = "core.kubestash.com"
+    theirs = {"apiVersion": f"{group}/v1alpha1", "kind": "BackupSession",
+              "metadata": {"name": "taken", "labels": {"kubestash.com/invoker-name": "data"}},
+              "spec": {"invoker": {"apiGroup": group, "kind": "BackupConfiguration", "name": "data"},
+                       "session": "nightly"}}
+    objs = lambda c: client.CustomObjectsApi(c)  # noqa: E731
+    api(kube_cluster, lambda c: objs(c).create_namespaced_custom_object(group, "v1alpha1", namespace,
+                                                                        "backupsessions", theirs))
+    api(kube_cluster, lambda c: objs(c).patch_namespaced_custom_object_status(
+        group, "v1alpha1", namespace, "backupsessions", "taken", {"status": {"phase": "Running"}},
+        _content_type="application/merge-patch+json"))
+
+    state = run_session(**params("taken"))
+    assert state.is_failed() and "api-conflict" in state.message and "another session" in state.message, state.message
+    kept = custom(kube_cluster, "backupsessions", group, namespace, "taken")
+    assert kept["status"] == {"phase": "Running"} and kept["metadata"]["labels"] == theirs["metadata"]["labels"]
+    assert [s["metadata"]["name"] for s in snapshots(kube_cluster, namespace)] == ["repo-first"], \
+        "no Snapshot of the refused session"
+    assert not leases(kube_cluster, namespace)
+    assert run_session(**params("second")).is_completed()  # the target was given back
