@@ -83,9 +83,8 @@ async def _apply_plan_objects(items: list[dict[str, Any]]) -> list[dict[str, Any
             logger.info("installed stashflow's %s CRD: the cluster had none", kind)
     applied = []
     for obj in items:
-        found, state = await objects.apply(kube, obj)
-        applied.append(found)
-        logger.info("%s %s/%s %s", obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"], state)
+        applied.append(await objects.apply(kube, obj))
+        logger.info("%s %s/%s applied", obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])
     return applied
 
 

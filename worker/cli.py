@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import signal
 import sys
@@ -49,6 +50,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     loop = asyncio.new_event_loop()
     stop = asyncio.Event()
     outcome: dict[str, Any] = {}
+    _freeze_heap()
 
     def serve() -> None:
         asyncio.set_event_loop(loop)
@@ -99,3 +101,12 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--catalog", action="extend", nargs="+", metavar="PATH",
                    help="Addon/Function files or folders (default: $STASHFLOW_CATALOG, else the built-in catalog)")
     p.set_defaults(func=cmd_worker)
+
+
+def _freeze_heap() -> None:
+    """Keep what the process has made so far (Prefect's and stashflow's modules, ~170,000 objects that live
+    as long as it does) out of the collector's full passes. At a fleet's minute the runs' objects set
+    those passes off every few seconds, each walking the whole heap: at 200 runs, 18-19 passes took
+    6.9 s without this, 5.2 s with it (``bench/fanout.py``)."""
+    gc.collect()
+    gc.freeze()
