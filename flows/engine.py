@@ -44,7 +44,6 @@ from stashflow.tasks.steps import (
     RunSpec,
     claim_target,
     launch_job,
-    preflight,
     provision_volumes,
     record_snapshot,
     resolve_parameters,
@@ -114,8 +113,7 @@ async def execute(spec: RunSpec, catalog: Catalog, connection: Connection,
     started = time.time()
     quiet_known_failures(JobFailed)
     async with connection.connect() as kube:
-        plan = await resolve_parameters(quote(spec), quote(catalog))
-        await preflight(quote(plan))
+        plan = await resolve_parameters(quote(spec), quote(catalog), check=True)
         if plan.within_session:  # the session claimed the target for all its tasks
             return await _run(kube, spec, plan, None, started, retention, retry)
         held = await claim_target(quote(plan))

@@ -136,8 +136,11 @@ def _mounts_target_volumes(catalog: Catalog, spec: RunSpec) -> bool:
 
 
 @task(name="resolve-parameters", **STEP)
-async def resolve_parameters(spec: RunSpec, catalog: Catalog) -> ExecutionPlan:
-    """Defaults ⊕ params ⊕ variables ⊕ built-ins → the execution plan (every object of the run)."""
+async def resolve_parameters(spec: RunSpec, catalog: Catalog, check: bool = False) -> ExecutionPlan:
+    """Defaults ⊕ params ⊕ variables ⊕ built-ins → the execution plan (every object of the run). With
+    ``check``, what the Job will need (its namespace, PVCs, Secrets, ServiceAccount) is there: a run fails
+    in seconds, before creating anything (in this step, not one of its own: each task run costs the worker
+    and the Prefect server three events, and a fleet's runs start on the same minute)."""
     logger = get_run_logger()
     storage = _storage(catalog, spec, spec.storage)
     repository: RepositoryContext | None = None
@@ -188,16 +191,11 @@ async def resolve_parameters(spec: RunSpec, catalog: Catalog) -> ExecutionPlan:
                       for k, v in sorted(plan.resolved.inputs.items()))
     logger.info("%s for %s in %s: Job %s; parameters: %s", plan.resolved.flow_name, spec.target, spec.namespace,
                 plan.job_name, shown or "none")
+    if check:
+        unchecked = await preflight_check.check(current(), plan)
+        if unchecked:
+            logger.info("not checked (no permission): %s", ", ".join(f"{n.kind}/{n.name}" for n in unchecked))
     return plan
-
-
-@task(name="preflight", **STEP)
-async def preflight(plan: ExecutionPlan) -> None:
-    """What the Job will need (the target PVC, Secrets) is there: fail in seconds, before creating anything."""
-    unchecked = await preflight_check.check(current(), plan)
-    if unchecked:
-        get_run_logger().info("not checked (no permission): %s",
-                              ", ".join(f"{n.kind}/{n.name}" for n in unchecked))
 
 
 @task(name="claim-target", **STEP)
