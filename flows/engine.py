@@ -13,7 +13,6 @@ PVCs and marks its Snapshot Failed; a failed run keeps its Job only within the h
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import time
@@ -37,7 +36,7 @@ from stashflow.tasks.kube import Kube, connect
 from stashflow.tasks.diagnose import Category
 from stashflow.tasks.logs import quiet_known_failures
 from stashflow.tasks.results import failed_status, now_rfc3339
-from stashflow.tasks.stopping import stop_reason
+from stashflow.tasks.stopping import shielded, stop_reason
 from stashflow.tasks.retention import apply_retention
 from stashflow.tasks.steps import (
     JobFailed,
@@ -285,12 +284,9 @@ async def publish_overview(kube: Kube, plan: ExecutionPlan, state: str, code: st
 
 
 async def _shielded(coro: Any) -> None:
-    """Run cleanup to its end even while the surrounding task is being cancelled."""
-    task = asyncio.ensure_future(coro)
+    """Run cleanup to its end even while the surrounding task is being cancelled; its failure is logged."""
     try:
-        await asyncio.shield(task)
-    except asyncio.CancelledError:
-        await task
+        await shielded(coro)
     except StashflowError as exc:
         get_run_logger().error("cleanup failed: %s", exc)
 

@@ -14,7 +14,6 @@ gives. ``backupTimeout`` is one deadline for the whole session; ``retryConfig`` 
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 from datetime import datetime, timedelta, timezone
@@ -34,7 +33,7 @@ from stashflow.addons.render import COMPONENT_BY_TASK, FLOW_RUN_LABEL, Target
 from stashflow.tasks import claim
 from stashflow.tasks import session_steps as steps
 from stashflow.tasks.retention import apply_retention
-from stashflow.tasks.stopping import stop_reason
+from stashflow.tasks.stopping import shielded, stop_reason
 from stashflow.tasks.steps import ANN_DIRECTORY, ANN_SECRET, ANN_STORAGE, ANN_STORAGE_OBJECT, resolve_parameters
 
 from . import policies
@@ -286,7 +285,7 @@ async def run_session(params: SessionParameters, backup_session: str, connection
                                     namespace=ns, target=target,
                                     extra_labels={FLOW_RUN_LABEL: str(run_id)} if run_id else {})
     async with connection.connect() as kube:
-        started = await steps.start_session(steps.SessionStart(
+        begun = await steps.start_session(steps.SessionStart(
             plan_objects=plan_objects(params, target),
             claimant=claim.Claimant(namespace=ns, target=policies.held_unit(params.configuration, target),
                                     labels=sessions.session_labels(ref),
@@ -299,7 +298,7 @@ async def run_session(params: SessionParameters, backup_session: str, connection
                        for repo in params.repositories],
             deadline=deadline))
         try:
-            return await _session(kube, params, ref, started.held, deadline, started_at)
+            return await _session(kube, params, ref, begun.held, deadline, started_at)
         except BaseException as exc:
             if isinstance(exc, StashflowError) and getattr(exc, "session_recorded", False):
                 raise
@@ -307,15 +306,13 @@ async def run_session(params: SessionParameters, backup_session: str, connection
             await _shielded(steps.abort_session(ns, backup_session, reason), logger)
             raise
         finally:
-            await _shielded(claim.release(kube, started.held), logger)
+            await _shielded(claim.release(kube, begun.held), logger)
 
 
 async def _shielded(coro: Any, logger: Any) -> Any:
-    task = asyncio.ensure_future(coro)
+    """Cleanup run to its end even while the session is being cancelled; its failure is logged."""
     try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        return await task
+        return await shielded(coro)
     except StashflowError as exc:
         logger.error("cleanup failed: %s", exc)
         return None
