@@ -20,6 +20,7 @@ import re
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Any, AsyncIterator
+from uuid import UUID
 
 from prefect import get_run_logger
 from prefect.client.orchestration import get_client
@@ -36,6 +37,7 @@ from prefect.states import Completed, State
 
 from stashflow.addons.durations import parse_duration
 from stashflow.addons.render import Target
+from stashflow.flows import locks
 
 LATE_TOLERANCE = timedelta(seconds=60)  # a run this late is still "on time"
 
@@ -108,27 +110,24 @@ async def check_missed(policy: str, starting_deadline_seconds: int | None, late_
 async def target_lock(namespace: str, target: Target, exclusive: bool) -> AsyncIterator[None]:
     """Hold the target's lock, or raise ``Skip`` when another run holds it. A target without a lock (an
     ad-hoc run; ``stashflow deploy`` makes them) runs without: the cluster's Lease still keeps runs of
-    the target apart (``tasks/claim.py``), failing instead of skipping. One request either way: Prefect
-    acquires nothing, silently, for a limit that does not exist (``strict=False``, warnings off)."""
+    the target apart (``tasks/claim.py``), failing instead of skipping. One request either way: the API
+    holds nothing, silently, for a limit that does not exist (``locks.hold`` gives None)."""
     if not exclusive:
         yield
         return
-    from prefect.concurrency._asyncio import (AcquireConcurrencySlotTimeoutError, ConcurrencySlotAcquisitionError,
-                                              concurrency)
-
     name = lock_name(namespace, target)
-    acquired = concurrency(name, occupy=1, max_retries=0, strict=False, suppress_warnings=True,
-                           raise_on_lease_renewal_failure=True)
+    run_id = current_flow_run.id
     try:
-        await acquired.__aenter__()
-    except (AcquireConcurrencySlotTimeoutError, ConcurrencySlotAcquisitionError, TimeoutError):
+        held = locks.hold(name, UUID(run_id) if run_id else None)
+        await held.__aenter__()
+    except locks.Busy:
         raise Skip(f"another run of {target} in {namespace} is in progress (lock {name})") from None
     try:
         yield
     except BaseException as exc:
-        await acquired.__aexit__(type(exc), exc, exc.__traceback__)
+        await held.__aexit__(type(exc), exc, exc.__traceback__)
         raise
-    await acquired.__aexit__(None, None, None)
+    await held.__aexit__(None, None, None)
 
 
 def retry_note(attempt: int, max_retry: int, delay: str | None, deployed: bool) -> str:

@@ -70,14 +70,17 @@ from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker
 from stashflow.flows import addon_flows
 from stashflow.tasks.kube import shared_connections
 
+from . import admission
 from .inprocess import RunControl, SharedWatch, run_flow_run
 
 if TYPE_CHECKING:
     from prefect.client.schemas.responses import WorkerFlowRunResponse
 
 ADDON_FLOWS = f"{addon_flows.__name__}:"
-#: Connections of the runs' one API client (Prefect's own client keeps 16, for one run's requests).
-SHARED_CLIENT_CONNECTIONS = 64
+#: Connections of the runs' one API client (Prefect's own client keeps 16, for one run's requests), and
+#: how many of the runs' requests it takes at once (``admission.py``): more connections than the server has
+#: database connections (its default pool: 5 + 10) only move the waiting there.
+SHARED_CLIENT_CONNECTIONS = 32
 #: Entries of Prefect's related-objects cache (deployment, flow, work pool and queue of the run an event
 #: comes from; Prefect keeps 100). Each run here has its own deployment: past ~25 runs at once every event
 #: of the process read its run's deployment again (3 more requests per run at 200 runs, and the process's
@@ -250,7 +253,8 @@ class StashflowWorker(BaseWorker[StashflowJobConfiguration, StashflowWorkerVaria
         """One Prefect API client (and one sync client) for every run of the process, through Prefect's own
         client contexts: the engine and ``get_client()`` take the one in context. Each new client costs
         ~25 ms of CPU to build its TLS context (certifi's bundle, even for an http:// API) and new
-        connections; a session run made five, half the worker's CPU at a fleet's minute (``bench/fanout.py``)."""
+        connections; a session run made five, half the worker's CPU at a fleet's minute (``bench/fanout.py``).
+        Its requests enter its connection pool no more at once than it has connections (``admission.py``)."""
         limits = {"limits": httpx.Limits(max_connections=SHARED_CLIENT_CONNECTIONS,
                                          max_keepalive_connections=SHARED_CLIENT_CONNECTIONS, keepalive_expiry=25)}
         sync, shared = SyncClientContext(httpx_settings=limits), AsyncClientContext(httpx_settings=limits)
@@ -259,6 +263,8 @@ class StashflowWorker(BaseWorker[StashflowJobConfiguration, StashflowWorkerVaria
         sync._httpx_settings = shared._httpx_settings = None
         with sync:
             async with shared:
+                if shared.client is not None and not admission.admit(shared.client._client, SHARED_CLIENT_CONNECTIONS):
+                    self._logger.debug("the API client's transport is not httpx's pooled one: requests not admitted")
                 yield
 
     @contextlib.asynccontextmanager
