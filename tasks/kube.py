@@ -17,6 +17,8 @@ from contextvars import ContextVar
 from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 import aiohttp
+import aiohttp.helpers
+from yarl import URL
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
@@ -138,7 +140,30 @@ async def _new_api(kubeconfig: str | None, context: str | None, credentials_bloc
         configuration = await load_configuration(kubeconfig, context)
     if pool_size is not None:
         configuration.connection_pool_maxsize = pool_size
-    return client.ApiClient(configuration)
+    _proxy_from_environment(configuration)
+    api = client.ApiClient(configuration)
+    session = api.rest_client.pool_manager
+    if isinstance(session, aiohttp.ClientSession) and hasattr(session, "_trust_env"):
+        session._trust_env = False  # looked up once, above; kubernetes_asyncio offers no option for it
+    return api
+
+
+def _proxy_from_environment(configuration: client.Configuration) -> None:
+    """The proxy the environment names for the API server (``HTTPS_PROXY``, ``NO_PROXY``...), looked up
+    once per client. kubernetes_asyncio's aiohttp session trusts the environment, so aiohttp looked the
+    proxy and ``~/.netrc`` up again for every request, each in a thread of the loop's executor: two
+    thread hand-offs per request, an eighth of the worker's CPU at a fleet's minute (py-spy on
+    ``bench/fanout.py``). A netrc entry never applies to a Kubernetes API: a token or a client
+    certificate authenticates it, and aiohttp refuses a netrc login beside an Authorization header."""
+    if configuration.proxy:
+        return
+    try:
+        proxy, auth = aiohttp.helpers.get_env_proxy_for_url(URL(configuration.host or ""))
+    except LookupError:  # none named, or NO_PROXY covers the host
+        return
+    configuration.proxy = str(proxy)
+    if auth is not None:
+        configuration.proxy_headers = {**(configuration.proxy_headers or {}), "Proxy-Authorization": auth.encode()}
 
 
 class ClientPool:
