@@ -476,6 +476,10 @@ class NodeAgent:
         if m:
             self.api_host, self.api_port = m.group(1), int(m.group(2) or 443)
         self._api = client.ApiClient(cfg)
+        # The agent stands in for kubelets on other machines; on this one it shares the cores with what is
+        # measured. Its API server is local: no proxy or netrc lookups (aiohttp makes two, each in an
+        # executor thread, for every request of a session that trusts the environment).
+        self._api.rest_client.pool_manager._trust_env = False
         runner = await self._start_log_server()
         tasks: list[asyncio.Task[None]] = []
         try:
