@@ -42,7 +42,6 @@ RENEW_ATTEMPTS = 3  # as Prefect: a renewal is retried twice, RETRY_SECONDS and 
 RETRY_SECONDS = 1.0
 
 
-
 def _logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
     """The run's logger (its lines reach the UI), else this module's."""
     try:

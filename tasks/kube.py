@@ -18,7 +18,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 import aiohttp
 import aiohttp.helpers
-from yarl import URL
+from yarl import URL  # aiohttp's URL type (aiohttp depends on yarl)
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
