@@ -19,7 +19,7 @@ import time
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, Awaitable, TypeVar, cast
 
 from prefect import get_run_logger
 from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
@@ -120,7 +120,7 @@ async def execute(spec: RunSpec, catalog: Catalog, connection: Connection,
         try:
             return await _run(kube, spec, plan, held, started, retention, retry)
         finally:
-            await _shielded(claim.release(kube, kube.seen.get("claim", held)))
+            await shielded_cleanup(claim.release(kube, kube.seen.get("claim", held)))
 
 
 async def _run(kube: Kube, spec: RunSpec, plan: ExecutionPlan, held: claim.Claim | None, started: float,
@@ -148,7 +148,7 @@ async def _run(kube: Kube, spec: RunSpec, plan: ExecutionPlan, held: claim.Claim
         _fault_point("record-snapshot")
     except BaseException as exc:  # cancelled, interrupted, or the API failed mid-way
         reason = stop_reason(exc)
-        await _shielded(abort(kube, plan.namespace, resources.selector(plan.labels), reason))
+        await shielded_cleanup(abort(kube, plan.namespace, resources.selector(plan.labels), reason))
         raise
     retention_error: StashflowError | None = None
     if retention and plan.snapshot is not None and result.get("error_code") in REPOSITORY_FAILURES:
@@ -283,12 +283,14 @@ async def publish_overview(kube: Kube, plan: ExecutionPlan, state: str, code: st
         get_run_logger().warning("overview artifacts not updated: %s", exc)
 
 
-async def _shielded(coro: Any) -> None:
-    """Run cleanup to its end even while the surrounding task is being cancelled; its failure is logged."""
+async def shielded_cleanup(coro: Awaitable[T]) -> T | None:
+    """Run cleanup to its end even while the surrounding task is being cancelled; its failure is logged
+    (None then). For a run's and a session's cleanup alike."""
     try:
-        await shielded(coro)
+        return await shielded(coro)
     except StashflowError as exc:
         get_run_logger().error("cleanup failed: %s", exc)
+        return None
 
 
 async def abort(kube: Kube, namespace: str, label_selector: str, reason: str) -> list[str]:

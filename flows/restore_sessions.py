@@ -35,9 +35,9 @@ from stashflow.tasks.kube import current
 from stashflow.tasks.steps import STEP, restore_component
 
 from .addon_flows import flow_for, loaded, state_message
-from .engine import FLOW_RESULTS, Connection
+from .engine import FLOW_RESULTS, Connection, shielded_cleanup
 from .parameters import Cluster, Group, Limits, RunParameters, form_parameter
-from .session_flows import _shielded, parse_target, task_target
+from .session_flows import parse_target, task_target
 from .hook_runs import HookResults, run_phase
 from .session_parameters import SessionHook, SessionTask
 
@@ -343,7 +343,7 @@ async def _run(params: RestoreParameters) -> dict[str, Any]:
                                   {"phase": "Failed", "duration": took, "error": failures[t.name]})
         finally:
             if held is not None:
-                await _shielded(claim.release(kube, held), logger)
+                await shielded_cleanup(claim.release(kube, held))
         rs = await objects.read(kube, "RestoreSession", ns, params.name)
         status = rs.get("status") or {}
         phase = sessions.restore_phase(status.get("components") or {})

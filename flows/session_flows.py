@@ -33,13 +33,13 @@ from stashflow.addons.render import COMPONENT_BY_TASK, FLOW_RUN_LABEL, Target
 from stashflow.tasks import claim
 from stashflow.tasks import session_steps as steps
 from stashflow.tasks.retention import apply_retention
-from stashflow.tasks.stopping import shielded, stop_reason
+from stashflow.tasks.stopping import stop_reason
 from stashflow.tasks.steps import ANN_DIRECTORY, ANN_SECRET, ANN_STORAGE, ANN_STORAGE_OBJECT, resolve_parameters
 
 from . import policies
 from .hook_runs import HookResults, run_phase
 from .addon_flows import _spec_from_parameters, flow_for, loaded, state_message
-from .engine import FLOW_RESULTS, Connection
+from .engine import FLOW_RESULTS, Connection, shielded_cleanup
 from .parameters import Cluster, Limits, RunParameters, SchedulePolicy
 from .session_parameters import SessionAdvanced, SessionHook, SessionParameters, SessionRepository, SessionTask
 
@@ -270,7 +270,6 @@ async def _kubestash_task(params: SessionParameters, task: SessionTask, flow_: A
 
 async def run_session(params: SessionParameters, backup_session: str, connection: Connection) -> dict[str, Any]:
     """The session to its end; returns its summary or raises ``StashflowError`` (the session failed)."""
-    logger = get_run_logger()
     started_at = time.time()
     now = datetime.now(timezone.utc)
     catalog, _ = loaded()
@@ -303,19 +302,10 @@ async def run_session(params: SessionParameters, backup_session: str, connection
             if isinstance(exc, StashflowError) and getattr(exc, "session_recorded", False):
                 raise
             reason = stop_reason(exc, "session")  # the stashflow worker's SIGTERM says so, as a cancel from the UI
-            await _shielded(steps.abort_session(ns, backup_session, reason), logger)
+            await shielded_cleanup(steps.abort_session(ns, backup_session, reason))
             raise
         finally:
-            await _shielded(claim.release(kube, begun.held), logger)
-
-
-async def _shielded(coro: Any, logger: Any) -> Any:
-    """Cleanup run to its end even while the session is being cancelled; its failure is logged."""
-    try:
-        return await shielded(coro)
-    except StashflowError as exc:
-        logger.error("cleanup failed: %s", exc)
-        return None
+            await shielded_cleanup(claim.release(kube, begun.held))
 
 
 async def _session(kube: Any, params: SessionParameters, ref: sessions.BackupSessionRef, held: claim.Claim,

@@ -304,13 +304,12 @@ class StashflowWorker(BaseWorker[StashflowJobConfiguration, StashflowWorkerVaria
     async def run(self, flow_run: FlowRun, configuration: StashflowJobConfiguration,
                   task_status: anyio.abc.TaskStatus[Any] | None = None) -> StashflowWorkerResult:
         identifier = f"{socket.gethostname()}:{os.getpid()}:{flow_run.id}"
-        flow: Flow[..., Any] | None = None
         if not self._stopping:
             flow = await self._flow_of(configuration)
             current = await self.client.read_flow_run(flow_run.id)  # its state now, not the poll's
         # asked again after those awaits: a stop that came meanwhile has already ended the runs it found
         # (stop_runs), and this one was not among them; from here to being listed there is no await
-        if self._stopping or flow is None:
+        if self._stopping:
             await self._hand_back(flow_run)
             if task_status is not None:
                 task_status.started(identifier)
