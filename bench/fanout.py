@@ -197,7 +197,17 @@ class Result:
     worker_cpu_s: float = 0.0  # CPU seconds of the worker (and the children it waited for) over the round
     server_cpu_s: float = 0.0  # CPU seconds of the Prefect server from the runs' creation to the end
     stopped_at: str = ""
+    pace_s: tuple[float, float] = (0.0, 0.0)  # the machine's pace before the worker started and after the round
     breakdown: dict[str, dict[str, float]] = field(default_factory=dict)  # per run, by request shape / event
+
+
+def pace() -> float:
+    """The machine's pace: the median of three runs of one pure-Python loop, in seconds (this machine
+    took 1.08-1.48 s for it on one day). The same code's times scale with it; print it beside them."""
+    code = "import time; t = time.perf_counter(); s = 0\nfor i in range(20_000_000): s += i\nprint(time.perf_counter() - t)"
+    times = sorted(float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                        check=True).stdout) for _ in range(3))
+    return times[1]
 
 
 async def prefect_call(fn):  # type: ignore[no-untyped-def]
@@ -256,6 +266,7 @@ def run_mode(mode: str, args: argparse.Namespace, cluster: Cluster, server: Pref
         command = [str(VENV / "prefect"), "worker", "start", "--pool", pool, "--type", "process"]
         if mode == "process-limit":
             command += ["--limit", str(args.limit)]
+    before = pace()
     log = open(base / f"worker-{mode}.log", "w")
     worker = subprocess.Popen(command, env=worker_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     time.sleep(8)  # the worker is up and polling before the instant
@@ -315,6 +326,7 @@ def run_mode(mode: str, args: argparse.Namespace, cluster: Cluster, server: Pref
         os.killpg(worker.pid, signal.SIGKILL)
         worker.wait()
     time.sleep(1)
+    result.pace_s = (before, pace())  # the runs are over, the namespace not yet being deleted
     kube = prefect_requests = 0
     by: dict[str, dict[str, float]] = {"kubernetes_by": {}, "prefect_by": {}, "events": {}, "prefect_callers": {}}
     for f in counts.glob("*.json"):
@@ -381,12 +393,13 @@ def main() -> int:
     print(f"{args.targets} targets at one instant, Jobs of {args.seconds:.0f}s, Prefect server on {args.db}; "
           f"times from the instant (logs in {base})")
     print(f"{'worker':16} {'peak RSS':>10} {'procs':>6} {'all Jobs':>9} {'all final':>10} {'k8s/run':>8} "
-          f"{'prefect/run':>12} {'events/run':>11} {'CPU s/run':>15}  states")
+          f"{'prefect/run':>12} {'events/run':>11} {'CPU s/run':>15} {'pace':>10}  states")
     for r in results:
         fmt = lambda v: f"{v:.0f}s" if v is not None else "-"  # noqa: E731
         print(f"{r.mode:16} {r.peak_rss_mb:>8.0f}MB {r.peak_processes:>6} {fmt(r.all_jobs_s):>9} "
               f"{fmt(r.all_final_s):>10} {r.kube_per_run:>8.1f} {r.prefect_per_run:>12.1f} {r.events_per_run:>11.1f} "
-              f"{r.worker_cpu_s / r.targets:>6.2f}w {r.server_cpu_s / r.targets:>6.2f}s  {r.states}"
+              f"{r.worker_cpu_s / r.targets:>6.2f}w {r.server_cpu_s / r.targets:>6.2f}s "
+              f"{r.pace_s[0]:>4.2f}/{r.pace_s[1]:.2f}  {r.states}"
               + (f" Late seen: {r.late}" if r.late else "") + (f"  {r.stopped_at}" if r.stopped_at else ""))
     if args.breakdown:
         for r in results:

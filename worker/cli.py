@@ -43,8 +43,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.catalog:
         os.environ[flows_cli.CATALOG_ENV] = os.pathsep.join(os.path.abspath(p) for p in args.catalog)
     flows_cli.quiet_prefect_tracebacks(args.verbose)
+    from .console import plain_console
     from .worker import StashflowWorker
 
+    plain_console()  # before the first run logs: Rich's console per line costs where no terminal reads it
     worker = StashflowWorker(work_pool_name=args.pool, work_queues=args.work_queue or None, name=args.name,
                              limit=args.limit, prefetch_seconds=args.prefetch_seconds)
     loop = asyncio.new_event_loop()
