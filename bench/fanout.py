@@ -131,6 +131,8 @@ class PrefectServer:
 
 
 def plan_docs(namespace: str, n: int) -> list[dict]:
+    now = datetime.now(timezone.utc)  # each deployment's own cron, half a day away: it never adds a run to the round
+    cron = f"{now.minute} {(now.hour + 12) % 24} * * *"
     docs: list[dict] = [{"apiVersion": "storage.kubestash.com/v1alpha1", "kind": "BackupStorage",
                          "metadata": {"name": "local", "namespace": namespace},
                          "spec": {"storage": {"provider": "local",
@@ -141,7 +143,7 @@ def plan_docs(namespace: str, n: int) -> list[dict]:
                      "metadata": {"name": f"fan-{t}", "namespace": namespace},
                      "spec": {"target": {"kind": "PersistentVolumeClaim", "name": t},
                               "backends": [{"name": "local", "storageRef": {"name": "local", "namespace": namespace}}],
-                              "sessions": [{"name": "nightly", "scheduler": {"schedule": "0 2 * * *"},
+                              "sessions": [{"name": "nightly", "scheduler": {"schedule": cron},
                                             "repositories": [{"name": f"repo-{t}", "backend": "local",
                                                               "directory": f"/fan/{t}",
                                                               "encryptionSecret": {"name": "pw"}}],

@@ -15,6 +15,7 @@ from localkube.nodeagent import run as run_for_real
 from runs.observe import api, eventually, snapshots
 from support import run_cli
 
+from .plans import QUIET_CRON
 from .test_deploy import deployments_of
 from .test_schedules import STASHFLOW, deployed, finished, trigger, triggered
 
@@ -28,7 +29,7 @@ def plan(path: Path, namespace: str, first: Path, second: Path, *, target: bool 
                      if target else {}),
                   "backends": [{"name": "a", "storageRef": {"name": "store-a"}},
                                {"name": "b", "storageRef": {"name": "store-b"}}],
-                  "sessions": [{"name": "nightly", "scheduler": {"schedule": "0 2 * * *"}, "sessionHistoryLimit": 1,
+                  "sessions": [{"name": "nightly", "scheduler": {"schedule": QUIET_CRON}, "sessionHistoryLimit": 1,
                                 "addon": {"name": addon, "tasks": [{"name": t} for t in tasks]},
                                 "repositories": [
                                     {"name": "repo-a", "backend": "a", "directory": "/pair",

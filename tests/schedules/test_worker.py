@@ -18,6 +18,7 @@ from localkube.nodeagent import never_ends, succeed
 
 from runs.observe import eventually, jobs, prefect, snapshots
 from .conftest import REPO
+from .plans import QUIET_CRON
 
 STASHFLOW = str(REPO / ".venv" / "bin" / "stashflow")
 # a worker's runs talk to the server at once: PostgreSQL, as in production (SQLite locks under it)
@@ -37,7 +38,7 @@ def write_targets(path: Path, namespace: str, targets: list[str], *, plan: str =
             "metadata": {"name": f"{plan}-{target}", "namespace": namespace},
             "spec": {"target": {"kind": "PersistentVolumeClaim", "name": target},
                      "backends": [{"name": "local", "storageRef": {"name": "local", "namespace": namespace}}],
-                     "sessions": [{"name": "nightly", "scheduler": {"schedule": "0 2 * * *"},
+                     "sessions": [{"name": "nightly", "scheduler": {"schedule": QUIET_CRON},
                                    "repositories": [{"name": f"repo-{target}", "backend": "local",
                                                      "directory": f"/w/{target}", "encryptionSecret": {"name": "pw"}}],
                                    "addon": {"name": "scripted", "tasks": [{"name": "backup"}]}}]}})
