@@ -131,8 +131,8 @@ class PrefectServer:
 
 
 def plan_docs(namespace: str, n: int) -> list[dict]:
-    now = datetime.now(timezone.utc)  # each deployment's own cron, half a day away: it never adds a run to the round
-    cron = f"{now.minute} {(now.hour + 12) % 24} * * *"
+    quiet = datetime.now(timezone.utc) + timedelta(hours=12)  # each deployment's own cron: it never adds a run
+    cron = f"{quiet.minute} {quiet.hour} * * *"
     docs: list[dict] = [{"apiVersion": "storage.kubestash.com/v1alpha1", "kind": "BackupStorage",
                          "metadata": {"name": "local", "namespace": namespace},
                          "spec": {"storage": {"provider": "local",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +11,8 @@ import yaml
 #: A daily cron half a day from when the suite started: a deployment's own schedule never fires while the
 #: tests run. With "0 2 * * *" a suite that ran at 02:00 UTC had a worker claim that nightly run beside the
 #: test's own (two runs started where the test counted one).
-QUIET_CRON = (lambda now: f"{now.minute} {(now.hour + 12) % 24} * * *")(datetime.now(timezone.utc))
+QUIET_AT = datetime.now(timezone.utc) + timedelta(hours=12)
+QUIET_CRON = f"{QUIET_AT.minute} {QUIET_AT.hour} * * *"
 
 
 def session(name: str, schedule: str = QUIET_CRON, *, task: str = "backup", addon: str = "scripted",

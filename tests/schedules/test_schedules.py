@@ -15,7 +15,7 @@ from localkube.nodeagent import fail, never_ends, succeed
 
 from runs.observe import artifacts_by_key, eventually, jobs, nothing_left, snapshots
 from .conftest import REPO
-from .plans import QUIET_CRON, session, write_plan
+from .plans import QUIET_AT, QUIET_CRON, session, write_plan
 
 REPORT = json.dumps({"components": {"backup": {"phase": "Succeeded", "size": "1 MiB", "integrity": True}}})
 STASHFLOW = str(REPO / ".venv" / "bin" / "stashflow")
@@ -83,8 +83,7 @@ def test_a_scheduled_run_fires_and_backs_up(kube_cluster, namespace, node_agent,
     name = f"backup-session/{namespace}-sched-nightly"
     eventually(lambda: deployed(name), timeout=90, interval=1)
     (first,) = auto_scheduled(name, 1)  # made by Prefect's scheduler from the cron, half a day from now
-    minute, hour = (int(field) for field in QUIET_CRON.split()[:2])
-    assert (first.expected_start_time.hour, first.expected_start_time.minute) == (hour, minute)
+    assert (first.expected_start_time.hour, first.expected_start_time.minute) == (QUIET_AT.hour, QUIET_AT.minute)
     move(first, datetime.now(timezone.utc) + timedelta(seconds=2))  # rather than wait half a day
     run = eventually(lambda: (lambda r: r if r.state.is_final() else None)(
         next(x for x in flow_runs(name) if x.id == first.id)), timeout=120, interval=1)
